@@ -1,0 +1,341 @@
+"""One training run on the biobjective problem: a config in, a result out (no Optuna here).
+
+The loop reads top to bottom (nanoGPT style): build data and model, pick the gradient
+combiner (weighted sum or multi-gradient) and the pruning policy, then for every
+minibatch: forward, backward, combine, step, prune. Everything else (evaluation,
+history, the callback, the divergence check) happens once per epoch, off the hot path.
+
+Seeding protocol (so a plain PyTorch loop can reproduce a run bit for bit):
+``torch.manual_seed(seed)`` right before the model is built, and the minibatch order of
+epoch ``e`` is ``torch.randperm(n_train, generator=g)`` with one CPU generator
+``g = torch.Generator().manual_seed(seed)`` drawn once per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from motune.combine import MultiGradient, WeightedSum
+from motune.data import DATASETS, Dataset, load_dataset
+from motune.models import MODELS, PENALISE, build_model, penalised_parameters
+from motune.objectives import evaluate, l1_norm, nonzeros_per_layer, penalised_size
+from motune.pruning import PRUNE_POLICIES, IntraTrainingPruning
+
+METHODS: tuple[str, ...] = ("weighted_sum", "multi_gradient")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "rmsprop")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite; the run's results would be garbage."""
+
+    def __init__(self, message: str, *, epoch: int, loss: float) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.loss = loss
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. ``validate()`` checks every field.
+
+    ``method="weighted_sum"`` trains ``(1 - l1_weight) f1 + l1_weight f2``;
+    ``method="multi_gradient"`` ignores ``l1_weight`` and combines the two gradients
+    by the min-norm rule every step (SMGD with ``optimizer="sgd"``).
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    image_size: int | None = None
+    limit: int | None = None
+    model: str = "digits_cnn"
+    penalise: str = "dense"
+    method: str = "weighted_sum"
+    l1_weight: float = 0.0
+    optimizer: str = "adam"
+    lr: float = 0.003
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    batch_size: int = 64
+    epochs: int = 10
+    prune_threshold: float = 1e-3
+    prune_policy: str = "soft"
+    seed: int = 0
+    device: str = "auto"
+    eval_every_epoch: bool = True
+
+    def validate(self) -> TrainConfig:
+        """Raise ``ValueError`` naming the field, the value and what is allowed; return self."""
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("model", self.model, MODELS)
+        _choice("penalise", self.penalise, PENALISE)
+        _choice("method", self.method, METHODS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("prune_policy", self.prune_policy, PRUNE_POLICIES)
+        _number("l1_weight", self.l1_weight, low=0.0, high=1.0, allowed="a number in [0, 1]")
+        _number("lr", self.lr, low=0.0, low_open=True, allowed="a number > 0")
+        _number("momentum", self.momentum, low=0.0, high=1.0, high_open=True, allowed="a number in [0, 1)")
+        _number("weight_decay", self.weight_decay, low=0.0, allowed="a number >= 0")
+        _number("prune_threshold", self.prune_threshold, low=0.0, allowed="a number >= 0")
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("epochs", self.epochs)
+        for name in ("image_size", "limit"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed: must be an integer, got {self.seed!r}")
+        resolve_device(self.device)
+        return self
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (like ``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class EpochRecord:
+    """What is measured at the end of every epoch (the pruning history)."""
+
+    epoch: int
+    train_loss: float
+    l1: float
+    nonzeros: int
+    nonzeros_per_layer: dict[str, int]
+    lr: float
+    seconds: float
+    val_cross_entropy: float | None = None
+    val_accuracy: float | None = None
+    alpha_mean: float | None = None
+
+
+@dataclass
+class TrainResult:
+    """The outcome of one run: both objectives on validation data and every measurement."""
+
+    config: TrainConfig
+    cross_entropy: float
+    l1: float
+    val_accuracy: float
+    test_cross_entropy: float
+    test_accuracy: float
+    nonzeros: int
+    nonzeros_per_layer: dict[str, int]
+    penalised_size: int
+    fraction_kept: float
+    epochs: int
+    stopped_early: bool
+    seconds: float
+    train_seconds: float
+    alpha_mean: float | None
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    history: list[EpochRecord] = field(default_factory=list)
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def values(self) -> tuple[float, float]:
+        """The objective pair ``(f1, f2)`` = (validation cross-entropy, l1 norm)."""
+        return (self.cross_entropy, self.l1)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready metrics (everything but the weights)."""
+        out = dataclasses.asdict(self)
+        out.pop("state_dict")
+        out["input_shape"] = list(self.input_shape)
+        return out
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; otherwise a device torch accepts and has."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: unknown device {device!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def make_optimizer(name: str, params: Any, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The base optimiser that steps along the combined direction."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"optimizer: unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+
+
+def _make_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    return None
+
+
+EpochCallback = Callable[[EpochRecord], "bool | None"]
+
+
+def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCallback | None = None) -> TrainResult:
+    """Train one network on the biobjective problem and measure it.
+
+    ``data`` may be passed to reuse a loaded :class:`~motune.data.Dataset` across runs.
+    ``callback`` is called with each :class:`EpochRecord`; returning True stops training
+    early (the result then says ``stopped_early``); exceptions it raises propagate (an
+    Optuna objective can raise ``TrialPruned`` from it).
+
+    Raises ``ValueError`` for a bad config and :class:`DivergenceError` when the loss
+    becomes NaN or infinite.
+    """
+    cfg = config.validate()
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    if data is None:
+        data = load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit=cfg.limit)
+    data = data.to(device)
+    x_train, y_train = data.x_train, data.y_train
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
+    penalised = penalised_parameters(model, cfg.penalise)
+    weights = list(penalised.values())
+    params = list(model.parameters())
+    optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.momentum, cfg.weight_decay)
+    scheduler = _make_scheduler(cfg.lr_schedule, optimizer, cfg.epochs)
+    if cfg.method == "weighted_sum":
+        combiner: WeightedSum | MultiGradient = WeightedSum(params, weights, cfg.l1_weight)
+    else:
+        combiner = MultiGradient(params, weights)
+    itp = IntraTrainingPruning(weights, cfg.prune_threshold, cfg.prune_policy)
+    itp.before_training()
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    n_train, batch_size = len(x_train), cfg.batch_size
+    history: list[EpochRecord] = []
+    alpha_total, n_steps_total = torch.zeros((), device=device), 0
+    train_seconds, stopped_early = 0.0, False
+    model.train()
+    for epoch in range(1, cfg.epochs + 1):
+        t_epoch = time.perf_counter()
+        order = torch.randperm(n_train, generator=generator).to(device)
+        loss_sum = torch.zeros((), device=device)
+        alpha_sum = torch.zeros((), device=device)
+        n_steps = 0
+        # --- hot path: forward, backward, combine, step, prune ---
+        for start in range(0, n_train, batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            alpha = combiner.combine_()
+            itp.before_step()
+            optimizer.step()
+            itp.after_step(optimizer)
+            loss_sum += loss.detach()
+            if alpha is not None:
+                alpha_sum += alpha
+            n_steps += 1
+        # --- once per epoch ---
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds += time.perf_counter() - t_epoch
+        train_loss = float(loss_sum) / n_steps
+        if not math.isfinite(train_loss):
+            raise DivergenceError(
+                f"training diverged: mean minibatch loss became {train_loss} in epoch {epoch} "
+                f"(lr={cfg.lr}, optimizer={cfg.optimizer}); lower the learning rate",
+                epoch=epoch,
+                loss=train_loss,
+            )
+        lr_now = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        per_layer = nonzeros_per_layer(penalised)
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=train_loss,
+            l1=l1_norm(penalised),
+            nonzeros=sum(per_layer.values()),
+            nonzeros_per_layer=per_layer,
+            lr=lr_now,
+            seconds=train_seconds,
+            alpha_mean=float(alpha_sum) / n_steps if isinstance(combiner, MultiGradient) else None,
+        )
+        alpha_total += alpha_sum
+        n_steps_total += n_steps
+        if cfg.eval_every_epoch:
+            record.val_cross_entropy, record.val_accuracy = evaluate(model, data.x_val, data.y_val)
+        history.append(record)
+        if callback is not None and callback(record):
+            stopped_early = epoch < cfg.epochs
+            break
+
+    cross_entropy, val_accuracy = evaluate(model, data.x_val, data.y_val)
+    test_cross_entropy, test_accuracy = evaluate(model, data.x_test, data.y_test)
+    per_layer = nonzeros_per_layer(penalised)
+    size = penalised_size(penalised)
+    nonzeros = sum(per_layer.values())
+    return TrainResult(
+        config=cfg,
+        cross_entropy=cross_entropy,
+        l1=l1_norm(penalised),
+        val_accuracy=val_accuracy,
+        test_cross_entropy=test_cross_entropy,
+        test_accuracy=test_accuracy,
+        nonzeros=nonzeros,
+        nonzeros_per_layer=per_layer,
+        penalised_size=size,
+        fraction_kept=nonzeros / size if size else 0.0,
+        epochs=len(history),
+        stopped_early=stopped_early,
+        seconds=time.perf_counter() - t_start,
+        train_seconds=train_seconds,
+        alpha_mean=float(alpha_total) / n_steps_total if isinstance(combiner, MultiGradient) and n_steps_total else None,
+        input_shape=tuple(data.input_shape),
+        num_classes=data.num_classes,
+        history=history,
+        state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    )
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    allowed: str,
+) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ValueError(f"{name}: must be {allowed}, got {value!r}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: must be a positive integer, got {value!r}")

@@ -1,0 +1,94 @@
+"""The gradient combiners: closed-form min-norm alpha and the weighted-sum direction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from motune.combine import MultiGradient, WeightedSum, min_norm_alpha
+
+
+def brute_force_alpha(g1: torch.Tensor, g2: torch.Tensor, n: int = 200_001) -> float:
+    grid = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    d = grid[:, None] * g1[None, :] + (1 - grid[:, None]) * g2[None, :]
+    return float(grid[d.square().sum(dim=1).argmin()])
+
+
+def closed_form(g1: torch.Tensor, g2: torch.Tensor) -> float:
+    return float(min_norm_alpha(g1 @ g1, g1 @ g2, g2 @ g2))
+
+
+CASES = {
+    "interior": (torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])),  # alpha = 0.5
+    "skewed": (torch.tensor([3.0, -1.0, 0.5]), torch.tensor([-0.2, 1.0, 1.0])),
+    "clipped_to_one": (torch.tensor([0.1, 0.1]), torch.tensor([1.0, 1.0])),  # g1 is the min-norm point
+    "clipped_to_zero": (torch.tensor([2.0, 2.0]), torch.tensor([0.1, 0.05])),  # g2 is the min-norm point
+    "equal": (torch.tensor([0.3, -0.7]), torch.tensor([0.3, -0.7])),
+    "opposite": (torch.tensor([1.0, -2.0]), torch.tensor([-1.0, 2.0])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_min_norm_alpha_matches_brute_force(name: str) -> None:
+    g1, g2 = (t.double() for t in CASES[name])
+    expected = 1.0 if name == "equal" else brute_force_alpha(g1, g2)
+    assert closed_form(g1, g2) == pytest.approx(expected, abs=2e-5)
+
+
+def test_min_norm_alpha_clipping_is_exercised() -> None:
+    assert closed_form(*(t.double() for t in CASES["clipped_to_one"])) == 1.0
+    assert closed_form(*(t.double() for t in CASES["clipped_to_zero"])) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_min_norm_alpha_random(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    g1 = torch.randn(7, generator=gen, dtype=torch.float64) * (seed + 1) / 5
+    g2 = torch.randn(7, generator=gen, dtype=torch.float64)
+    assert closed_form(g1, g2) == pytest.approx(brute_force_alpha(g1, g2), abs=2e-5)
+
+
+def _net_with_grads(seed: int = 0) -> tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]]:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
+    net(torch.randn(4, 1, 4, 4)).square().sum().backward()
+    penalised = [net[2].weight, net[4].weight]
+    g1 = [p.grad.clone() for p in net.parameters()]
+    return net, penalised, g1
+
+
+def test_weighted_sum_direction() -> None:
+    net, penalised, g1 = _net_with_grads()
+    lam = 0.3
+    WeightedSum(list(net.parameters()), penalised, lam).combine_()
+    pen_ids = {id(p) for p in penalised}
+    for p, g in zip(net.parameters(), g1):
+        expected = (1 - lam) * g + (lam * torch.sign(p.detach()) if id(p) in pen_ids else 0)
+        torch.testing.assert_close(p.grad, expected)
+
+
+def test_weighted_sum_zero_leaves_gradient_untouched() -> None:
+    net, penalised, g1 = _net_with_grads()
+    WeightedSum(list(net.parameters()), penalised, 0.0).combine_()
+    for p, g in zip(net.parameters(), g1):
+        assert torch.equal(p.grad, g)
+
+
+def test_multi_gradient_direction_is_min_norm_combination() -> None:
+    net, penalised, g1 = _net_with_grads(1)
+    pen_ids = {id(p) for p in penalised}
+    g2 = [torch.sign(p.detach()) if id(p) in pen_ids else torch.zeros_like(p) for p in net.parameters()]
+    flat1 = torch.cat([g.flatten() for g in g1]).double()
+    flat2 = torch.cat([g.flatten() for g in g2]).double()
+    alpha = float(MultiGradient(list(net.parameters()), penalised).combine_())
+    assert alpha == pytest.approx(brute_force_alpha(flat1, flat2), abs=1e-4)
+    for p, a, b in zip(net.parameters(), g1, g2):
+        torch.testing.assert_close(p.grad, alpha * a + (1 - alpha) * b)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.1"])
+def test_weighted_sum_rejects_bad_l1_weight(bad: object) -> None:
+    net, penalised, _ = _net_with_grads()
+    with pytest.raises(ValueError, match="l1_weight"):
+        WeightedSum(list(net.parameters()), penalised, bad)  # type: ignore[arg-type]

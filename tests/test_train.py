@@ -1,0 +1,148 @@
+"""One training run: reproducibility, the plain-loop equivalence, the trade-off, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from motune import DivergenceError, TrainConfig, train
+from motune.data import load_dataset
+from motune.models import build_model, penalised_parameters
+
+FAST = dict(dataset="digits", model="digits_cnn", epochs=3, batch_size=64, optimizer="adam", lr=0.003)
+SGD = dict(FAST, optimizer="sgd", lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_weighted_sum_zero_without_pruning_matches_plain_loop_bit_for_bit(digits) -> None:
+    cfg = TrainConfig(**SGD, l1_weight=0.0, prune_policy="none", seed=7, eval_every_epoch=False)
+    result = train(cfg, data=digits)
+
+    # The plain PyTorch loop, following the seeding protocol documented in motune.train.
+    torch.manual_seed(7)
+    model = build_model("digits_cnn", digits.input_shape, digits.num_classes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(7)
+    model.train()
+    for _ in range(3):
+        order = torch.randperm(len(digits.x_train), generator=gen)
+        for start in range(0, len(order), 64):
+            idx = order[start : start + 64]
+            loss = F.cross_entropy(model(digits.x_train[idx]), digits.y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(result.state_dict[name], tensor), name
+
+
+def test_same_seed_same_numbers_and_other_seed_differs(digits) -> None:
+    cfg = TrainConfig(**FAST, l1_weight=1e-3, seed=3)
+    a, b = train(cfg, data=digits), train(cfg, data=digits)
+    assert (a.cross_entropy, a.l1, a.nonzeros, a.val_accuracy) == (b.cross_entropy, b.l1, b.nonzeros, b.val_accuracy)
+    c = train(cfg.replace(seed=4), data=digits)
+    assert c.l1 != a.l1
+
+
+def test_lambda_one_drives_penalised_weights_to_zero(digits) -> None:
+    result = train(TrainConfig(**{**FAST, "epochs": 10}, l1_weight=1.0), data=digits)
+    assert result.nonzeros == 0 and result.l1 == 0.0 and result.fraction_kept == 0.0
+    # the network collapses to a constant predictor: cross-entropy about ln(10)
+    assert result.cross_entropy == pytest.approx(math.log(10), abs=0.1)
+
+
+def test_digits_reaches_90_percent_and_larger_lambda_trades_accuracy_for_sparsity(digits) -> None:
+    dense = train(TrainConfig(dataset="digits", epochs=10, l1_weight=0.0), data=digits)
+    sparse = train(TrainConfig(dataset="digits", epochs=10, l1_weight=3e-3), data=digits)
+    assert dense.val_accuracy >= 0.90
+    assert sparse.nonzeros < dense.nonzeros
+    assert sparse.cross_entropy > dense.cross_entropy
+    assert sparse.l1 < dense.l1
+    assert dense.seconds < 30  # sanity bound only; speed is measured in bench/throughput.py
+
+
+def test_itp_invariant_holds_at_the_end_and_history_is_recorded(digits) -> None:
+    cfg = TrainConfig(**FAST, l1_weight=1e-3, prune_threshold=1e-2)
+    result = train(cfg, data=digits)
+    assert len(result.history) == 3
+    for name, w in result.state_dict.items():
+        if name.endswith("weight") and name.startswith("classifier"):
+            mag = w.abs()
+            assert not ((mag > 0) & (mag <= 1e-2)).any(), name
+    model = build_model(cfg.model, result.input_shape, result.num_classes)
+    layers = list(penalised_parameters(model))
+    for record in result.history:
+        assert list(record.nonzeros_per_layer) == layers
+        assert record.nonzeros == sum(record.nonzeros_per_layer.values())
+        assert record.val_accuracy is not None and record.alpha_mean is None
+    # the history is a real pruning history: sparsity grows over the epochs
+    assert result.history[-1].nonzeros < result.history[0].nonzeros or result.history[0].nonzeros < result.penalised_size
+    assert result.nonzeros == result.history[-1].nonzeros
+    assert result.fraction_kept == pytest.approx(result.nonzeros / result.penalised_size)
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.05), ("adam", 0.003), ("rmsprop", 0.001)])
+def test_multi_gradient_runs_with_each_base_optimizer(digits, optimizer: str, lr: float) -> None:
+    result = train(TrainConfig(**{**FAST, "lr": lr, "optimizer": optimizer}, method="multi_gradient"), data=digits)
+    assert result.alpha_mean is not None and 0.0 <= result.alpha_mean <= 1.0
+    assert all(r.alpha_mean is not None and 0.0 <= r.alpha_mean <= 1.0 for r in result.history)
+    assert result.val_accuracy > 0.5  # it learns: a common descent direction, not pure l1
+    assert result.nonzeros < result.penalised_size  # ...and it prunes
+
+
+def test_callback_can_stop_early(digits) -> None:
+    seen = []
+
+    def stop_after_two(record) -> bool:
+        seen.append(record.epoch)
+        return record.epoch == 2
+
+    result = train(TrainConfig(**{**FAST, "epochs": 5}), data=digits, callback=stop_after_two)
+    assert seen == [1, 2] and result.epochs == 2 and result.stopped_early
+
+
+def test_divergence_raises_distinct_error(digits) -> None:
+    with pytest.raises(DivergenceError, match="diverged") as info:
+        train(TrainConfig(**{**SGD, "lr": 1e6, "momentum": 0.99}), data=digits)
+    assert info.value.epoch >= 1 and not math.isfinite(info.value.loss)
+
+
+def test_cosine_schedule_decays_learning_rate(digits) -> None:
+    result = train(TrainConfig(**FAST, lr_schedule="cosine"), data=digits)
+    lrs = [r.lr for r in result.history]
+    assert lrs[0] == 0.003 and lrs[-1] < lrs[0]
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("l1_weight", -0.1, "l1_weight"),
+        ("l1_weight", 1.01, "l1_weight"),
+        ("l1_weight", float("nan"), "l1_weight"),
+        ("prune_threshold", -1e-3, "prune_threshold"),
+        ("prune_threshold", float("nan"), "prune_threshold"),
+        ("dataset", "imagenet", "dataset.*allowed: digits"),
+        ("model", "resnet", "model.*allowed"),
+        ("optimizer", "lbfgs", "optimizer.*allowed: sgd, adam, rmsprop"),
+        ("epochs", 0, "epochs.*positive integer"),
+        ("epochs", 2.5, "epochs"),
+        ("batch_size", -8, "batch_size.*positive integer"),
+        ("batch_size", True, "batch_size"),
+        ("lr", 0.0, "lr"),
+        ("method", "bayes", "method"),
+        ("prune_policy", "sometimes", "prune_policy"),
+        ("penalise", "conv", "penalise"),
+        ("device", "tpu:0", "device"),
+    ],
+)
+def test_bad_config_names_field_value_and_allowed(field: str, value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as info:
+        train(TrainConfig(**{field: value}))
+    assert repr(value) in str(info.value) or str(value) in str(info.value)
