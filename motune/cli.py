@@ -1,0 +1,326 @@
+"""The ``motune`` command: run, resume, inspect, plot and export studies.
+
+Exit codes: 0 success; 2 bad usage or input (config, storage URL, data, checkpoint),
+with one clear message and no traceback; 1 a run that failed; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from motune.config import ConfigError, StudyConfig
+from motune.data import DataError
+from motune.checkpoint import CheckpointError
+from motune.study import (
+    StudyError,
+    cached_dataset,
+    default_artifact_dir,
+    default_storage_url,
+    is_journal_file,
+    load_study_config,
+    mask_url,
+    open_storage,
+    summarize,
+)
+
+DEFAULT_CONFIG_NOTE = "the built-in digits study (same as studies/digits.toml)"
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _load_config(path: str | None, data_dir: str | None = None) -> tuple[StudyConfig, str]:
+    config = StudyConfig() if path is None else StudyConfig.load(path)
+    if data_dir is not None:
+        config.data.data_dir = data_dir
+        config.validate()
+    return config, DEFAULT_CONFIG_NOTE if path is None else path
+
+
+def _open_existing_study(args: argparse.Namespace) -> tuple[optuna.Study, str]:
+    """Open the study named by --study (or the only one) in --storage; never creates anything."""
+    url = args.storage or default_storage_url(args.study or StudyConfig().study.name)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise UsageError(f"storage {mask_url(url)!r}: no such database file; run `motune run` first or pass --storage URL")
+    if is_journal_file(url) and not Path(url.removeprefix("journal:")).exists():
+        raise UsageError(f"storage {mask_url(url)!r}: no such journal file; pass --storage URL")
+    storage = open_storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    name = args.study
+    if name is None:
+        if len(names) != 1:
+            raise UsageError(
+                f"storage {mask_url(url)!r} holds {len(names)} studies ({', '.join(names) or 'none'}); pick one with --study NAME"
+            )
+        name = names[0]
+    if name not in names:
+        raise UsageError(f"study {name!r} not found in {mask_url(url)!r}; studies there: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage), url
+
+
+def _artifact_dir(args: argparse.Namespace, url: str, study_name: str) -> Path:
+    return Path(args.artifacts) if getattr(args, "artifacts", None) else default_artifact_dir(url, study_name)
+
+
+def dashboard_command(url: str, artifact_dir: Path) -> str:
+    """The exact optuna-dashboard command line for this storage."""
+    target = url.removeprefix("journal:") if is_journal_file(url) else url
+    return f"optuna-dashboard {target} --artifact-dir {artifact_dir}"
+
+
+def _fmt_lambda(lam: float | None) -> str:
+    return "-" if lam is None else f"{lam:.2e}"
+
+
+def _trial_line(t: FrozenTrial, knee: FrozenTrial | None = None) -> str:
+    a = t.user_attrs
+    star = "*" if knee is not None and t.number == knee.number else " "
+    size = a.get("penalised_size") or 0
+    return (
+        f"{star}{t.number:>5} {a.get('kind', '?'):<13} {a.get('fidelity', '?'):<6} {_fmt_lambda(t.params.get('l1_weight')):>9} "
+        f"{t.values[0]:>8.4f} {t.values[1]:>10.2f} {100 * a.get('val_accuracy', float('nan')):>7.2f}% "
+        f"{a.get('nonzeros', 0):>8}/{size:<8} {100 * a.get('fraction_kept', float('nan')):>6.2f}%"
+    )
+
+
+TABLE_HEAD = f" {'trial':>5} {'kind':<13} {'fid.':<6} {'lambda':>9} {'f1 (CE)':>8} {'f2 (l1)':>10} {'val acc':>8} {'nonzeros':>17} {'kept':>7}"
+
+
+def print_summary(study: optuna.Study, config: StudyConfig, out: Any = sys.stdout) -> None:
+    """Trials by state, the Pareto table (knee starred), hypervolume."""
+    s = summarize(study, config)
+    states = ", ".join(f"{n} {k.lower()}" for k, n in s.states.items()) or "no trials"
+    print(f"study {s.study_name!r}: {states}", file=out)
+    print(f"Pareto front: {s.front_size} trials; hypervolume (normalised, ref 1.1) {s.hypervolume:.4f}; "
+          f"search {'converged' if s.converged else 'not converged'}", file=out)
+    rows = list(s.pareto)
+    if s.knee is not None and all(t.number != s.knee.number for t in rows):
+        rows.append(s.knee)
+    if rows:
+        print(TABLE_HEAD, file=out)
+        for t in sorted(rows, key=lambda t: t.values[0]):
+            print(_trial_line(t, s.knee), file=out)
+    if s.knee is not None:
+        k = s.knee
+        print(
+            f"knee: trial {k.number} (lambda {_fmt_lambda(k.params.get('l1_weight'))}, {k.user_attrs.get('fidelity')}): "
+            f"val accuracy {100 * k.user_attrs['val_accuracy']:.2f}%, test accuracy {100 * k.user_attrs['test_accuracy']:.2f}%, "
+            f"{k.user_attrs['nonzeros']} of {k.user_attrs['penalised_size']} penalised weights kept "
+            f"({100 * k.user_attrs['fraction_kept']:.2f}%)",
+            file=out,
+        )
+    else:
+        print("knee: none yet", file=out)
+
+
+class Progress:
+    """Console progress: one epoch bar per trial (tqdm) and one line per finished trial."""
+
+    def __init__(self, target: int, config: StudyConfig, enabled: bool = True) -> None:
+        self.target, self.config, self.enabled = target, config, enabled
+        self.bar: Any = None
+
+    def on_start(self, trial: optuna.Trial, kind: str, lam: float | None, epochs: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        done = len([t for t in trial.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"])
+        label = f"trial {trial.number} ({done + 1} of {self.target}) {kind}" + (f" λ={lam:.2e}" if lam is not None else "")
+        self.bar = tqdm(total=epochs, desc=label, unit="epoch", leave=False, file=sys.stderr, dynamic_ncols=True)
+
+    def on_epoch(self, trial: optuna.Trial, record: Any, epochs: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(acc=f"{record.val_accuracy or 0:.3f}", nz=record.nonzeros, refresh=False)
+            self.bar.update(1)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if not self.enabled:
+            return
+        from motune.study import knee_trial
+
+        if trial.state.name == "COMPLETE":
+            knee = knee_trial(study, self.config)
+            print(_trial_line(trial) + f"  {trial.user_attrs.get('seconds', 0):.1f}s  knee: "
+                  + (f"trial {knee.number}" if knee else "-"), flush=True)
+        else:
+            reason = trial.user_attrs.get("fail_reason", "")
+            print(f" {trial.number:>5} {trial.state.name.lower()} {reason}", flush=True)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from motune.study import Objective, run_study
+
+    config, source = _load_config(args.config, args.data_dir)
+    if args.n_trials is not None and args.n_trials < 1:
+        raise UsageError(f"--n-trials: must be a positive integer, got {args.n_trials}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError(f"--timeout: must be seconds > 0, got {args.timeout}")
+    name = args.study or config.study.name
+    url = args.storage or default_storage_url(name)
+    cached_dataset(config)  # a missing or corrupt data file fails here, before the storage is touched
+    storage = open_storage(url)
+    artifact_dir = _artifact_dir(args, url, name)
+    target = args.n_trials or config.study.n_trials
+    print(f"motune: study {name!r} from {source}; storage {mask_url(url)}; checkpoints in {artifact_dir}", flush=True)
+    print(f"up to {target} completed trials; the search stops when the knee is confirmed and retrained", flush=True)
+    print(TABLE_HEAD, flush=True)
+    progress = Progress(target, config, enabled=not args.quiet)
+    objective = Objective(config, str(artifact_dir), on_epoch=progress.on_epoch, on_start=progress.on_start)
+    study = run_study(
+        config, storage, study_name=name, n_trials=target, timeout=args.timeout, artifact_dir=artifact_dir,
+        objective=objective, callbacks=[progress.after_trial],
+    )
+    print()
+    print_summary(study, config)
+    print(f"\ninspect it:  {dashboard_command(url, artifact_dir)}")
+    print(f"export it:   motune export --storage {url} --study {name} --out {name}-pareto")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    study, _ = _open_existing_study(args)
+    print_summary(study, load_study_config(study))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from motune.export import export_pareto
+    from motune.study import knee_trial
+
+    study, url = _open_existing_study(args)
+    artifact_dir = _artifact_dir(args, url, study.study_name)
+    knee = knee_trial(study, load_study_config(study))
+    summary = export_pareto(study, Path(args.out), FileSystemArtifactStore(str(artifact_dir)), knee)
+    print(f"exported {summary.rows} Pareto trials of study {study.study_name!r} to {args.out} "
+          f"(pareto.csv, pareto.json, checkpoints/)")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from motune.plots import write_plots
+    from motune.study import knee_trial
+
+    study, _ = _open_existing_study(args)
+    knee = knee_trial(study, load_study_config(study))
+    paths = write_plots(study, Path(args.out), knee)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    study, url = _open_existing_study(args)
+    artifact_dir = _artifact_dir(args, url, study.study_name)
+    exe = shutil.which("optuna-dashboard")
+    if exe is None:
+        print("motune: optuna-dashboard is not installed; install it with\n  pip install 'motune[dashboard]'\n"
+              f"then run:\n  {dashboard_command(url, artifact_dir)}", file=sys.stderr)
+        return 1
+    target = url.removeprefix("journal:") if is_journal_file(url) else url
+    cmd = [exe, target, "--artifact-dir", str(artifact_dir), "--host", args.host, "--port", str(args.port)]
+    print("running: " + " ".join(cmd).replace(target, mask_url(target)), flush=True)
+    return subprocess.call(cmd)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="motune",
+        description="Find sparse, accurate networks: biobjective training with intra-training pruning, "
+        "searched as an Optuna multi-objective study.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def storage_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///STUDY.db in this directory)")
+        p.add_argument("--study", metavar="NAME", help="study name (default: the config's name, or the storage's only study)")
+        p.add_argument("--artifacts", metavar="DIR", help="checkpoint (artifact) directory (default: beside the storage file)")
+
+    run = sub.add_parser("run", help="create or resume a study and run it", description="Create or resume a study and run it.")
+    run.add_argument("config", nargs="?", help=f"study config TOML (default: {DEFAULT_CONFIG_NOTE})")
+    storage_opts(run)
+    run.add_argument("--n-trials", type=int, metavar="N", help="completed trials for the whole study (default: the config's)")
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long")
+    run.add_argument("--data-dir", metavar="DIR", help="directory with the data set's files (overrides the config)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="trials by state, Pareto front, knee, hypervolume", description="Show a study's state.")
+    storage_opts(status)
+    status.set_defaults(func=cmd_status)
+
+    export = sub.add_parser("export", help="write the Pareto set: pareto.csv, pareto.json, pruned checkpoints",
+                            description="Export the Pareto set as a table and pruned checkpoints.")
+    storage_opts(export)
+    export.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    export.set_defaults(func=cmd_export)
+
+    plot = sub.add_parser("plot", help="plotly HTML figures of the study", description="Write plotly HTML figures.")
+    storage_opts(plot)
+    plot.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    plot.set_defaults(func=cmd_plot)
+
+    dash = sub.add_parser("dashboard", help="open the study in optuna-dashboard", description="Start optuna-dashboard on the storage.")
+    storage_opts(dash)
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--port", type=int, default=8080)
+    dash.set_defaults(func=cmd_dashboard)
+    return parser
+
+
+USER_ERRORS = (UsageError, ConfigError, StudyError, DataError, CheckpointError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``motune`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)  # argparse itself exits 2 on bad usage
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    logging.captureWarnings(False)
+    try:
+        from motune.export import ExportError
+
+        user_errors: tuple[type[BaseException], ...] = (*USER_ERRORS, ExportError)
+    except ImportError:  # pragma: no cover
+        user_errors = USER_ERRORS
+    try:
+        return int(args.func(args) or 0)
+    except user_errors as exc:
+        print(f"motune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("motune: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a failed run: one line, not a traceback
+        print(f"motune: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
