@@ -101,8 +101,9 @@ def _trial_line(t: FrozenTrial, knee: FrozenTrial | None = None) -> str:
 TABLE_HEAD = f" {'trial':>5} {'kind':<13} {'fid.':<6} {'lambda':>9} {'f1 (CE)':>8} {'f2 (l1)':>10} {'val acc':>8} {'nonzeros':>17} {'kept':>7}"
 
 
-def print_summary(study: optuna.Study, config: StudyConfig, out: Any = sys.stdout) -> None:
+def print_summary(study: optuna.Study, config: StudyConfig, out: Any = None) -> None:
     """Trials by state, the Pareto table (knee starred), hypervolume."""
+    out = out or sys.stdout
     s = summarize(study, config)
     states = ", ".join(f"{n} {k.lower()}" for k, n in s.states.items()) or "no trials"
     print(f"study {s.study_name!r}: {states}", file=out)
