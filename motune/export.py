@@ -1,0 +1,292 @@
+"""Export a study's Pareto set: a CSV table, a JSON file and the pruned checkpoints.
+
+The *Pareto set* is every COMPLETE trial whose objective vector ``(val cross-entropy,
+l1)`` is nondominated among all COMPLETE trials (all kinds, both fidelities), plus the
+knee trial when one is given, **always**, even if a front trial happens to dominate it:
+the knee is the study's answer (retrained at full fidelity), so an export without it
+would be missing the one network most users want. Trials with non-finite values are
+never on the front. Identical objective vectors keep the lowest trial number only.
+
+Layout of ``out_dir`` after :func:`export_pareto`::
+
+    pareto.csv                  one row per Pareto-set trial, sorted by cross-entropy
+    pareto.json                 {"study": name, "knee_trial": n | null, "rows": [...]}
+    checkpoints/trial-NNNN.pt   the pruned network of trial NNNN (motune checkpoint)
+
+Safety and atomicity: file names are built from trial numbers only, never from strings
+stored in the study; every target is resolved and must lie inside ``out_dir``. All
+checkpoints are first downloaded into a private staging directory inside ``out_dir``
+and verified (each must load as a motune checkpoint). Only when every one succeeded
+are the files moved into place with ``os.replace`` (checkpoints first, the CSV and
+JSON index last), so a failure (missing artifact, corrupt file) raises
+:class:`ExportError` naming the trial and leaves ``out_dir`` as it was, apart from
+creating it. Files of an earlier export that are not part of this one are left alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.artifacts import download_artifact
+from optuna.trial import FrozenTrial, TrialState
+
+from motune.checkpoint import CheckpointError, load_checkpoint
+from motune.pareto import nondominated_mask
+
+__all__ = [
+    "COLUMNS",
+    "ExportError",
+    "ExportSummary",
+    "checkpoint_name",
+    "export_pareto",
+    "pareto_rows",
+    "pareto_trials",
+]
+
+COLUMNS: tuple[str, ...] = (
+    "trial",
+    "kind",
+    "fidelity",
+    "l1_weight",
+    "cross_entropy",
+    "l1",
+    "val_accuracy",
+    "test_accuracy",
+    "nonzeros",
+    "fraction_kept",
+    "is_knee",
+    "checkpoint",
+)
+
+CSV_NAME = "pareto.csv"
+JSON_NAME = "pareto.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class ExportError(ValueError):
+    """The Pareto set cannot be exported (missing artifact, bad checkpoint, unsafe target)."""
+
+
+@dataclass
+class ExportSummary:
+    """What :func:`export_pareto` wrote (absolute paths)."""
+
+    out_dir: Path
+    csv_path: Path
+    json_path: Path
+    checkpoints: list[Path] = field(default_factory=list)
+    rows: int = 0
+    knee_trial: int | None = None
+
+
+def checkpoint_name(number: int) -> str:
+    """Relative path of trial ``number``'s checkpoint inside an export directory."""
+    if not isinstance(number, (int, np.integer)) or isinstance(number, bool) or number < 0:
+        raise ExportError(f"trial number must be a non-negative integer, got {number!r}")
+    return f"{CHECKPOINT_DIR}/trial-{int(number):04d}.pt"
+
+
+def _finite_values(trial: FrozenTrial) -> bool:
+    values = trial.values
+    return values is not None and len(values) == 2 and all(math.isfinite(v) for v in values)
+
+
+def _resolve_knee(complete: Sequence[FrozenTrial], knee: FrozenTrial | None) -> FrozenTrial | None:
+    """The study's own copy of the knee trial; reject a knee that is not a COMPLETE trial here."""
+    if knee is None:
+        return None
+    for trial in complete:
+        if trial.number == knee.number:
+            if not _finite_values(trial):
+                raise ExportError(f"knee trial {knee.number} has no finite objective values")
+            return trial
+    raise ExportError(f"knee trial {knee.number} is not a COMPLETE trial of this study")
+
+
+def pareto_trials(study: optuna.Study, knee: FrozenTrial | None = None) -> list[FrozenTrial]:
+    """The Pareto set (see the module docstring), sorted by cross-entropy, then trial number."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    knee_trial = _resolve_knee(complete, knee)
+    finite = [t for t in complete if _finite_values(t)]
+    if finite:
+        mask = nondominated_mask(np.array([t.values for t in finite], dtype=float))
+        chosen = [t for t, keep in zip(finite, mask) if keep]
+    else:
+        chosen = []
+    if knee_trial is not None and all(t.number != knee_trial.number for t in chosen):
+        chosen.append(knee_trial)
+    return sorted(chosen, key=lambda t: (t.values[0], t.number))
+
+
+def _float_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return int(value)
+
+
+def _l1_weight(trial: FrozenTrial) -> float | None:
+    """λ of a weighted-sum trial (param ``l1_weight``); None for the multi-gradient kinds."""
+    if trial.user_attrs.get("kind", "weighted_sum") != "weighted_sum":
+        return None
+    value = trial.params.get("l1_weight", trial.user_attrs.get("l1_weight"))
+    return _float_or_none(value)
+
+
+def _has_checkpoint(trial: FrozenTrial) -> bool:
+    artifact_id = trial.user_attrs.get("checkpoint")
+    return isinstance(artifact_id, str) and bool(artifact_id)
+
+
+def _row(trial: FrozenTrial, knee_number: int | None) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    return {
+        "trial": trial.number,
+        "kind": attrs.get("kind") if isinstance(attrs.get("kind"), str) else None,
+        "fidelity": attrs.get("fidelity") if isinstance(attrs.get("fidelity"), str) else None,
+        "l1_weight": _l1_weight(trial),
+        "cross_entropy": float(trial.values[0]),
+        "l1": float(trial.values[1]),
+        "val_accuracy": _float_or_none(attrs.get("val_accuracy")),
+        "test_accuracy": _float_or_none(attrs.get("test_accuracy")),
+        "nonzeros": _int_or_none(attrs.get("nonzeros")),
+        "fraction_kept": _float_or_none(attrs.get("fraction_kept")),
+        "is_knee": trial.number == knee_number,
+        "checkpoint": checkpoint_name(trial.number) if _has_checkpoint(trial) else None,
+    }
+
+
+def pareto_rows(study: optuna.Study, knee: FrozenTrial | None = None) -> list[dict[str, Any]]:
+    """One row (keys :data:`COLUMNS`, in that order) per Pareto-set trial, sorted by cross-entropy.
+
+    ``checkpoint`` is the file's path relative to the export directory
+    (``checkpoints/trial-0007.pt``), or None when the trial stored no checkpoint.
+    Missing or malformed user attributes become None rather than errors, so rows
+    can be built for any study with the two motune objectives.
+    """
+    return _rows(pareto_trials(study, knee), knee)
+
+
+def _rows(trials: Sequence[FrozenTrial], knee: FrozenTrial | None) -> list[dict[str, Any]]:
+    knee_number = knee.number if knee is not None else None
+    return [_row(trial, knee_number) for trial in trials]
+
+
+def _inside(root: Path, target: Path) -> Path:
+    """``target`` resolved; raise :class:`ExportError` unless it lies inside ``root``."""
+    resolved = target.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ExportError(f"refusing to write {target}: it resolves to {resolved}, outside {root}")
+    return resolved
+
+
+def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        # None -> empty cell; floats keep full precision (repr).
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def export_pareto(
+    study: optuna.Study,
+    out_dir: str | os.PathLike[str],
+    artifact_store: Any,
+    knee: FrozenTrial | None = None,
+) -> ExportSummary:
+    """Write ``pareto.csv``, ``pareto.json`` and the Pareto set's checkpoints into ``out_dir``.
+
+    ``artifact_store`` is the Optuna artifact store the study's checkpoints were uploaded
+    to (e.g. ``FileSystemArtifactStore(dir)``). Existing files of the same names are
+    replaced. Fails as a whole (see the module docstring): raises :class:`ExportError`
+    naming the trial when a checkpoint artifact is missing or not a motune checkpoint,
+    before anything in ``out_dir`` is replaced.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    root = out.resolve()
+    # One snapshot of the study: other workers may be adding trials while we export.
+    chosen = pareto_trials(study, knee)
+    trials = {t.number: t for t in chosen}
+    rows = _rows(chosen, knee)
+
+    # Targets, checked before anything is written: names come from trial numbers only.
+    ckpt_dir = _inside(root, root / CHECKPOINT_DIR)
+    targets = {
+        CSV_NAME: _inside(root, root / CSV_NAME),
+        JSON_NAME: _inside(root, root / JSON_NAME),
+    }
+    for row in rows:
+        if row["checkpoint"] is not None:
+            targets[row["checkpoint"]] = _inside(root, root / row["checkpoint"])
+
+    staging = Path(tempfile.mkdtemp(prefix=".motune-export-", dir=root))
+    try:
+        (staging / CHECKPOINT_DIR).mkdir()
+        for row in rows:
+            if row["checkpoint"] is None:
+                continue
+            trial = trials[row["trial"]]
+            _download_checkpoint(artifact_store, trial, staging / row["checkpoint"])
+
+        knee_number = knee.number if knee is not None else None
+        document = {"study": study.study_name, "knee_trial": knee_number, "rows": rows}
+        (staging / CSV_NAME).write_text(_csv_text(rows), encoding="utf-8")
+        (staging / JSON_NAME).write_text(
+            json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
+
+        # Publish: checkpoints first, the index files last, each with an atomic rename.
+        if any(row["checkpoint"] is not None for row in rows):
+            ckpt_dir.mkdir(exist_ok=True)
+            _inside(root, ckpt_dir)  # re-check: it may have been replaced by a link meanwhile
+        ordered = [name for name in targets if name not in (CSV_NAME, JSON_NAME)] + [CSV_NAME, JSON_NAME]
+        for name in ordered:
+            os.replace(staging / name, targets[name])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    return ExportSummary(
+        out_dir=root,
+        csv_path=targets[CSV_NAME],
+        json_path=targets[JSON_NAME],
+        checkpoints=[targets[row["checkpoint"]] for row in rows if row["checkpoint"] is not None],
+        rows=len(rows),
+        knee_trial=knee.number if knee is not None else None,
+    )
+
+
+def _download_checkpoint(artifact_store: Any, trial: FrozenTrial, path: Path) -> None:
+    """Download trial ``trial``'s checkpoint artifact to ``path`` and check it is a motune checkpoint."""
+    artifact_id = trial.user_attrs["checkpoint"]
+    try:
+        download_artifact(artifact_store=artifact_store, file_path=str(path), artifact_id=artifact_id)
+    except Exception as exc:  # stores raise ArtifactNotFound, OSError, ValueError, botocore errors...
+        raise ExportError(
+            f"trial {trial.number}: cannot download its checkpoint (artifact {artifact_id!r}): "
+            f"{type(exc).__name__}: {exc}; is the artifact store the one the study was run with?"
+        ) from exc
+    try:
+        load_checkpoint(path)
+    except CheckpointError as exc:
+        raise ExportError(f"trial {trial.number}: artifact {artifact_id!r} is not a usable checkpoint: {exc}") from exc
