@@ -1,0 +1,519 @@
+"""Tests for KneeSampler on synthetic fronts with known weighted-sum optima.
+
+Each synthetic "training run" returns the exact minimiser of (1 - λ) f1 + λ f2 over a
+front scaled like the real problem (f1 ~ cross-entropy in [0.05, 2.3], f2 ~ an l1
+norm in [0, 3000]), so the useful weights are small (1e-5 .. 1e-2) and the knee is
+known in closed form (or by a dense grid).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from motune.sampler import KneeSampler
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+F1_LO, F1_SPAN, F2_SPAN = 0.05, 2.25, 3000.0
+Front = Callable[[float], np.ndarray]
+
+
+def polyline(vertices: list[tuple[float, float]]) -> Front:
+    """Weighted-sum optimum over a convex polyline: always one of its vertices."""
+    v = np.asarray(vertices, dtype=float)
+    return lambda lam: v[np.argmin((1 - lam) * v[:, 0] + lam * v[:, 1])]
+
+
+def dense(f1: np.ndarray, f2: np.ndarray) -> Front:
+    """Weighted-sum optimum over a densely sampled front (ties: any of them)."""
+    return lambda lam: np.array(
+        [f1[i := int(np.argmin((1 - lam) * f1 + lam * f2))], f2[i]]
+    )
+
+
+def to_raw(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return F1_LO + F1_SPAN * x, F2_SPAN * y
+
+
+def to_norm(point: np.ndarray) -> np.ndarray:
+    return np.array([(point[0] - F1_LO) / F1_SPAN, point[1] / F2_SPAN])
+
+
+# (1) sharp: convex polyline with a kink at (0.15, 200); the widest normal cone and
+# the largest distance to the extremes' line both pick it (see test_pareto).
+SHARP_VERTICES = [(0.05, 3000.0), (0.1, 800.0), (0.15, 200.0), (0.4, 60.0), (2.3, 0.0)]
+SHARP = polyline(SHARP_VERTICES)
+SHARP_KNEE = np.array([0.15, 200.0])
+
+# (2) smooth, asymmetric: normalised y = (1 - x^2) / (1 + 30 x); finite slope at
+# y = 0, so λ = 0.1 reaches that end. Knee by curvature / distance from a dense grid.
+_X = np.linspace(0.0, 1.0, 200_001)
+_Y = (1 - _X**2) / (1 + 30 * _X)
+SMOOTH = dense(*to_raw(_X, _Y))
+_DY = np.gradient(_Y, _X)
+SMOOTH_KNEE_CURVATURE = np.array(
+    [_X[i := np.argmax(np.abs(np.gradient(_DY, _X)) / (1 + _DY**2) ** 1.5)], _Y[i]]
+)
+SMOOTH_KNEE_DISTANCE = np.array([_X[i := np.argmin(_X + _Y)], _Y[i]])
+
+# (3) flat: a steep piece, then one straight stretch (0.08, 600) -> (0.8, 100) sampled
+# by 400 collinear points, then a gentle piece. Knee at (0.08, 600) by both criteria.
+_FLAT_V = [(0.05, 3000.0), (0.08, 600.0), (0.8, 100.0), (2.3, 0.0)]
+_FLAT_PTS = np.concatenate(
+    [
+        np.asarray(a)
+        + np.linspace(0, 1, 400)[:, None] * (np.asarray(b) - np.asarray(a))
+        for a, b in itertools.pairwise(_FLAT_V)
+    ]
+)
+FLAT = dense(_FLAT_PTS[:, 0], _FLAT_PTS[:, 1])
+FLAT_KNEE = np.array([0.08, 600.0])
+
+
+def noisy(front: Front, sigma: float, seed: int):
+    """Objective on ``front`` plus Gaussian noise of ``sigma`` times each range."""
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+        rng = np.random.default_rng([seed, trial.number])
+        v = front(lam) + rng.normal(0.0, sigma, 2) * [F1_SPAN, F2_SPAN]
+        return float(v[0]), float(v[1])
+
+    return objective
+
+
+def make_objective(
+    front: Front, *, sign: tuple[float, float] = (1.0, 1.0), extra=False
+):
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+        if extra:
+            trial.suggest_float("x", -1.0, 1.0)
+        v = front(lam)
+        return float(sign[0] * v[0]), float(sign[1] * v[1])
+
+    return objective
+
+
+def new_study(sampler: KneeSampler, **kwargs) -> optuna.Study:
+    kwargs.setdefault("directions", ["minimize", "minimize"])
+    return optuna.create_study(sampler=sampler, **kwargs)
+
+
+def run_until_converged(study: optuna.Study, objective, max_trials: int) -> int:
+    sampler = study.sampler
+    assert isinstance(sampler, KneeSampler)
+    for n in range(1, max_trials + 1):
+        study.optimize(objective, n_trials=1)
+        if sampler.is_converged(study):
+            return n
+    pytest.fail(f"not converged after {max_trials} trials")
+
+
+def front_lambdas(study: optuna.Study) -> list[float]:
+    return [
+        t.params["l1_weight"]
+        for t in study.get_trials(deepcopy=False)
+        if "l1_weight" in t.params and KneeSampler.fidelity(t) == "front"
+    ]
+
+
+def assert_distinct(lams: list[float], rtol: float = 1e-3) -> None:
+    s = sorted(lams)
+    for a, b in itertools.pairwise(s):
+        assert b - a > rtol * max(abs(a), abs(b)), f"repeated weight {a} ~ {b}"
+
+
+def assert_keeps_going(study: optuna.Study, objective, n: int = 12) -> None:
+    """After convergence, more trials get finite, new weights in [0, 1]."""
+    before = len(study.trials)
+    study.optimize(objective, n_trials=n)
+    new = study.trials[before:]
+    assert len(new) == n and all(t.state == TrialState.COMPLETE for t in new)
+    for t in new:
+        lam = t.params["l1_weight"]
+        assert math.isfinite(lam) and 0.0 <= lam <= 1.0
+    assert_distinct(front_lambdas(study))
+
+
+# --------------------------------------------------------------------- knee finding
+
+# Trials to convergence include the one full-fidelity retrain of the knee.
+CASES = {
+    "sharp": (SHARP, 8),
+    "smooth": (SMOOTH, 11),
+    "flat": (FLAT, 8),
+}
+
+
+@pytest.mark.parametrize("criterion", ["angle", "distance"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_finds_knee(case: str, criterion: str) -> None:
+    front, max_trials = CASES[case]
+    sampler = KneeSampler(knee=criterion, seed=0)
+    study = new_study(sampler)
+    objective = make_objective(front)
+    n = run_until_converged(study, objective, max_trials)
+
+    knee = sampler.knee_trial(study)
+    assert knee is not None and KneeSampler.fidelity(knee) == "full"
+    point = np.asarray(knee.values)
+    if case == "sharp":
+        assert point == pytest.approx(SHARP_KNEE)
+    elif case == "flat":
+        assert point == pytest.approx(FLAT_KNEE)
+    else:
+        # The first dichotomic point from the extremes is exactly the point farthest
+        # from their line; the confirmed knee stays there for both criteria, within
+        # 0.01 (normalised) of the curvature maximum and the grid step of the
+        # distance knee.
+        q = to_norm(point)
+        assert np.hypot(*(q - SMOOTH_KNEE_DISTANCE)) < 1e-3
+        assert np.hypot(*(q - SMOOTH_KNEE_CURVATURE)) < 0.01
+    fulls = [t for t in study.trials if KneeSampler.fidelity(t) == "full"]
+    assert len(fulls) == 1 and fulls[0].number == n - 1
+    assert_distinct(front_lambdas(study))
+    assert_keeps_going(study, objective)
+    assert len([t for t in study.trials if KneeSampler.fidelity(t) == "full"]) == 1
+
+
+def test_sharp_knee_trial_sequence() -> None:
+    """The dichotomic search on the sharp front, step by step."""
+    sampler = KneeSampler(seed=0)
+    study = new_study(sampler)
+    n = run_until_converged(study, make_objective(SHARP), 8)
+    lams = [t.params["l1_weight"] for t in study.trials]
+    assert lams[:2] == [0.0, 0.1]
+    assert lams[2] == pytest.approx(2.25 / (2.25 + 3000.0))  # normal of the extremes
+    assert [tuple(t.values) for t in study.trials][2] == (0.15, 200.0)
+    assert n == 7  # 2 start + 4 dichotomic + 1 full
+    sup = [tuple(t.values) for t in sampler.supported_trials(study)]
+    assert (0.15, 200.0) in sup and sup[0] == (0.05, 3000.0) and sup[-1] == (2.3, 0.0)
+
+
+def test_noisy_front() -> None:
+    """σ = 2 % of each range; tolerance raised to the noise level (2.5 σ).
+
+    Over 10 noise seeds every run converges within 15 trials and in at least 8 the
+    knee's weight trains the true knee (0.15, 200) when run without noise.
+    """
+    good = 0
+    for seed in range(10):
+        objective = noisy(SHARP, 0.02, seed)
+        sampler = KneeSampler(seed=0, tolerance=0.05)
+        study = new_study(sampler)
+        run_until_converged(study, objective, 15)
+        lam = sampler.knee_trial(study).params["l1_weight"]
+        good += bool(np.allclose(SHARP(lam), SHARP_KNEE))
+        if seed < 3:
+            assert_keeps_going(study, objective, n=8)
+        assert_distinct(front_lambdas(study))
+    assert good >= 8
+
+
+def test_without_full_fidelity() -> None:
+    sampler = KneeSampler(full_fidelity=False, seed=0)
+    study = new_study(sampler)
+    n = run_until_converged(study, make_objective(SHARP), 8)
+    assert n == 6
+    assert all(KneeSampler.fidelity(t) == "front" for t in study.trials)
+    assert sampler.knee_trial(study).values == [0.15, 200.0]
+
+
+def test_maximize_direction_gives_same_search() -> None:
+    ref = new_study(KneeSampler(seed=0))
+    ref.optimize(make_objective(SHARP), n_trials=10)
+    sampler = KneeSampler(seed=0)
+    study = new_study(sampler, directions=["maximize", "minimize"])
+    study.optimize(make_objective(SHARP, sign=(-1.0, 1.0)), n_trials=10)
+    assert [t.params for t in study.trials] == [t.params for t in ref.trials]
+    assert sampler.knee_trial(study).values == [-0.15, 200.0]
+
+
+# ----------------------------------------------------------------- optuna protocol
+
+
+@pytest.mark.parametrize("directions", [["minimize"], ["minimize"] * 3])
+def test_wrong_number_of_objectives_raises(directions: list[str]) -> None:
+    study = optuna.create_study(directions=directions, sampler=KneeSampler())
+
+    def objective(trial: optuna.Trial):
+        lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+        return lam if len(directions) == 1 else [lam] * len(directions)
+
+    with pytest.raises(ValueError, match="exactly two objectives"):
+        study.optimize(objective, n_trials=1)
+    assert study.trials[0].state == TrialState.FAIL  # failed cleanly, not left running
+    with pytest.raises(ValueError, match="exactly two objectives"):
+        KneeSampler().is_converged(study)
+
+
+def test_other_parameters_delegated_and_seed_reproducible() -> None:
+    def run(seed: int) -> list[dict]:
+        study = new_study(KneeSampler(seed=seed))
+        study.optimize(make_objective(SHARP, extra=True), n_trials=8)
+        return [t.params for t in study.trials]
+
+    a, b, c = run(3), run(3), run(4)
+    assert a == b
+    xs = [p["x"] for p in a]
+    assert len(set(xs)) == len(xs) and all(-1 <= x <= 1 for x in xs)
+    assert [p["l1_weight"] for p in a] == [p["l1_weight"] for p in c]  # data-driven
+    assert [p["x"] for p in c] != xs
+
+
+def test_custom_independent_sampler() -> None:
+    inner = optuna.samplers.TPESampler(seed=0)
+    sampler = KneeSampler(independent_sampler=inner)
+    study = new_study(sampler)
+    study.optimize(make_objective(SHARP, extra=True), n_trials=4)
+    assert all(-1 <= t.params["x"] <= 1 for t in study.trials)
+
+
+def test_pickle_round_trip() -> None:
+    sampler = KneeSampler(seed=1, knee="distance", start_weights=(0.0, 0.05))
+    clone = pickle.loads(pickle.dumps(sampler))
+    lams = []
+    for s in (sampler, clone):
+        study = new_study(s)
+        study.optimize(make_objective(SHARP, extra=True), n_trials=6)
+        lams.append([t.params for t in study.trials])
+    assert lams[0] == lams[1]
+    pickle.dumps(sampler)  # still picklable after use
+
+
+def test_running_trials_get_different_weights() -> None:
+    sampler = KneeSampler(seed=0)
+    study = new_study(sampler)
+    t0, t1 = study.ask(), study.ask()
+    lam0 = t0.suggest_float("l1_weight", 0.0, 1.0)
+    lam1 = t1.suggest_float("l1_weight", 0.0, 1.0)
+    assert (lam0, lam1) == (0.0, 0.1)
+    t2 = study.ask()  # both start weights running, no result yet: fill a gap
+    lam2 = t2.suggest_float("l1_weight", 0.0, 1.0)
+    assert lam2 not in (0.0, 0.1) and 0 < lam2 < 1
+    for t in (t0, t1, t2):
+        study.tell(t, tuple(SHARP(t.params["l1_weight"])))
+    # the next two are the normal of the extremes' segment and, while that one
+    # runs, something else (never the same weight twice)
+    t3, t4 = study.ask(), study.ask()
+    lam3 = t3.suggest_float("l1_weight", 0.0, 1.0)
+    lam4 = t4.suggest_float("l1_weight", 0.0, 1.0)
+    assert lam3 != pytest.approx(lam4, rel=1e-3)
+    assert_distinct([lam0, lam1, lam2, lam3, lam4])
+
+
+def test_planned_weight_visible_before_suggest() -> None:
+    """Other workers must see a weight as taken from the moment the trial starts."""
+    study = new_study(KneeSampler())
+    trial = study.ask()
+    attrs = study._storage.get_trial_system_attrs(trial._trial_id)
+    assert attrs["knee:l1_weight"] == 0.0 and attrs["knee:fidelity"] == "front"
+    assert KneeSampler.fidelity(trial) == "front"
+    assert KneeSampler.fidelity(optuna.trial.FixedTrial({"l1_weight": 0.1})) == "front"
+
+
+def test_failed_and_foreign_trials() -> None:
+    """Failed weights are not retried; trials without the weight are ignored."""
+    calls: list[float] = []
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        if trial.number % 4 == 3:  # a baseline sharing the study: no l1_weight
+            return 1.0, 5000.0
+        lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+        if KneeSampler.fidelity(trial) == "front":
+            calls.append(lam)
+        if trial.number == 2:
+            raise RuntimeError("diverged")
+        return tuple(float(v) for v in SHARP(lam))
+
+    sampler = KneeSampler(seed=0)
+    study = new_study(sampler)
+    study.optimize(objective, n_trials=16, catch=(RuntimeError,))
+    assert_distinct(calls)
+    assert study.trials[2].state == TrialState.FAIL
+    assert sampler.is_converged(study)
+    assert sampler.knee_trial(study).values == [0.15, 200.0]
+
+
+def test_enqueued_weight_is_used_and_counted() -> None:
+    sampler = KneeSampler(seed=0)
+    study = new_study(sampler)
+    study.enqueue_trial({"l1_weight": 0.0})
+    study.enqueue_trial({"l1_weight": 1e-3})
+    study.optimize(make_objective(SHARP), n_trials=4)
+    lams = [t.params["l1_weight"] for t in study.trials]
+    assert lams[:3] == [0.0, 1e-3, 0.1]
+    assert_distinct(lams)
+
+
+def test_enqueued_baseline_is_not_planned() -> None:
+    """Enqueued trials that fix other parameters get their weight at suggest time."""
+    study = new_study(KneeSampler(seed=0))
+    study.enqueue_trial({"method": "smgd"})
+    study.enqueue_trial({"x": 0.5})
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        if trial.number == 0:
+            trial.suggest_categorical("method", ["smgd", "ws"])
+            return 1.0, 5000.0
+        lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+        trial.suggest_float("x", -1.0, 1.0)
+        return tuple(float(v) for v in SHARP(lam))
+
+    study.optimize(objective, n_trials=6)
+    assert "knee:l1_weight" not in study.trials[0].system_attrs
+    assert study.trials[1].params == {"l1_weight": 0.0, "x": 0.5}
+    assert study.trials[1].system_attrs["knee:fidelity"] == "front"
+    assert_distinct(front_lambdas(study))
+
+
+def test_trials_added_by_hand() -> None:
+    """Completed trials from elsewhere seed the front; user attr fidelity="full" counts."""
+    sampler = KneeSampler(seed=0)
+    study = new_study(sampler)
+    dist = {"l1_weight": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    for lam in (0.0, 0.1, 2.25 / 3002.25):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"l1_weight": lam}, distributions=dist, values=list(SHARP(lam))
+            )
+        )
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"l1_weight": 2.25 / 3002.25},
+            distributions=dist,
+            values=[0.12, 150.0],  # better than the front: longer training
+            user_attrs={"fidelity": "full"},
+        )
+    )
+    assert KneeSampler.fidelity(study.trials[3]) == "full"
+    assert [t.number for t in sampler.supported_trials(study)] == [0, 2, 1]
+    assert sampler.knee_trial(study).number == 3  # the retrain of the knee's weight
+    study.optimize(make_objective(SHARP), n_trials=4)
+    assert_distinct(front_lambdas(study))
+    assert not any(KneeSampler.fidelity(t) == "full" for t in study.trials[4:])
+
+
+def test_narrow_weight_range() -> None:
+    """With suggest_float(.., 0, 0.01) the start weight 0.1 clips to 0.01 once."""
+    study = new_study(KneeSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        lam = trial.suggest_float("l1_weight", 0.0, 0.01)
+        return tuple(float(v) for v in SHARP(lam))
+
+    study.optimize(objective, n_trials=15)
+    lams = front_lambdas(study)
+    assert all(0.0 <= x <= 0.01 for x in lams)
+    assert_distinct(lams)
+
+
+def test_empty_study_and_constructor_validation() -> None:
+    sampler = KneeSampler()
+    study = new_study(sampler)
+    assert sampler.knee_trial(study) is None
+    assert sampler.supported_trials(study) == []
+    assert not sampler.is_converged(study)
+    for kwargs in (
+        {"start_weights": (0.0,)},
+        {"start_weights": (0.0, 2.0)},
+        {"knee": "curvature"},
+        {"tolerance": -0.1},
+        {"min_lambda_gap": 0.0},
+    ):
+        with pytest.raises(ValueError):
+            KneeSampler(**kwargs)
+
+
+# --------------------------------------------------------------- several processes
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    import optuna
+    from motune.sampler import KneeSampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url, n = sys.argv[1], int(sys.argv[2])
+    if url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = JournalStorage(JournalFileBackend(url[len("journal:"):]))
+    else:
+        storage = url
+    V = np.array(__VERTICES__)
+
+    def objective(trial):
+        lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+        time.sleep(0.1)  # "training": keeps both workers' trials overlapping
+        v = V[np.argmin((1 - lam) * V[:, 0] + lam * V[:, 1])]
+        return float(v[0]), float(v[1])
+
+    study = optuna.load_study(study_name="knee", storage=storage, sampler=KneeSampler())
+    study.optimize(objective, n_trials=n)
+    """
+).replace("__VERTICES__", repr(SHARP_VERTICES))
+
+
+@pytest.mark.parametrize("backend", ["journal", "sqlite"])
+def test_two_processes_share_one_storage(tmp_path: Path, backend: str) -> None:
+    if backend == "journal":
+        path = str(tmp_path / "study.journal")
+        storage = JournalStorage(JournalFileBackend(path))
+        url = "journal:" + path
+    else:
+        url = storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(
+        study_name="knee", storage=storage, directions=["minimize", "minimize"]
+    )
+    n = 6
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    workers = [
+        subprocess.Popen([sys.executable, "-c", WORKER, url, str(n)], env=env)
+        for _ in range(2)
+    ]
+    assert [w.wait(timeout=60) for w in workers] == [0, 0]
+
+    study = optuna.load_study(study_name="knee", storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 2 * n
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert_distinct(front_lambdas(study))
+    assert sum(KneeSampler.fidelity(t) == "full" for t in trials) <= 1
+    assert KneeSampler().knee_trial(study).values == [0.15, 200.0]
+
+
+def test_threads_share_one_sampler() -> None:
+    """``study.optimize(n_jobs=4)``: concurrent trials in one process never collide."""
+    sampler = KneeSampler(seed=0)
+    study = new_study(sampler)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+        time.sleep(0.01)
+        return tuple(float(v) for v in SHARP(lam))
+
+    study.optimize(objective, n_trials=24, n_jobs=4)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert_distinct(front_lambdas(study))
+    assert sampler.is_converged(study)
+    assert sampler.knee_trial(study).values == [0.15, 200.0]
