@@ -9,8 +9,14 @@ from motune.checkpoint import CheckpointError, load_checkpoint, load_model, save
 from motune.combine import GradientCombiner, MultiGradient, WeightedSum, min_norm_alpha
 from motune.data import DATASETS, DataError, Dataset, load_dataset
 from motune.models import MODELS, build_model, penalised_parameters
+from motune.config import ConfigError, StudyConfig
+from motune.export import ExportError, export_pareto, pareto_rows
 from motune.objectives import evaluate, l1_norm, nonzeros_per_layer
+from motune.pareto import hypervolume, knee_index, nondominated_mask, supported_points
+from motune.plots import write_plots
 from motune.pruning import IntraTrainingPruning, count_nonzero, prune_below_threshold_
+from motune.sampler import KneeSampler
+from motune.study import StudyError, create_or_load_study, knee_trial, open_storage, run_study
 from motune.train import DivergenceError, EpochRecord, TrainConfig, TrainResult, train
 
 __version__ = "0.1.0"
@@ -19,27 +25,43 @@ __all__ = [
     "DATASETS",
     "MODELS",
     "CheckpointError",
+    "ConfigError",
     "DataError",
     "Dataset",
     "DivergenceError",
     "EpochRecord",
+    "ExportError",
     "GradientCombiner",
     "IntraTrainingPruning",
+    "KneeSampler",
     "MultiGradient",
+    "StudyConfig",
+    "StudyError",
     "TrainConfig",
     "TrainResult",
     "WeightedSum",
     "build_model",
     "count_nonzero",
+    "create_or_load_study",
     "evaluate",
+    "export_pareto",
+    "hypervolume",
+    "knee_index",
+    "knee_trial",
     "l1_norm",
     "load_checkpoint",
     "load_dataset",
     "load_model",
     "min_norm_alpha",
+    "nondominated_mask",
     "nonzeros_per_layer",
+    "open_storage",
+    "pareto_rows",
     "penalised_parameters",
     "prune_below_threshold_",
+    "run_study",
     "save_checkpoint",
+    "supported_points",
     "train",
+    "write_plots",
 ]
