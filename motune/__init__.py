@@ -7,10 +7,10 @@ Optuna multi-objective study. See DESIGN.md for the mathematics.
 
 from motune.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from motune.combine import GradientCombiner, MultiGradient, WeightedSum, min_norm_alpha
-from motune.data import DATASETS, DataError, Dataset, load_dataset
-from motune.models import MODELS, build_model, penalised_parameters
 from motune.config import ConfigError, StudyConfig
+from motune.data import DATASETS, DataError, Dataset, load_dataset
 from motune.export import ExportError, export_pareto, pareto_rows
+from motune.models import MODELS, build_model, penalised_parameters
 from motune.objectives import evaluate, l1_norm, nonzeros_per_layer
 from motune.pareto import hypervolume, knee_index, nondominated_mask, supported_points
 from motune.plots import write_plots

@@ -185,7 +185,9 @@ class StudyConfig:
                 raise ConfigError(_locate(str(exc), kind)) from None
         return self
 
-    def train_config(self, kind: str = "weighted_sum", *, l1_weight: float = 0.0, full: bool = False, seed: int | None = None) -> TrainConfig:
+    def train_config(
+        self, kind: str = "weighted_sum", *, l1_weight: float = 0.0, full: bool = False, seed: int | None = None
+    ) -> TrainConfig:
         """The :class:`TrainConfig` of one trial of ``kind`` (front or full fidelity)."""
         t, d = self.train, self.data
         cfg = TrainConfig(

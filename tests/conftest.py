@@ -24,6 +24,13 @@ storage URL (a SQLite file) so CLI tests can open the same study.
 
 from __future__ import annotations
 
+import os
+
+# One intra-op thread for the tests and every subprocess they start: the networks are
+# tiny, and several worker processes with two OpenMP threads each on a 2-core machine
+# run 5-30x slower than with one (measured; see bench/throughput.py for real speed).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import math
 import warnings
 from pathlib import Path
@@ -38,6 +45,8 @@ from optuna.trial import TrialState
 
 from motune import TrainConfig, TrainResult, load_dataset, save_checkpoint, train
 from motune.pareto import knee_index
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 TINY_LIMIT = 400
 TINY_EPOCHS = 3
@@ -135,7 +144,8 @@ def build_tiny_study(directory: Path) -> TinyStudy:
         for lam in TINY_LAMBDAS
     ]
     # Barely trained: dominated by the trained λ = 0 trial (higher f1) and by any λ > 0.
-    _record(study, store, scratch, base.replace(l1_weight=0.0, lr=1e-6, epochs=1), kind="weighted_sum", fidelity="front", data=data)
+    barely = base.replace(l1_weight=0.0, lr=1e-6, epochs=1)
+    _record(study, store, scratch, barely, kind="weighted_sum", fidelity="front", data=data)
     smgd = base.replace(method="multi_gradient", optimizer="sgd", lr=0.1)
     front.append(_record(study, store, scratch, smgd, kind="smgd", fidelity="front", data=data))
 
