@@ -43,8 +43,9 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 
-from motune import TrainConfig, TrainResult, load_dataset, save_checkpoint, train
+from motune import TrainConfig, load_dataset, save_checkpoint, train
 from motune.pareto import knee_index
+from motune.study import result_attrs
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -62,11 +63,6 @@ class TinyStudy(NamedTuple):
     study: optuna.Study
     artifact_store: FileSystemArtifactStore
     artifact_dir: Path
-
-
-def _history(result: TrainResult) -> list[dict[str, Any]]:
-    keys = ("epoch", "nonzeros", "nonzeros_per_layer", "l1", "val_accuracy", "val_cross_entropy", "alpha_mean")
-    return [{k: getattr(rec, k) for k in keys} for rec in result.history]
 
 
 def _record(
@@ -97,22 +93,7 @@ def _record(
         metadata={"trial": trial.number, "kind": kind, "l1_weight": config.l1_weight},
     )
     artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
-    attrs: dict[str, Any] = {
-        "kind": kind,
-        "fidelity": fidelity,
-        "val_accuracy": result.val_accuracy,
-        "test_accuracy": result.test_accuracy,
-        "nonzeros": result.nonzeros,
-        "penalised_size": result.penalised_size,
-        "fraction_kept": result.fraction_kept,
-        "nonzeros_per_layer": result.nonzeros_per_layer,
-        "epochs": result.epochs,
-        "seconds": result.seconds,
-        "seed": config.seed,
-        "alpha_mean": result.alpha_mean,
-        "history": _history(result),
-        "checkpoint": artifact_id,
-    }
+    attrs = {**result_attrs(result, kind, fidelity), "checkpoint": artifact_id}
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     return study.tell(trial, list(result.values))
