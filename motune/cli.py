@@ -1,16 +1,23 @@
-"""The ``motune`` command: run, resume, inspect, plot and export studies.
+"""The ``motune`` command: run, resume, scale out, inspect, plot and export studies.
 
 Exit codes: 0 success; 2 bad usage or input (config, storage URL, data, checkpoint),
-with one clear message and no traceback; 1 a run that failed; 130 interrupted.
+with one clear message and no traceback; 1 a run that failed; 130 interrupted by SIGINT
+(Ctrl-C), 143 by SIGTERM: the running trial is then FAIL with ``fail_reason`` and queued
+again, and the same command resumes. Storage URLs are printed with the password masked;
+``$MOTUNE_STORAGE`` is the default ``--storage`` (keeps a password off command lines).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,22 +26,31 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from motune.checkpoint import CheckpointError
 from motune.config import ConfigError, StudyConfig
 from motune.data import DataError
-from motune.checkpoint import CheckpointError
 from motune.study import (
+    DEFAULT_GRACE,
+    DEFAULT_HEARTBEAT,
+    Interrupted,
     StudyError,
     cached_dataset,
     default_artifact_dir,
+    default_journal_url,
     default_storage_url,
+    handle_signals,
+    interruptible,
     is_journal_file,
     load_study_config,
+    mask_secrets,
     mask_url,
     open_storage,
     summarize,
 )
 
 DEFAULT_CONFIG_NOTE = "the built-in digits study (same as studies/digits.toml)"
+STORAGE_ENV = "MOTUNE_STORAGE"
+PARENT_ENV = "MOTUNE_PARENT"  # set in workers started by `run --workers`: the parent reports interrupts
 
 
 class UsageError(Exception):
@@ -52,14 +68,14 @@ def _load_config(path: str | None, data_dir: str | None = None) -> tuple[StudyCo
     return config, DEFAULT_CONFIG_NOTE if path is None else path
 
 
-def _open_existing_study(args: argparse.Namespace) -> tuple[optuna.Study, str]:
+def _open_existing_study(args: argparse.Namespace, **storage_kwargs: Any) -> tuple[optuna.Study, str]:
     """Open the study named by --study (or the only one) in --storage; never creates anything."""
     url = args.storage or default_storage_url(args.study or StudyConfig().study.name)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise UsageError(f"storage {mask_url(url)!r}: no such database file; run `motune run` first or pass --storage URL")
     if is_journal_file(url) and not Path(url.removeprefix("journal:")).exists():
         raise UsageError(f"storage {mask_url(url)!r}: no such journal file; pass --storage URL")
-    storage = open_storage(url)
+    storage = open_storage(url, **storage_kwargs)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     name = args.study
     if name is None:
@@ -73,6 +89,36 @@ def _open_existing_study(args: argparse.Namespace) -> tuple[optuna.Study, str]:
     return optuna.load_study(study_name=name, storage=storage), url
 
 
+def _check_run_options(args: argparse.Namespace) -> None:
+    """Range checks argparse cannot do (exit 2 with the option named)."""
+    if args.n_trials is not None and args.n_trials < 1:
+        raise UsageError(f"--n-trials: must be a positive integer, got {args.n_trials}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise UsageError(f"--timeout: must be seconds > 0, got {args.timeout}")
+    if getattr(args, "workers", 1) < 1:
+        raise UsageError(f"--workers: must be a positive integer, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads: must be a positive integer, got {args.threads}")
+    if args.heartbeat < 0:
+        raise UsageError(f"--heartbeat: must be seconds >= 0 (0 turns heartbeats off), got {args.heartbeat}")
+    if args.heartbeat and args.grace <= args.heartbeat:
+        raise UsageError(f"--grace: must be longer than --heartbeat ({args.heartbeat} s), got {args.grace}")
+
+
+def _heartbeat_kwargs(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    """Optuna's RDB heartbeat settings (journal storages use motune's own, see motune.study)."""
+    if not args.heartbeat or is_journal_file(url) or url.startswith(("redis://", "rediss://", "unix://")):
+        return {}
+    return {"heartbeat_interval": args.heartbeat, "grace_period": args.grace}
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _artifact_dir(args: argparse.Namespace, url: str, study_name: str) -> Path:
     return Path(args.artifacts) if getattr(args, "artifacts", None) else default_artifact_dir(url, study_name)
 
@@ -80,7 +126,7 @@ def _artifact_dir(args: argparse.Namespace, url: str, study_name: str) -> Path:
 def dashboard_command(url: str, artifact_dir: Path) -> str:
     """The exact optuna-dashboard command line for this storage."""
     target = url.removeprefix("journal:") if is_journal_file(url) else url
-    return f"optuna-dashboard {target} --artifact-dir {artifact_dir}"
+    return f"optuna-dashboard {mask_url(target)} --artifact-dir {artifact_dir}"
 
 
 def _fmt_lambda(lam: float | None) -> str:
@@ -98,7 +144,10 @@ def _trial_line(t: FrozenTrial, knee: FrozenTrial | None = None) -> str:
     )
 
 
-TABLE_HEAD = f" {'trial':>5} {'kind':<13} {'fid.':<6} {'lambda':>9} {'f1 (CE)':>8} {'f2 (l1)':>10} {'val acc':>8} {'nonzeros':>17} {'kept':>7}"
+TABLE_HEAD = (
+    f" {'trial':>5} {'kind':<13} {'fid.':<6} {'lambda':>9} {'f1 (CE)':>8} {'f2 (l1)':>10} {'val acc':>8} "
+    f"{'nonzeros':>17} {'kept':>7}"
+)
 
 
 def print_summary(study: optuna.Study, config: StudyConfig, out: Any = None) -> None:
@@ -162,41 +211,175 @@ class Progress:
             knee = knee_trial(study, self.config)
             print(_trial_line(trial) + f"  {trial.user_attrs.get('seconds', 0):.1f}s  knee: "
                   + (f"trial {knee.number}" if knee else "-"), flush=True)
-        else:
-            reason = trial.user_attrs.get("fail_reason", "")
-            print(f" {trial.number:>5} {trial.state.name.lower()} {reason}", flush=True)
+        elif trial.user_attrs.get("failure") != "not_run":  # not_run: another worker filled the budget
+            print(_fail_line(trial), flush=True)
+
+
+def _fail_line(trial: FrozenTrial) -> str:
+    return f" {trial.number:>5} {trial.state.name.lower()} {trial.user_attrs.get('fail_reason', '')}"
 
 
 # ----------------------------------------------------------------------------- commands
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from motune.study import Objective, run_study
+    from motune.study import Objective, create_or_load_study, run_study, worker_seed
 
     config, source = _load_config(args.config, args.data_dir)
-    if args.n_trials is not None and args.n_trials < 1:
-        raise UsageError(f"--n-trials: must be a positive integer, got {args.n_trials}")
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError(f"--timeout: must be seconds > 0, got {args.timeout}")
+    _check_run_options(args)
+    _set_threads(args)
     name = args.study or config.study.name
-    url = args.storage or default_storage_url(name)
-    cached_dataset(config)  # a missing or corrupt data file fails here, before the storage is touched
-    storage = open_storage(url)
+    url = args.storage or (default_journal_url(name) if args.workers > 1 else default_storage_url(name))
+    with interruptible():
+        cached_dataset(config)  # a missing or corrupt data file fails here, before the storage is touched
+    storage = open_storage(url, **_heartbeat_kwargs(args, url))
+    study = create_or_load_study(config, storage, name)  # a config mismatch fails here, before any output
     artifact_dir = _artifact_dir(args, url, name)
     target = args.n_trials or config.study.n_trials
     print(f"motune: study {name!r} from {source}; storage {mask_url(url)}; checkpoints in {artifact_dir}", flush=True)
-    print(f"up to {target} completed trials; the search stops when the knee is confirmed and retrained", flush=True)
-    print(TABLE_HEAD, flush=True)
-    progress = Progress(target, config, enabled=not args.quiet)
-    objective = Objective(config, str(artifact_dir), on_epoch=progress.on_epoch, on_start=progress.on_start)
-    study = run_study(
-        config, storage, study_name=name, n_trials=target, timeout=args.timeout, artifact_dir=artifact_dir,
-        objective=objective, callbacks=[progress.after_trial],
-    )
+    workers = f" by {args.workers} worker processes" if args.workers > 1 else ""
+    print(f"up to {target} completed trials{workers}; the search stops when the knee is confirmed and retrained", flush=True)
+    if args.workers > 1:
+        code = _run_workers(args, study, url, artifact_dir, target)
+    else:
+        print(TABLE_HEAD, flush=True)
+        progress = Progress(target, config, enabled=not args.quiet)
+        objective = Objective(config, str(artifact_dir), on_epoch=progress.on_epoch, on_start=progress.on_start,
+                              heartbeat_interval=args.heartbeat or None)
+        study = run_study(
+            config, storage, study_name=name, n_trials=target, timeout=args.timeout, artifact_dir=artifact_dir,
+            objective=objective, callbacks=[progress.after_trial], seed=worker_seed(config.study.seed, 0),
+            grace_period=args.grace if args.heartbeat else None,
+        )
+        code = 0
     print()
     print_summary(study, config)
     print(f"\ninspect it:  {dashboard_command(url, artifact_dir)}")
-    print(f"export it:   motune export --storage {url} --study {name} --out {name}-pareto")
+    print(f"export it:   motune export --storage {mask_url(url)} --study {name} --out {name}-pareto")
+    print(f"add workers: motune worker --storage {mask_url(url)} --study {name}")
+    return code
+
+
+def _run_workers(args: argparse.Namespace, study: optuna.Study, url: str, artifact_dir: Path, target: int) -> int:
+    """Start ``--workers`` ``motune worker`` processes on the study, print their trials, wait.
+
+    The storage URL reaches the workers through ``$MOTUNE_STORAGE`` (not their command
+    lines, which ``ps`` shows). Each runs in its own session, so a Ctrl-C reaches this
+    process only and is forwarded exactly once. Returns 0 when the study is done (or
+    stopped by --timeout), 1 when the workers ended before that.
+    """
+    from motune.study import completed, make_sampler
+
+    n = args.workers
+    threads = args.threads or max(1, (os.cpu_count() or 1) // n)
+    command = [
+        sys.executable, "-m", "motune.cli", "worker", "--study", study.study_name, "--n-trials", str(target),
+        "--artifacts", str(artifact_dir), "--threads", str(threads), "--heartbeat", str(args.heartbeat),
+        "--grace", str(args.grace), "--quiet",
+    ]
+    if args.timeout is not None:
+        command += ["--timeout", str(args.timeout)]
+    env = {**os.environ, STORAGE_ENV: url, PARENT_ENV: str(os.getpid())}
+    shown = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with interruptible():
+            for i in range(n):
+                procs.append(subprocess.Popen([*command, "--worker-index", str(i)], env=env, start_new_session=True))
+        if not args.quiet:
+            print(TABLE_HEAD, flush=True)
+        while True:
+            running = any(p.poll() is None for p in procs)
+            if not args.quiet:
+                _print_new_trials(study, shown)
+            if not running:
+                break
+            with interruptible():
+                time.sleep(0.25)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # stuck (e.g. a storage that does not answer)
+                proc.kill()  # its trial is recovered by the next run (process gone on this host)
+                proc.wait()
+        if isinstance(exc, Interrupted):
+            exc.note = f"stopped {len(procs)} workers; their running trials are marked FAIL and queued again"
+        raise
+    codes = [p.returncode for p in procs]
+    for i, code in enumerate(codes):
+        if code:
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            print(f"motune: worker {i} ended with {how}", file=sys.stderr, flush=True)
+    config = load_study_config(study)
+    finished = len(completed(study)) >= target or make_sampler(config).is_converged(study)
+    if not finished and any(codes):
+        print(f"motune: run failed: the workers stopped before the study had {target} completed trials; "
+              "run the same command again to resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_new_trials(study: optuna.Study, shown: set[int]) -> None:
+    for t in study.get_trials(deepcopy=False):
+        if t.state.is_finished() and t.number not in shown:
+            shown.add(t.number)
+            if t.state.name == "COMPLETE":
+                print(_trial_line(t), flush=True)
+            elif t.user_attrs.get("failure") != "not_run":
+                print(_fail_line(t), flush=True)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from motune.study import Objective, default_worker_index, host_name, run_study, worker_seed
+
+    if not args.storage:
+        raise UsageError(f"--storage URL is required (or set ${STORAGE_ENV}): the storage of the study to join")
+    _check_run_options(args)
+    _set_threads(args)
+    study, url = _open_existing_study(args, **_heartbeat_kwargs(args, args.storage))
+    config = load_study_config(study)
+    if args.data_dir is not None:
+        config.data.data_dir = args.data_dir
+        config.validate()
+    with interruptible():
+        cached_dataset(config)
+    name = study.study_name
+    artifact_dir = _artifact_dir(args, url, name)
+    target = args.n_trials or config.study.n_trials
+    index = args.worker_index if args.worker_index is not None else default_worker_index()
+    if not args.quiet:
+        print(f"motune worker {host_name()}:{os.getpid()}: study {name!r} in {mask_url(url)}; up to {target} completed trials; "
+              f"checkpoints in {artifact_dir}", flush=True)
+        print(TABLE_HEAD, flush=True)
+    progress = Progress(target, config, enabled=not args.quiet)
+    objective = Objective(config, str(artifact_dir), on_epoch=progress.on_epoch, on_start=progress.on_start,
+                          heartbeat_interval=args.heartbeat or None)
+    study = run_study(
+        config, study._storage, study_name=name, join=True, n_trials=target, timeout=args.timeout,
+        artifact_dir=artifact_dir, objective=objective, callbacks=[progress.after_trial],
+        seed=worker_seed(config.study.seed, index), grace_period=args.grace if args.heartbeat else None,
+    )
+    if not args.quiet:
+        print()
+        print_summary(study, config)
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from motune.study import create_or_load_study
+
+    config, source = _load_config(args.config, args.data_dir)
+    name = args.study or config.study.name
+    url = args.storage or default_storage_url(name)
+    study = create_or_load_study(config, open_storage(url), name)
+    n = len(study.get_trials(deepcopy=False))
+    print(f"study {name!r} from {source} is ready in {mask_url(url)} ({n} trials so far); add workers with:\n"
+          f"  motune worker --storage {mask_url(url)} --study {name}")
     return 0
 
 
@@ -258,21 +441,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def storage_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///STUDY.db in this directory)")
+    def storage_opts(p: argparse.ArgumentParser, default: str = "sqlite:///STUDY.db in this directory") -> None:
+        p.add_argument("--storage", metavar="URL", default=os.environ.get(STORAGE_ENV) or None,
+                       help=f"Optuna storage URL: sqlite:///FILE.db, postgresql://..., mysql+pymysql://..., "
+                       f"redis://HOST:PORT[/DB][?prefix=NAME], journal:FILE (default: ${STORAGE_ENV}, else {default})")
         p.add_argument("--study", metavar="NAME", help="study name (default: the config's name, or the storage's only study)")
         p.add_argument("--artifacts", metavar="DIR", help="checkpoint (artifact) directory (default: beside the storage file)")
+
+    def worker_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--n-trials", type=int, metavar="N", help="completed trials for the whole study (default: the config's)")
+        p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long")
+        p.add_argument("--data-dir", metavar="DIR", help="directory with the data set's files (overrides the config)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
+        p.add_argument("--threads", type=int, metavar="N", help="torch threads per process (default: torch's; "
+                       "with --workers: CPU cores / workers)")
+        p.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT, metavar="SECONDS",
+                       help=f"a running trial proves its worker alive this often (default {DEFAULT_HEARTBEAT}; 0: off, "
+                       "then only a dead process on the same host is noticed)")
+        p.add_argument("--grace", type=int, default=DEFAULT_GRACE, metavar="SECONDS",
+                       help=f"a trial without a heartbeat for this long is failed and run again (default {DEFAULT_GRACE})")
 
     run = sub.add_parser("run", help="create or resume a study and run it", description="Create or resume a study and run it.")
     run.add_argument("config", nargs="?", help=f"study config TOML (default: {DEFAULT_CONFIG_NOTE})")
     storage_opts(run)
-    run.add_argument("--n-trials", type=int, metavar="N", help="completed trials for the whole study (default: the config's)")
-    run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long")
-    run.add_argument("--data-dir", metavar="DIR", help="directory with the data set's files (overrides the config)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
+    worker_opts(run)
+    run.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="worker processes on this machine (default 1; with N > 1 the default storage is journal:STUDY.journal)")
     run.set_defaults(func=cmd_run)
 
-    status = sub.add_parser("status", help="trials by state, Pareto front, knee, hypervolume", description="Show a study's state.")
+    worker = sub.add_parser(
+        "worker", help="join an existing study as one more worker (any machine that reaches the storage)",
+        description="Join an existing study and train its trials until it has --n-trials completed trials. "
+        "The config comes from the study itself.",
+    )
+    storage_opts(worker, default="none: required")
+    worker_opts(worker)
+    worker.add_argument("--worker-index", type=int, metavar="I",
+                        help="seeds this worker's own random stream (default: from host name and process id)")
+    worker.set_defaults(func=cmd_worker)
+
+    create = sub.add_parser("create", help="create a study (config stored in it) without running trials",
+                            description="Create (or check) a study so that workers can join it.")
+    create.add_argument("config", nargs="?", help=f"study config TOML (default: {DEFAULT_CONFIG_NOTE})")
+    storage_opts(create)
+    create.add_argument("--data-dir", metavar="DIR", help="directory with the data set's files (overrides the config)")
+    create.set_defaults(func=cmd_create)
+
+    status = sub.add_parser("status", help="trials by state, Pareto front, knee, hypervolume",
+                            description="Show a study's state.")
     storage_opts(status)
     status.set_defaults(func=cmd_status)
 
@@ -287,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", required=True, metavar="DIR", help="output directory")
     plot.set_defaults(func=cmd_plot)
 
-    dash = sub.add_parser("dashboard", help="open the study in optuna-dashboard", description="Start optuna-dashboard on the storage.")
+    dash = sub.add_parser("dashboard", help="open the study in optuna-dashboard",
+                          description="Start optuna-dashboard on the storage.")
     storage_opts(dash)
     dash.add_argument("--host", default="127.0.0.1")
     dash.add_argument("--port", type=int, default=8080)
@@ -301,7 +518,8 @@ USER_ERRORS = (UsageError, ConfigError, StudyError, DataError, CheckpointError)
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``motune`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)  # argparse itself exits 2 on bad usage
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # motune prints its own line per failed trial; Optuna's would add tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.captureWarnings(False)
     try:
@@ -310,17 +528,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         user_errors: tuple[type[BaseException], ...] = (*USER_ERRORS, ExportError)
     except ImportError:  # pragma: no cover
         user_errors = USER_ERRORS
-    try:
-        return int(args.func(args) or 0)
-    except user_errors as exc:
-        print(f"motune: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("motune: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a failed run: one line, not a traceback
-        print(f"motune: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    # run / worker turn SIGINT and SIGTERM into a clean stop; the other commands keep Python's default.
+    guard = handle_signals() if args.command in ("run", "worker") else contextlib.nullcontext()
+    with guard:
+        try:
+            return int(args.func(args) or 0)
+        except user_errors as exc:
+            print(f"motune: error: {mask_secrets(str(exc))}", file=sys.stderr)
+            return 2
+        except Interrupted as exc:
+            if not os.environ.get(PARENT_ENV):
+                note = f"; {exc.note}" if exc.note else ""
+                print(f"motune: {exc}{note}; run the same command again to resume", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("motune: interrupted; run the same command again to resume", file=sys.stderr)
+            return 130
+        except Exception as exc:  # a failed run: one line, not a traceback
+            print(f"motune: run failed: {type(exc).__name__}: {mask_secrets(str(exc))}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,276 @@
+"""Several workers on one study: the pieces in-process, then real worker processes.
+
+End-to-end: ``motune run --workers 3`` on a real PostgreSQL and on Redis (skipped with the
+reason when the server is not reachable), and ``--workers 2`` on the default journal
+file. Every study here is tiny (digits, 400 samples, 2 front epochs) and uniquely named,
+and is deleted afterwards so reruns stay clean.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from motune.cli import main
+from motune.config import StudyConfig
+from motune.sampler import FIDELITY_ATTR, KneeSampler
+from motune.study import (
+    HEARTBEAT_ATTR,
+    WORKER_ATTR,
+    BudgetReached,
+    Interrupted,
+    RetryTrial,
+    WorkerWatch,
+    _Budgeted,
+    check_interrupt,
+    create_or_load_study,
+    handle_signals,
+    host_name,
+    interruptible,
+    mask_secrets,
+    mask_url,
+    open_storage,
+    worker_seed,
+)
+
+TINY = """
+[study]
+name = "{name}"
+n_trials = {n_trials}
+baselines = [{baselines}]
+
+[data]
+limit = 400
+
+[train]
+epochs = 4
+front_epochs = 2
+"""
+
+PG_URLS = ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://root@127.0.0.1:5432/test")
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def tiny_config(tmp_path: Path, name: str, n_trials: int = 6, baselines: str = '"smgd"') -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(TINY.format(name=name, n_trials=n_trials, baselines=baselines))
+    return path
+
+
+def journal_study(tmp_path: Path, n_trials: int = 4) -> optuna.Study:
+    config = StudyConfig.from_dict({"study": {"name": "w", "n_trials": n_trials, "baselines": []}, "data": {"limit": 400}})
+    return create_or_load_study(config, open_storage(f"journal:{tmp_path / 'w.journal'}"), "w")
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def postgres_url() -> str:
+    """A working PostgreSQL URL, or skip the test saying why."""
+    if not port_open("127.0.0.1", 5432):
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install 'motune[postgres]')")
+    for url in PG_URLS:
+        try:
+            psycopg2.connect(url, connect_timeout=2).close()
+            return url
+        except psycopg2.Error:
+            continue
+    pytest.skip(f"PostgreSQL at 127.0.0.1:5432 refuses {', '.join(PG_URLS)}")
+
+
+def redis_client():
+    """A Redis client on 127.0.0.1:6379, or skip the test saying why."""
+    redis = pytest.importorskip("redis", reason="redis is not installed (pip install 'motune[redis]')")
+    if not port_open("127.0.0.1", 6379):
+        pytest.skip("Redis is not reachable at 127.0.0.1:6379")
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis at 127.0.0.1:6379 does not answer: {exc}")
+    return client
+
+
+def run_cli(cwd: Path, *argv: str) -> int:
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return main(list(argv))
+    finally:
+        os.chdir(old)
+
+
+def assert_study_finished(study: optuna.Study, target: int) -> None:
+    """COMPLETE = target, nothing RUNNING or WAITING, no λ trained twice at one fidelity."""
+    trials = study.get_trials()
+    states = [t.state for t in trials]
+    summary = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
+    assert states.count(TrialState.COMPLETE) == target, summary
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    for fidelity in ("front", "full"):
+        lams = sorted(
+            t.params["l1_weight"] for t in trials
+            if t.state == TrialState.COMPLETE and "l1_weight" in t.params and KneeSampler.fidelity(t) == fidelity
+        )
+        for a, b in itertools.pairwise(lams):
+            assert b - a > 1e-3 * max(abs(a), abs(b)) + 1e-12, f"λ {a} trained twice at {fidelity} fidelity: {lams}"
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs.get("fail_reason"), f"trial {t.number} failed without a reason"
+
+
+# ----------------------------------------------------------------------------- pieces, in-process
+
+
+def test_retry_keeps_params_kind_and_fidelity_and_drops_bookkeeping(tmp_path: Path) -> None:
+    study = journal_study(tmp_path)
+    trial = study.ask()
+    trial.suggest_float("l1_weight", 0.0, 1.0)
+    storage = study._storage
+    storage.set_trial_system_attr(trial._trial_id, FIDELITY_ATTR, "full")
+    storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, {"host": "h", "pid": 1})
+    trial.set_user_attr("kind", "smgd")
+    trial.set_user_attr("fail_reason", "boom")
+    study.tell(trial, state=TrialState.FAIL)
+    failed = study.trials[-1]
+    retry = RetryTrial(max_retry=2)
+    assert retry(study, failed)
+    again = study.trials[-1]
+    assert again.state == TrialState.WAITING and again.params == failed.params
+    assert again.user_attrs == {"kind": "smgd"} and KneeSampler.fidelity(again) == "full"
+    assert WORKER_ATTR not in again.system_attrs and again.system_attrs["retry_history"] == [failed.number]
+    # Retried twice: the third failure is not retried (a trial that keeps killing its worker).
+    second = optuna.trial.create_trial(state=TrialState.FAIL, params=again.params, distributions=again.distributions,
+                                       system_attrs={**again.system_attrs, "retry_history": [0, 1]})
+    assert not retry(study, second)
+    assert retry(study, second, limited=False)  # interrupts do not count
+
+
+def test_watch_fails_and_requeues_a_trial_whose_process_is_gone(tmp_path: Path) -> None:
+    study = journal_study(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial = study.ask()
+    trial.suggest_float("l1_weight", 0.0, 1.0)
+    study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, {"host": host_name(), "pid": dead.pid})
+    assert WorkerWatch(grace=None).sweep(study) == [trial.number]
+    failed, queued = study.trials[trial.number], study.trials[-1]
+    assert failed.state == TrialState.FAIL and "is gone" in failed.user_attrs["fail_reason"]
+    assert failed.user_attrs["failure"] == "worker_lost"
+    assert queued.state == TrialState.WAITING and queued.params == failed.params
+    assert WorkerWatch(grace=None).sweep(study) == []  # nothing left to recover
+
+
+def test_watch_uses_heartbeats_for_other_hosts(tmp_path: Path) -> None:
+    study = journal_study(tmp_path)
+    alive, dead = study.ask(), study.ask()
+    for trial in (alive, dead):
+        study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, {"host": "elsewhere", "pid": 1})
+        study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, 1.0)
+    watch = WorkerWatch(grace=0.3)
+    assert watch.sweep(study) == []  # first sight: nothing is known to be stale
+    time.sleep(0.2)
+    study._storage.set_trial_system_attr(alive._trial_id, HEARTBEAT_ATTR, 2.0)
+    assert watch.sweep(study) == []
+    time.sleep(0.25)
+    assert watch.sweep(study) == [dead.number]  # its heartbeat has not changed for 0.45 s > grace
+    assert study.trials[alive.number].state == TrialState.RUNNING
+    assert "no heartbeat" in study.trials[dead.number].user_attrs["fail_reason"]
+
+
+def test_a_trial_started_past_the_budget_is_not_run(tmp_path: Path) -> None:
+    study = journal_study(tmp_path)
+    first = study.ask()  # another worker's trial, running
+    second = study.ask()
+    budget = _Budgeted(lambda trial: (0.0, 0.0), study, target=1, done=lambda: False)
+    with pytest.raises(BudgetReached):
+        budget(second)
+    assert second.user_attrs["failure"] == "not_run"
+    assert budget(first) == (0.0, 0.0)  # the earlier trial goes ahead
+
+
+def test_signals_are_deferred_outside_interruptible_blocks() -> None:
+    with handle_signals():
+        os.kill(os.getpid(), signal.SIGTERM)  # outside: only remembered
+        with pytest.raises(Interrupted) as info:
+            check_interrupt()
+        assert info.value.exit_code == 143 and "SIGTERM" in str(info.value)
+    with handle_signals():
+        with pytest.raises(Interrupted) as info:
+            with interruptible():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # cut short
+        assert info.value.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_passwords_are_masked_and_worker_seeds_differ() -> None:
+    assert mask_url("postgresql://u:s3cret@db:5432/x") == "postgresql://u:***@db:5432/x"
+    text = "could not connect: postgresql://u:s3cret@db/x and redis://:pw@h:6379/0"
+    assert "s3cret" not in mask_secrets(text) and "pw@" not in mask_secrets(text)
+    assert len({worker_seed(0, i) for i in range(8)}) == 8 and worker_seed(0, 1) == worker_seed(0, 1)
+
+
+# ----------------------------------------------------------------------------- worker processes
+
+
+def test_two_local_workers_default_to_a_journal_file(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, "pair", n_trials=3, baselines="")
+    assert run_cli(tmp_path, "run", str(cfg), "--workers", "2", "--quiet", "--heartbeat", "1", "--grace", "4") == 0
+    assert (tmp_path / "pair.journal").is_file() and any((tmp_path / "pair-artifacts").iterdir())
+    study = optuna.load_study(study_name="pair", storage=open_storage(f"journal:{tmp_path / 'pair.journal'}"))
+    assert_study_finished(study, 3)
+    assert len({t.system_attrs[WORKER_ATTR]["pid"] for t in study.trials if t.state == TrialState.COMPLETE}) >= 1
+
+
+def test_three_workers_on_postgresql(tmp_path: Path) -> None:
+    url = postgres_url()
+    name = f"motune-test-{uuid.uuid4().hex[:12]}"
+    cfg = tiny_config(tmp_path, name)
+    try:
+        code = run_cli(tmp_path, "run", str(cfg), "--workers", "3", "--storage", url, "--quiet",
+                       "--artifacts", str(tmp_path / "artifacts"), "--heartbeat", "2", "--grace", "6")
+        assert code == 0
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        assert_study_finished(study, 6)
+        assert study.user_attrs["motune:config"]["study"]["name"] == name
+    finally:
+        try:
+            optuna.delete_study(study_name=name, storage=open_storage(url))
+        except KeyError:
+            pass
+
+
+def test_three_workers_on_redis(tmp_path: Path) -> None:
+    client = redis_client()
+    prefix = f"motune-test-{uuid.uuid4().hex[:12]}"
+    url = f"{REDIS_URL}?prefix={prefix}"
+    name = prefix
+    cfg = tiny_config(tmp_path, name)
+    try:
+        code = run_cli(tmp_path, "run", str(cfg), "--workers", "3", "--storage", url, "--quiet",
+                       "--artifacts", str(tmp_path / "artifacts"), "--heartbeat", "1", "--grace", "4")
+        assert code == 0
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        assert_study_finished(study, 6)
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
