@@ -196,7 +196,7 @@ class Progress:
 
     def on_epoch(self, trial: optuna.Trial, record: Any, epochs: int) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(acc=f"{record.val_accuracy or 0:.3f}", nz=record.nonzeros, refresh=False)
+            self.bar.set_postfix(loss=f"{record.train_loss:.3f}", nonzeros=record.nonzeros, refresh=False)
             self.bar.update(1)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:

@@ -167,6 +167,8 @@ class StudyConfig:
             raise ConfigError(f"study.n_trials: must be a positive integer, got {s.n_trials!r}")
         if s.timeout is not None and not (math.isfinite(s.timeout) and s.timeout > 0):
             raise ConfigError(f"study.timeout: must be a number of seconds > 0, got {s.timeout!r}")
+        if not 0 <= s.seed < 2**32:  # seed + trial number must stay a valid torch seed
+            raise ConfigError(f"study.seed: must be an integer in [0, 2**32), got {s.seed!r}")
         if s.knee not in KNEE_CRITERIA:
             raise ConfigError(f"study.knee: unknown value {s.knee!r}; allowed: {', '.join(KNEE_CRITERIA)}")
         if len(s.start_weights) < 1 or any(not (0.0 <= w <= 1.0) or math.isnan(w) for w in s.start_weights):

@@ -71,7 +71,7 @@ class TrainConfig:
     prune_policy: str = "soft"
     seed: int = 0
     device: str = "auto"
-    eval_every_epoch: bool = True
+    eval_every_epoch: bool = False  # validation metrics in every EpochRecord (costs a pass over val data)
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the field, the value and what is allowed; return self."""

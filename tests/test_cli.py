@@ -15,6 +15,8 @@ import pytest
 import motune
 from motune.cli import main
 
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
 SMALL = """
 [study]
 name = "tiny"
@@ -71,7 +73,7 @@ def test_status_reports_states_front_knee_hypervolume(finished_run, capsys) -> N
 
 def test_export_writes_table_and_loadable_checkpoints(finished_run, capsys) -> None:
     work, _ = finished_run
-    code, out, err = run_in(work, capsys, "export", "--storage", "sqlite:///tiny.db", "--out", "exported")
+    code, _, err = run_in(work, capsys, "export", "--storage", "sqlite:///tiny.db", "--out", "exported")
     assert code == 0, err
     out_dir = work / "exported"
     rows = list(csv.DictReader((out_dir / "pareto.csv").open()))
@@ -88,7 +90,7 @@ def test_export_writes_table_and_loadable_checkpoints(finished_run, capsys) -> N
 
 def test_plot_writes_figures_with_expected_traces(finished_run, capsys) -> None:
     work, _ = finished_run
-    code, out, err = run_in(work, capsys, "plot", "--storage", "sqlite:///tiny.db", "--out", "plots")
+    code, _, err = run_in(work, capsys, "plot", "--storage", "sqlite:///tiny.db", "--out", "plots")
     assert code == 0, err
     front = (work / "plots" / "front.html").read_text()
     for name in ("Pareto front", "knee", "SMGD"):
@@ -137,7 +139,7 @@ def test_bad_config_exit_2_and_nothing_written(tmp_path: Path, capsys, toml: str
         (["run", "--storage", "postgresql://u:secret@127.0.0.1:1/x"], "cannot open"),
         (["status", "--storage", "sqlite:///missing.db"], "no such database file"),
         (["run", "missing.toml"], "no such config file"),
-        (["run", "--data-dir", "/nonexistent", str(Path(__file__).parents[1] / "studies" / "fashion_mnist_lenet5.toml")], "/nonexistent"),
+        (["run", "--data-dir", "/nonexistent", str(STUDIES / "fashion_mnist_lenet5.toml")], "/nonexistent"),
     ],
 )
 def test_bad_arguments_exit_2_with_message(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
@@ -151,7 +153,9 @@ def test_console_script_usage_errors_have_no_traceback(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     help_ = subprocess.run([sys.executable, "-m", "motune.cli", "run", "--help"], capture_output=True, text=True, env=env)
     assert help_.returncode == 0 and "--n-trials" in help_.stdout
-    bad = subprocess.run([sys.executable, "-m", "motune.cli", "run", "--storage", "nope"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    bad = subprocess.run(
+        [sys.executable, "-m", "motune.cli", "run", "--storage", "nope"], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "not a storage URL" in bad.stderr
     unknown = subprocess.run([sys.executable, "-m", "motune.cli", "frobnicate"], capture_output=True, text=True, env=env)
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr

@@ -69,7 +69,7 @@ def test_digits_reaches_90_percent_and_larger_lambda_trades_accuracy_for_sparsit
 
 
 def test_itp_invariant_holds_at_the_end_and_history_is_recorded(digits) -> None:
-    cfg = TrainConfig(**FAST, l1_weight=1e-3, prune_threshold=1e-2)
+    cfg = TrainConfig(**FAST, l1_weight=1e-3, prune_threshold=1e-2, eval_every_epoch=True)
     result = train(cfg, data=digits)
     assert len(result.history) == 3
     for name, w in result.state_dict.items():
@@ -106,6 +106,7 @@ def test_callback_can_stop_early(digits) -> None:
 
     result = train(TrainConfig(**{**FAST, "epochs": 5}), data=digits, callback=stop_after_two)
     assert seen == [1, 2] and result.epochs == 2 and result.stopped_early
+    assert result.history[0].val_accuracy is None  # validation each epoch is opt-in
 
 
 def test_divergence_raises_distinct_error(digits) -> None:
