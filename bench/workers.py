@@ -36,7 +36,7 @@ import optuna
 from _common import load_average, machine_info, table, write_json
 from optuna.trial import TrialState
 
-from motune.study import open_storage
+from motune.storage import open_storage
 
 CONFIG = """
 [study]

@@ -16,7 +16,8 @@ from motune.pareto import hypervolume, knee_index, nondominated_mask, supported_
 from motune.plots import write_plots
 from motune.pruning import IntraTrainingPruning, count_nonzero, prune_below_threshold_
 from motune.sampler import KneeSampler
-from motune.study import StudyError, create_or_load_study, knee_trial, open_storage, run_study
+from motune.storage import StudyError, open_storage
+from motune.study import create_or_load_study, knee_trial, run_study
 from motune.train import DivergenceError, EpochRecord, TrainConfig, TrainResult, train
 
 __version__ = "0.1.0"

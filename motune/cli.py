@@ -29,24 +29,18 @@ from optuna.trial import FrozenTrial
 from motune.checkpoint import CheckpointError
 from motune.config import ConfigError, StudyConfig
 from motune.data import DataError
-from motune.study import (
-    DEFAULT_GRACE,
-    DEFAULT_HEARTBEAT,
-    Interrupted,
+from motune.faults import DEFAULT_GRACE, DEFAULT_HEARTBEAT, Interrupted, handle_signals, interruptible
+from motune.storage import (
     StudyError,
-    cached_dataset,
     default_artifact_dir,
     default_journal_url,
     default_storage_url,
-    handle_signals,
-    interruptible,
     is_journal_file,
-    load_study_config,
     mask_secrets,
     mask_url,
     open_storage,
-    summarize,
 )
+from motune.study import cached_dataset, load_study_config, summarize
 
 DEFAULT_CONFIG_NOTE = "the built-in digits study (same as studies/digits.toml)"
 STORAGE_ENV = "MOTUNE_STORAGE"
@@ -106,7 +100,7 @@ def _check_run_options(args: argparse.Namespace) -> None:
 
 
 def _heartbeat_kwargs(args: argparse.Namespace, url: str) -> dict[str, Any]:
-    """Optuna's RDB heartbeat settings (journal storages use motune's own, see motune.study)."""
+    """Optuna's RDB heartbeat settings (journal storages use motune's own, see motune.faults)."""
     if not args.heartbeat or is_journal_file(url) or url.startswith(("redis://", "rediss://", "unix://")):
         return {}
     return {"heartbeat_interval": args.heartbeat, "grace_period": args.grace}
@@ -223,7 +217,8 @@ def _fail_line(trial: FrozenTrial) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from motune.study import Objective, create_or_load_study, run_study, worker_seed
+    from motune.faults import worker_seed
+    from motune.study import Objective, create_or_load_study, run_study
 
     config, source = _load_config(args.config, args.data_dir)
     _check_run_options(args)
@@ -335,7 +330,8 @@ def _print_new_trials(study: optuna.Study, shown: set[int]) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from motune.study import Objective, default_worker_index, host_name, run_study, worker_seed
+    from motune.faults import default_worker_index, host_name, worker_seed
+    from motune.study import Objective, run_study
 
     if not args.storage:
         raise UsageError(f"--storage URL is required (or set ${STORAGE_ENV}): the storage of the study to join")

@@ -30,8 +30,10 @@ from optuna.trial import FrozenTrial, TrialState
 import motune.study
 from motune.cli import main
 from motune.config import StudyConfig
+from motune.faults import HEARTBEAT_ATTR, HOST_ENV, WORKER_ATTR
 from motune.sampler import KneeSampler
-from motune.study import CONFIG_ATTR, HEARTBEAT_ATTR, HOST_ENV, WORKER_ATTR, create_or_load_study, open_storage, run_study
+from motune.storage import open_storage
+from motune.study import CONFIG_ATTR, create_or_load_study, run_study
 
 SLOW = """
 [study]

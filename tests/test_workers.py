@@ -24,25 +24,21 @@ from optuna.trial import TrialState
 
 from motune.cli import main
 from motune.config import StudyConfig
-from motune.sampler import FIDELITY_ATTR, KneeSampler
-from motune.study import (
+from motune.faults import (
     HEARTBEAT_ATTR,
     WORKER_ATTR,
-    BudgetReached,
     Interrupted,
     RetryTrial,
     WorkerWatch,
-    _Budgeted,
     check_interrupt,
-    create_or_load_study,
     handle_signals,
     host_name,
     interruptible,
-    mask_secrets,
-    mask_url,
-    open_storage,
     worker_seed,
 )
+from motune.sampler import FIDELITY_ATTR, KneeSampler
+from motune.storage import mask_secrets, mask_url, open_storage
+from motune.study import BudgetReached, _Budgeted, create_or_load_study
 
 TINY = """
 [study]

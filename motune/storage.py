@@ -1,0 +1,167 @@
+"""Optuna storages by URL: open any storage motune supports, mask passwords, choose defaults.
+
+Any Optuna RDB URL (``sqlite:///…``, ``postgresql://…``, ``mysql+pymysql://…``; a URL
+that names no driver gets an installed one), ``redis://…`` (journal on Redis, optional
+``?prefix=NAME``), or a journal file given as ``journal:PATH`` or a path ending in
+``.journal``/``.log``. Default: one SQLite file per study (``sqlite:///NAME.db``), what
+optuna-dashboard opens. Failures become :class:`StudyError` with the URL masked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import optuna
+
+from motune.faults import RetryTrial
+
+
+class StudyError(ValueError):
+    """A study cannot be created, opened or resumed as asked (bad storage, config mismatch…)."""
+
+
+# ----------------------------------------------------------------------------- storages
+
+
+def default_storage_url(study_name: str, directory: str | os.PathLike[str] = ".") -> str:
+    """``sqlite:///<directory>/<study_name>.db``: one SQLite file per study, what optuna-dashboard opens."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
+    return f"sqlite:///{Path(directory, safe + '.db').as_posix()}"
+
+
+def default_journal_url(study_name: str, directory: str | os.PathLike[str] = ".") -> str:
+    """``journal:<directory>/<study_name>.journal``: the default for several local worker processes."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
+    return f"journal:{Path(directory, safe + '.journal').as_posix()}"
+
+
+def is_journal_file(url: str) -> bool:
+    """Whether ``url`` names a journal file (``journal:PATH`` or a ``.journal``/``.log`` path)."""
+    return url.startswith("journal:") or ("://" not in url and url.endswith((".journal", ".log")))
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return mask_secrets(url)
+    if password is None:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+_SECRET = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<password>[^@\s]+)@")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` URL in it replaced by ``***``.
+
+    Driver error messages may quote the URL they failed on; everything motune prints about
+    a storage goes through this.
+    """
+    return _SECRET.sub(lambda m: f"{m['head']}***@", text)
+
+
+CONNECT_TIMEOUT = 10  # seconds: an unreachable database server is an error, not a hang
+
+
+def _redis_backend(url: str) -> optuna.storages.journal.JournalRedisBackend:
+    """Journal on Redis; ``?prefix=NAME`` in the URL keeps the journal's keys apart from others'."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    prefix = query.pop("prefix", "")
+    query.setdefault("socket_connect_timeout", str(CONNECT_TIMEOUT))
+    clean = urlunsplit(parts._replace(query=urlencode(query)))
+    return optuna.storages.journal.JournalRedisBackend(clean, prefix=prefix)
+
+
+_DRIVERS = {  # scheme -> (module, SQLAlchemy driver name), preferred first
+    "postgresql": (("psycopg", "psycopg"), ("psycopg2", "psycopg2")),
+    "mysql": (("MySQLdb", "mysqldb"), ("pymysql", "pymysql")),
+}
+
+
+def with_installed_driver(url: str) -> str:
+    """``postgresql://`` / ``mysql://`` URLs with the driver that is installed (SQLAlchemy's default may not be).
+
+    SQLAlchemy 2.1 reads ``postgresql://`` as psycopg 3 and ``mysql://`` as mysqlclient;
+    motune's extras install psycopg2 and PyMySQL. A URL naming its driver is left alone;
+    ``postgres://`` (Heroku style) is read as ``postgresql://``.
+    """
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or "+" in scheme:
+        return url
+    scheme = "postgresql" if scheme == "postgres" else scheme
+    for module, driver in _DRIVERS.get(scheme, ()):
+        if importlib.util.find_spec(module) is not None:
+            return f"{scheme}+{driver}://{rest}"
+    return f"{scheme}://{rest}"
+
+
+def open_storage(
+    url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> optuna.storages.BaseStorage:
+    """Open any storage motune supports; raise :class:`StudyError` with the URL (masked) when it fails.
+
+    RDB storages get Optuna's heartbeat when ``heartbeat_interval`` is given, with
+    :class:`RetryTrial` as the stale-trial callback so a dead worker's trial is retried
+    with the same weight, fidelity and kind. Journal storages (file, Redis) have no
+    heartbeat in Optuna; motune's own (:class:`TrialHeartbeat`, :class:`WorkerWatch`)
+    covers every storage. Database servers get a connect timeout of ``CONNECT_TIMEOUT``.
+    """
+    shown = mask_url(url)
+    try:
+        if is_journal_file(url):
+            path = url.removeprefix("journal:")
+            if not path:
+                raise StudyError(f"storage {shown!r}: journal:PATH needs a file name")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            return optuna.storages.JournalStorage(_redis_backend(url))
+        if "://" not in url:
+            raise StudyError(
+                f"storage {shown!r}: not a storage URL; use sqlite:///FILE.db, postgresql://…, "
+                "mysql+pymysql://…, redis://HOST:PORT, or journal:FILE"
+            )
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        elif url.startswith(("postgresql", "postgres", "mysql")):
+            url = with_installed_driver(url)
+            kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}, "pool_pre_ping": True}
+        if heartbeat_interval is not None:
+            kwargs.update(
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryTrial(),
+            )
+        with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, **kwargs)
+    except StudyError:
+        raise
+    except Exception as exc:  # drivers raise many types; the message is what matters
+        detail = mask_secrets(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
+        raise StudyError(f"storage {shown!r}: cannot open ({type(exc).__name__}: {detail})") from None
+
+
+def default_artifact_dir(url: str, study_name: str) -> Path:
+    """Where checkpoints go unless ``--artifacts`` says otherwise: beside a file storage, else ``./artifacts/NAME``."""
+    if url.startswith("sqlite:///"):
+        db = Path(url.removeprefix("sqlite:///"))
+        return db.with_name(db.stem + "-artifacts")
+    if is_journal_file(url):
+        path = Path(url.removeprefix("journal:"))
+        return path.with_name(path.stem + "-artifacts")
+    return Path("artifacts", study_name)
