@@ -6,7 +6,7 @@ A config has four tables::
     [data]       dataset, data_dir, image_size, limit
     [train]      model, penalise, optimizer, lr, momentum, weight_decay, lr_schedule,
                  batch_size, epochs (full fidelity), front_epochs, prune_threshold,
-                 prune_policy, device
+                 prune_policy, finetune_epochs, device
     [baselines.KIND]   optimizer, lr, momentum   (KIND: smgd, multi_adam, multi_rmsprop)
 
 Every default is the digits study, so ``StudyConfig()`` *is* ``studies/digits.toml``.
@@ -68,7 +68,12 @@ class DataSection:
 
 @dataclass
 class TrainSection:
-    """Training settings shared by every trial; ``front_epochs`` for front trials, ``epochs`` for full ones."""
+    """Training settings shared by every trial; ``front_epochs`` for front trials, ``epochs`` for full ones.
+
+    ``finetune_epochs`` (default 0, the paper's protocol) ends each *full-fidelity*
+    weighted-sum run with that many of its epochs on cross-entropy alone, the pruning
+    mask frozen: accuracy recovers at the knee's sparsity.
+    """
 
     model: str = "digits_cnn"
     penalise: str = "dense"
@@ -82,6 +87,7 @@ class TrainSection:
     front_epochs: int = 10
     prune_threshold: float = 1e-3
     prune_policy: str = "soft"
+    finetune_epochs: int = 0
     device: str = "auto"
 
 
@@ -183,6 +189,7 @@ class StudyConfig:
         for kind in ("weighted_sum", *s.baselines):
             try:
                 self.train_config(kind).validate()
+                self.train_config(kind, full=True).validate()
             except ValueError as exc:
                 raise ConfigError(_locate(str(exc), kind)) from None
         return self
@@ -198,6 +205,7 @@ class StudyConfig:
             weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, batch_size=t.batch_size,
             epochs=t.epochs if full else t.front_epochs, prune_threshold=t.prune_threshold,
             prune_policy=t.prune_policy, device=t.device, l1_weight=l1_weight,
+            finetune_epochs=t.finetune_epochs if full else 0,
             seed=self.study.seed if seed is None else seed,
         )
         if kind != "weighted_sum":

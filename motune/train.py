@@ -69,6 +69,7 @@ class TrainConfig:
     epochs: int = 10
     prune_threshold: float = 1e-3
     prune_policy: str = "soft"
+    finetune_epochs: int = 0
     seed: int = 0
     device: str = "auto"
     eval_every_epoch: bool = False  # validation metrics in every EpochRecord (costs a pass over val data)
@@ -89,6 +90,10 @@ class TrainConfig:
         _number("prune_threshold", self.prune_threshold, low=0.0, allowed="a number >= 0")
         _positive_int("batch_size", self.batch_size)
         _positive_int("epochs", self.epochs)
+        if not isinstance(self.finetune_epochs, int) or isinstance(self.finetune_epochs, bool) or not (
+            0 <= self.finetune_epochs < self.epochs
+        ):
+            raise ValueError(f"finetune_epochs: must be an integer in [0, epochs), got {self.finetune_epochs!r}")
         for name in ("image_size", "limit"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
@@ -226,10 +231,17 @@ def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCa
     generator = torch.Generator().manual_seed(cfg.seed)
     n_train, batch_size = len(x_train), cfg.batch_size
     history: list[EpochRecord] = []
-    alpha_total, n_steps_total = torch.zeros((), device=device), 0
+    alpha_total, n_alpha_steps = torch.zeros((), device=device), 0  # over multi-gradient steps only
     train_seconds, stopped_early = 0.0, False
     model.train()
+    finetune_from = cfg.epochs - cfg.finetune_epochs + 1
     for epoch in range(1, cfg.epochs + 1):
+        if epoch == finetune_from and cfg.finetune_epochs:
+            # Fine-tuning: cross-entropy only, on the sparsity pattern reached so far
+            # (a permanent mask at the same threshold), to recover accuracy at that sparsity.
+            combiner = WeightedSum(params, weights, 0.0)
+            itp = IntraTrainingPruning(weights, cfg.prune_threshold, "permanent" if itp.active else "none")
+            itp.before_training()
         t_epoch = time.perf_counter()
         order = torch.randperm(n_train, generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -275,8 +287,9 @@ def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCa
             seconds=train_seconds,
             alpha_mean=float(alpha_sum) / n_steps if isinstance(combiner, MultiGradient) else None,
         )
-        alpha_total += alpha_sum
-        n_steps_total += n_steps
+        if isinstance(combiner, MultiGradient):
+            alpha_total += alpha_sum
+            n_alpha_steps += n_steps
         if cfg.eval_every_epoch:
             record.val_cross_entropy, record.val_accuracy = evaluate(model, data.x_val, data.y_val)
         history.append(record)
@@ -304,7 +317,7 @@ def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCa
         stopped_early=stopped_early,
         seconds=time.perf_counter() - t_start,
         train_seconds=train_seconds,
-        alpha_mean=float(alpha_total) / n_steps_total if isinstance(combiner, MultiGradient) and n_steps_total else None,
+        alpha_mean=float(alpha_total) / n_alpha_steps if n_alpha_steps else None,
         input_shape=tuple(data.input_shape),
         num_classes=data.num_classes,
         history=history,

@@ -36,6 +36,8 @@ def test_train_config_for_each_kind() -> None:
     smgd = cfg.train_config("smgd")
     assert (front.epochs, full.epochs, front.seed, front.l1_weight) == (10, 30, 5, 1e-3)
     assert smgd.method == "multi_gradient" and smgd.optimizer == "sgd" and smgd.epochs == 30
+    tuned = StudyConfig.from_dict({"train": {"finetune_epochs": 5}})
+    assert tuned.train_config(full=True).finetune_epochs == 5 and tuned.train_config().finetune_epochs == 0
 
 
 BAD = [
@@ -45,6 +47,7 @@ BAD = [
     ("[train]\nlr = -1.0\n", "train.lr: must be a number > 0"),
     ("[train]\nepochs = 5\nfront_epochs = 10\n", "train.front_epochs"),
     ("[train]\nprune_threshold = -0.1\n", "train.prune_threshold"),
+    ("[train]\nfinetune_epochs = 30\n", "train.finetune_epochs"),
     ("[train]\noptimizer = 'lbfgs'\n", "train.optimizer: unknown value 'lbfgs'; allowed: sgd, adam, rmsprop"),
     ("[data]\ndataset = 'imagenet'\n", "data.dataset: unknown value 'imagenet'"),
     ("[study]\nknee = 'elbow'\n", "study.knee"),

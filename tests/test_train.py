@@ -97,6 +97,19 @@ def test_multi_gradient_runs_with_each_base_optimizer(digits, optimizer: str, lr
     assert result.nonzeros < result.penalised_size  # ...and it prunes
 
 
+def test_finetune_keeps_the_sparsity_pattern_and_recovers_accuracy(digits) -> None:
+    base = TrainConfig(dataset="digits", epochs=12, l1_weight=5e-3, eval_every_epoch=True)
+    pruned = train(base, data=digits)
+    tuned = train(base.replace(finetune_epochs=4), data=digits)
+    switch = tuned.history[7]  # last epoch with the l1 term
+    for record in tuned.history[8:]:
+        assert record.nonzeros <= switch.nonzeros  # the mask is frozen: nothing regrows
+    assert tuned.cross_entropy < switch.val_cross_entropy  # accuracy recovers on that pattern
+    assert tuned.cross_entropy < pruned.cross_entropy
+    smgd = train(base.replace(method="multi_gradient", optimizer="sgd", lr=0.05, finetune_epochs=4), data=digits)
+    assert smgd.alpha_mean is not None and smgd.history[-1].alpha_mean is None
+
+
 def test_callback_can_stop_early(digits) -> None:
     seen = []
 
@@ -141,6 +154,8 @@ def test_cosine_schedule_decays_learning_rate(digits) -> None:
         ("prune_policy", "sometimes", "prune_policy"),
         ("penalise", "conv", "penalise"),
         ("device", "tpu:0", "device"),
+        ("finetune_epochs", 10, "finetune_epochs"),
+        ("finetune_epochs", -1, "finetune_epochs"),
     ],
 )
 def test_bad_config_names_field_value_and_allowed(field: str, value: object, match: str) -> None:
