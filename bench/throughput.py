@@ -15,6 +15,10 @@ variants alike; each ratio is the median over repeats of (variant samples/s) / (
 samples/s of the same repeat). Targets: weighted_sum_itp_ratio >= 0.97,
 smgd_itp_ratio >= 0.95.
 
+Every setting of intra-op threads in ``--threads`` (default: 1 and all cores) is measured
+in the same run; the top-level keys are those of the last (all cores), ``by_threads``
+holds each. A fixed per-step cost weighs more on a faster (multi-threaded) step.
+
     python bench/throughput.py            # full: 50k samples/epoch, 7 repeats
     python bench/throughput.py --quick    # 10k samples/epoch, 3 repeats
 """
@@ -80,35 +84,18 @@ VARIANTS = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10k samples per epoch, 3 repeats")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--json", default="bench/results/throughput.json", help="where to write the JSON results")
-    args = parser.parse_args()
-    limit = 10_000 if args.quick else None
-    repeats = args.repeats or (3 if args.quick else 7)
-
-    data, source = load_data(limit)
+def measure(data: motune.Dataset, repeats: int) -> dict:
+    """Interleaved repeats of every variant at the current thread setting; medians and ratios."""
     n = len(data.x_train)
     plain_epoch(data, 0)  # warm-up: allocator, kernels, thread pool
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for rep in range(repeats):
         for name, run in VARIANTS.items():
             seconds[name].append(run(data, rep))
-
     rate = {name: [n / s for s in secs] for name, secs in seconds.items()}
     ratios = {name: [r / p for r, p in zip(rate[name], rate["plain"])] for name in VARIANTS if name != "plain"}
-    out = {
-        "data": source,
-        "model": "lenet5",
-        "batch_size": BATCH,
-        "samples_per_epoch": n,
-        "repeats": repeats,
-        "torch": torch.__version__,
+    return {
         "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
-        "device": "cpu",
         "plain_samples_per_s": statistics.median(rate["plain"]),
         "weighted_sum_itp_samples_per_s": statistics.median(rate["weighted_sum_itp"]),
         "smgd_itp_samples_per_s": statistics.median(rate["smgd_itp"]),
@@ -116,16 +103,50 @@ def main() -> None:
         "smgd_itp_ratio": statistics.median(ratios["smgd_itp"]),
         "ratios_per_repeat": ratios,
         "seconds_per_repeat": seconds,
-        "targets": {"weighted_sum_itp_ratio": 0.97, "smgd_itp_ratio": 0.95},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10k samples per epoch, 3 repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, nargs="+", default=None, help="intra-op thread settings (default: 1, all cores)")
+    parser.add_argument("--json", default="bench/results/throughput.json", help="where to write the JSON results")
+    args = parser.parse_args()
+    limit = 10_000 if args.quick else None
+    repeats = args.repeats or (3 if args.quick else 7)
+    threads = args.threads or sorted({1, torch.get_num_threads()})
+
+    data, source = load_data(limit)
+    n = len(data.x_train)
+    by_threads = {}
+    for t in threads:
+        torch.set_num_threads(t)
+        by_threads[t] = measure(data, repeats)
+    targets = {"weighted_sum_itp_ratio": 0.97, "smgd_itp_ratio": 0.95}
+    out = {
+        "data": source,
+        "model": "lenet5",
+        "batch_size": BATCH,
+        "samples_per_epoch": n,
+        "repeats": repeats,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
+        "load_average": os.getloadavg(),
+        "device": "cpu",
+        **by_threads[threads[-1]],
+        "by_threads": by_threads,
+        "targets": targets,
     }
 
     print(f"LeNet-5, batch {BATCH}, {n} samples/epoch on {source}; {repeats} interleaved repeats, medians")
-    print(f"{'variant':<20}{'samples/s':>12}{'ratio':>9}{'target':>9}")
-    print(f"{'plain':<20}{out['plain_samples_per_s']:>12.0f}{1.0:>9.3f}{'':>9}")
-    for name in ("weighted_sum_itp", "smgd_itp"):
-        ratio, target = out[f"{name}_ratio"], out["targets"][f"{name}_ratio"]
-        flag = "ok" if ratio >= target else "MISSED"
-        print(f"{name:<20}{out[f'{name}_samples_per_s']:>12.0f}{ratio:>9.3f}{target:>7.2f} {flag}")
+    print(f"{'threads':<8}{'variant':<20}{'samples/s':>12}{'ratio':>9}{'target':>9}")
+    for t, res in by_threads.items():
+        print(f"{t:<8}{'plain':<20}{res['plain_samples_per_s']:>12.0f}{1.0:>9.3f}")
+        for name in ("weighted_sum_itp", "smgd_itp"):
+            ratio, target = res[f"{name}_ratio"], targets[f"{name}_ratio"]
+            flag = "ok" if ratio >= target else "MISSED"
+            print(f"{t:<8}{name:<20}{res[f'{name}_samples_per_s']:>12.0f}{ratio:>9.3f}{target:>7.2f} {flag}")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))

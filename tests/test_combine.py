@@ -36,6 +36,13 @@ def test_min_norm_alpha_matches_brute_force(name: str) -> None:
     assert closed_form(g1, g2) == pytest.approx(expected, abs=2e-5)
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_min_norm_alpha_float_and_tensor_agree(name: str) -> None:
+    g1, g2 = (t.double() for t in CASES[name])
+    products = (float(g1 @ g1), float(g1 @ g2), float(g2 @ g2))
+    assert min_norm_alpha(*products) == pytest.approx(closed_form(g1, g2), abs=1e-12)
+
+
 def test_min_norm_alpha_clipping_is_exercised() -> None:
     assert closed_form(*(t.double() for t in CASES["clipped_to_one"])) == 1.0
     assert closed_form(*(t.double() for t in CASES["clipped_to_zero"])) == 0.0
@@ -85,6 +92,17 @@ def test_multi_gradient_direction_is_min_norm_combination() -> None:
     assert alpha == pytest.approx(brute_force_alpha(flat1, flat2), abs=1e-4)
     for p, a, b in zip(net.parameters(), g1, g2):
         torch.testing.assert_close(p.grad, alpha * a + (1 - alpha) * b)
+
+
+def test_multi_gradient_host_and_device_paths_agree() -> None:
+    net_a, pen_a, _ = _net_with_grads(2)
+    net_b, pen_b, _ = _net_with_grads(2)
+    alpha_host = MultiGradient(list(net_a.parameters()), pen_a, host_alpha=True).combine_()
+    alpha_device = MultiGradient(list(net_b.parameters()), pen_b, host_alpha=False).combine_()
+    assert isinstance(alpha_host, float) and isinstance(alpha_device, torch.Tensor)
+    assert alpha_host == pytest.approx(float(alpha_device), rel=1e-6)
+    for a, b in zip(net_a.parameters(), net_b.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.1"])
