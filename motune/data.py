@@ -171,14 +171,19 @@ def _describe_magic(magic: int) -> str:
     return f"0x{magic:08x} ({words}, {ndim} dimension{'s' if ndim != 1 else ''})"
 
 
-def _read_bytes(path: Path, hint: str) -> bytes:
-    """Read a whole file, un-gzipping it when it starts with the gzip magic 1f 8b."""
+def _read_raw(path: Path, hint: str) -> bytes:
+    """The file's bytes; a missing or unreadable file is a DataError with the hint."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError as exc:
         raise _fail(path, "file not found", hint) from exc
     except OSError as exc:
         raise _fail(path, f"cannot read file ({exc.strerror or exc})", hint) from exc
+
+
+def _read_bytes(path: Path, hint: str) -> bytes:
+    """Read a whole file, un-gzipping it when it starts with the gzip magic 1f 8b."""
+    raw = _read_raw(path, hint)
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
@@ -408,12 +413,7 @@ def _get(batch: dict[Any, Any], key: str) -> Any:
 
 def _read_cifar_batch(path: str | os.PathLike[str], hint: str) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise _fail(path, "file not found", hint) from exc
-    except OSError as exc:
-        raise _fail(path, f"cannot read file ({exc.strerror or exc})", hint) from exc
+    raw = _read_raw(path, hint)
     try:
         # Walk the opcodes first: every declared length is checked against the file,
         # so no opcode can make the C unpickler allocate more than the file holds.
