@@ -132,7 +132,7 @@ def main() -> None:
         "repeats": repeats,
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
-        "load_average": os.getloadavg(),
+        "load_average_at_end": os.getloadavg(),
         "device": "cpu",
         **by_threads[threads[-1]],
         "by_threads": by_threads,

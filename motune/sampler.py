@@ -40,6 +40,9 @@ _MAX_RETRIES = 5  # re-plans when another worker planned the same λ at the same
 _ATOL = 1e-12  # weights closer than this are the same weight whatever their ratio
 
 
+_MIN_GAP_RATIO = 1.05  # narrower λ gaps are bisected last (see _widest_gap)
+
+
 @dataclass
 class _Segment:
     pos: int  # between supported[pos] and supported[pos + 1]
@@ -461,8 +464,12 @@ class KneeSampler(BaseSampler):
         return bool(np.any(gap <= self._tolerance * norm))
 
     def _fill_gap(self, snap: _Snapshot, taken: list[float]) -> float:
-        """A new weight when no segment is open: bisect the widest gap in log λ.
+        """A new weight when no segment is open: bisect the gap whose results differ most.
 
+        A gap between two tried weights is scored by the distance of their results
+        in normalised objectives (log-width breaks ties and scores gaps with an
+        unfinished end), so the search refines where the front still moves, not
+        where training has collapsed and every weight gives the same network.
         Gaps between tried positive weights around the knee (between the weights
         of its neighbouring supported points) come first, then between all tried
         positive weights; then a decade below the smallest, the geometric middle
@@ -477,8 +484,9 @@ class KneeSampler(BaseSampler):
             lo, hi = float(near.min()), float(near.max())
             windows.append([v for v in tried if lo <= v <= hi])
         windows.append(tried)
+        results = {float(lam): point / snap.scale for lam, point in zip(snap.lambdas, snap.points)}
         for values in windows:
-            lam = self._widest_gap(values, taken)
+            lam = self._widest_gap(values, taken, results)
             if lam is not None:
                 return lam
         edges = [tried[0] / 10, math.sqrt(tried[-1] * high)] if tried else []
@@ -492,13 +500,26 @@ class KneeSampler(BaseSampler):
                 return lam
         return float(rng.uniform(low, high))  # pragma: no cover - range exhausted
 
-    def _widest_gap(self, values: list[float], taken: list[float]) -> float | None:
-        """Geometric middle of the widest free gap (in log λ) between ``values``."""
-        best: tuple[float, float] | None = None  # (log gap, λ)
+    def _widest_gap(
+        self, values: list[float], taken: list[float], results: dict[float, np.ndarray] | None = None
+    ) -> float | None:
+        """Geometric middle of the free gap between ``values`` whose results differ most.
+
+        Score: (distance of the two results in normalised objectives, log width); a gap
+        with an end that has no result yet counts as infinitely far, so it is not starved.
+        """
+        results = results or {}
+        best: tuple[tuple[bool, float, float], float] | None = None  # ((wide, distance, log gap), λ)
         for a, b in itertools.pairwise(values):
             mid = math.sqrt(a * b)
             if a < mid < b and not self._near_any(mid, taken):
-                score = math.log(b / a)
+                ra, rb = results.get(a), results.get(b)
+                distance = math.inf if ra is None or rb is None else float(np.hypot(*(ra - rb)))
+                # A gap under 5% in λ whose results still differ is a cliff (training
+                # collapses there), not a stretch of front: refine it only when nothing
+                # wider is left, or the search creeps towards the edge forever.
+                wide = b / a >= _MIN_GAP_RATIO
+                score = (wide, distance if wide else 0.0, math.log(b / a))
                 if best is None or score > best[0]:
                     best = (score, mid)
         return None if best is None else best[1]

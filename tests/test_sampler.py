@@ -517,3 +517,21 @@ def test_threads_share_one_sampler() -> None:
     assert_distinct(front_lambdas(study))
     assert sampler.is_converged(study)
     assert sampler.knee_trial(study).values == [0.15, 200.0]
+
+
+def test_gap_filling_does_not_spend_trials_where_training_collapses() -> None:
+    """Past a cliff every weight gives the same (collapsed) network: refine where results differ."""
+    x = np.linspace(0.0, 1.0, 4001)
+    f1, f2 = 0.1 + 0.5 * x**2, 800.0 * (1.0 - x) ** 2
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+        if lam > 0.01:  # training collapses: empty network, chance-level loss
+            return 2.3026, 0.0
+        i = int(np.argmin((1.0 - lam) * f1 + lam * f2))
+        return float(f1[i]), float(f2[i])
+
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=KneeSampler(seed=0, full_fidelity=False))
+    study.optimize(objective, n_trials=30)
+    collapsed = [t for t in study.trials if t.params["l1_weight"] > 0.01]
+    assert len(collapsed) <= 6, sorted(t.params["l1_weight"] for t in collapsed)
