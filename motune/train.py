@@ -231,7 +231,7 @@ def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCa
     generator = torch.Generator().manual_seed(cfg.seed)
     n_train, batch_size = len(x_train), cfg.batch_size
     history: list[EpochRecord] = []
-    alpha_total, n_alpha_steps = torch.zeros((), device=device), 0  # over multi-gradient steps only
+    alpha_total, n_alpha_steps = 0.0, 0  # over multi-gradient steps only
     train_seconds, stopped_early = 0.0, False
     model.train()
     finetune_from = cfg.epochs - cfg.finetune_epochs + 1
@@ -245,7 +245,7 @@ def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCa
         t_epoch = time.perf_counter()
         order = torch.randperm(n_train, generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
-        alpha_sum = torch.zeros((), device=device)
+        alpha_sum: float | torch.Tensor = 0.0  # stays a float when alpha is one (CPU): no kernel per step
         n_steps = 0
         # --- hot path: forward, backward, combine, step, prune ---
         for start in range(0, n_train, batch_size):
@@ -288,7 +288,7 @@ def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCa
             alpha_mean=float(alpha_sum) / n_steps if isinstance(combiner, MultiGradient) else None,
         )
         if isinstance(combiner, MultiGradient):
-            alpha_total += alpha_sum
+            alpha_total += float(alpha_sum)
             n_alpha_steps += n_steps
         if cfg.eval_every_epoch:
             record.val_cross_entropy, record.val_accuracy = evaluate(model, data.x_val, data.y_val)
@@ -317,7 +317,7 @@ def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCa
         stopped_early=stopped_early,
         seconds=time.perf_counter() - t_start,
         train_seconds=train_seconds,
-        alpha_mean=float(alpha_total) / n_alpha_steps if n_alpha_steps else None,
+        alpha_mean=alpha_total / n_alpha_steps if n_alpha_steps else None,
         input_shape=tuple(data.input_shape),
         num_classes=data.num_classes,
         history=history,
