@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,14 @@ import optuna
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def setup(threads: int) -> dict[str, Any]:
+    """Common start of a benchmark: torch threads, quiet Optuna, and the machine's description."""
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return machine_info()
 
 
 def machine_info() -> dict[str, Any]:

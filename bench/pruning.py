@@ -46,7 +46,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,7 @@ import motune
 from motune.study import knee_trial, run_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
-from _common import RESULTS, load_average, machine_info, table, write_json
+from _common import RESULTS, load_average, setup, table, write_json
 
 STUDY_TOML = Path(__file__).resolve().parent.parent / "studies" / "fashion_mnist_lenet5.toml"
 LR, BATCH = 1e-3, 128
@@ -248,10 +247,7 @@ def main() -> None:
     seeds = args.seeds or (1 if args.quick else 2)
     limit = args.limit or (10_000 if args.quick else None)
 
-    torch.set_num_threads(args.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    info = machine_info()
+    info = setup(args.threads)
     t_start = time.perf_counter()
 
     config = motune.StudyConfig.load(STUDY_TOML)

@@ -33,13 +33,10 @@ import math
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 
 import motune
@@ -48,7 +45,7 @@ from motune.plots import front_figure
 from motune.study import knee_trial, run_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
-from _common import RESULTS, load_average, machine_info, table, write_figure, write_json
+from _common import RESULTS, load_average, setup, table, write_figure, write_json
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -212,10 +209,7 @@ def main() -> None:
     trials = args.trials or (10 if args.quick else 20)
     limit = args.limit or (10_000 if args.quick else None)
 
-    torch.set_num_threads(args.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    info = machine_info()
+    info = setup(args.threads)
     out_path = Path(args.json)
     out_dir, tag = out_path.parent, out_path.stem
     out_dir.mkdir(parents=True, exist_ok=True)

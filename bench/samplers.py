@@ -59,7 +59,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 from optuna.samplers.nsgaii import PolynomialMutation, SBXCrossover
 
 import motune
@@ -69,8 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a pack
 from _common import (
     RESULTS,
     load_average,
-    machine_info,
     median_or_none,
+    setup,
     table,
     write_figure,
     write_json,
@@ -364,10 +363,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; allowed: {', '.join(METHODS)}")
 
-    torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    info = machine_info()
+    info = setup(1)
     t_start = time.perf_counter()
     data = motune.load_dataset("digits")
     objective = CachedObjective(data, args.epochs)
