@@ -4,10 +4,15 @@ A config has four tables::
 
     [study]      name, n_trials, timeout, knee, start_weights, baselines, seed, full_fidelity
     [data]       dataset, data_dir, image_size, limit
-    [train]      model, penalise, optimizer, lr, momentum, weight_decay, lr_schedule,
-                 batch_size, epochs (full fidelity), front_epochs, prune_threshold,
-                 prune_policy, finetune_epochs, device
+    [train]      every other field of motune.train.TrainConfig (model, penalise, optimizer,
+                 lr, ..., device), plus front_epochs; epochs is the full-fidelity length
     [baselines.KIND]   optimizer, lr, momentum   (KIND: smgd, multi_adam, multi_rmsprop)
+
+The training settings are declared once, in :class:`~motune.train.TrainConfig`: the
+[data] and [train] sections are derived from its fields, so a new TrainConfig field is
+a valid, type-checked [train] key with TrainConfig's default and reaches every trial,
+with no edit here. The fields a study sets per trial (method, l1_weight, seed) are not
+config keys.
 
 Every default is the digits study, so ``StudyConfig()`` *is* ``studies/digits.toml``.
 An unknown key, a wrong type or an out-of-range value raises :class:`ConfigError`
@@ -35,7 +40,6 @@ else:  # pragma: no cover
 
 KNEE_CRITERIA: tuple[str, ...] = ("angle", "distance")
 BASELINE_KINDS: tuple[str, ...] = ("smgd", "multi_adam", "multi_rmsprop")
-TRIAL_KINDS: tuple[str, ...] = ("weighted_sum", *BASELINE_KINDS)
 
 
 class ConfigError(ValueError):
@@ -56,39 +60,101 @@ class StudySection:
     full_fidelity: bool = True
 
 
-@dataclass
-class DataSection:
-    """Which data set, from where, and optional resizing / subsetting."""
+# TrainConfig fields the study sets for each trial, never from a config table: the trial
+# kind picks the method, the sampler the l1 weight, study.seed + trial number the seed.
+PER_TRIAL_KEYS: tuple[str, ...] = ("method", "l1_weight", "seed")
+# TrainConfig fields that live in [data]; every other TrainConfig field lives in [train].
+DATA_KEYS: tuple[str, ...] = ("dataset", "data_dir", "image_size", "limit")
+# Where a study's default differs from TrainConfig's (the digits study trains 30 epochs).
+_STUDY_DEFAULTS: dict[str, Any] = {"epochs": 30}
 
-    dataset: str = "digits"
-    data_dir: str | None = None
-    image_size: int | None = None
-    limit: int | None = None
 
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a simple annotation; return it (an int as float where float is asked).
 
-@dataclass
-class TrainSection:
-    """Training settings shared by every trial; ``front_epochs`` for front trials, ``epochs`` for full ones.
-
-    ``finetune_epochs`` (default 0, the paper's protocol) ends each *full-fidelity*
-    weighted-sum run with that many of its epochs on cross-entropy alone, the pruning
-    mask frozen: accuracy recovers at the knee's sparsity.
+    Understood: str, int, float, bool, Any, Literal[...], list[X], dict[str, X], X | None.
     """
+    if hint is Any:
+        return value
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        options = typing.get_args(hint)
+        if value in options and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(map(str, options))}")
+    if origin is dict:
+        key_type, item = typing.get_args(hint)
+        if not isinstance(value, dict) or key_type is not str:
+            raise ConfigError(f"{key}: must be a table, got {value!r}")
+        return {k: _check_type(f"{key}.{k}", v, item) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _check_type(key, value, inner[0])
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: must be a list of {getattr(item, '__name__', item)}, got {value!r}")
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, hint):
+        return value
+    raise ConfigError(f"{key}: must be of type {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")
 
-    model: str = "digits_cnn"
-    penalise: str = "dense"
-    optimizer: str = "adam"
-    lr: float = 0.003
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"
-    batch_size: int = 64
-    epochs: int = 30
-    front_epochs: int = 10
-    prune_threshold: float = 1e-3
-    prune_policy: str = "soft"
-    finetune_epochs: int = 0
-    device: str = "auto"
+
+def _derived_section(name: str, doc: str, keys: typing.Iterable[str], extra: typing.Iterable[tuple[str, Any, Any]] = ()) -> type:
+    """A dataclass with TrainConfig's fields ``keys`` (same types and defaults) plus ``extra``.
+
+    ``extra`` holds study-only fields as ``(name, type, default)``. Each default is
+    type-checked here, so a TrainConfig field of a type the parser cannot check fails
+    at import instead of on a user's config.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    by_name = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    specs: list[tuple[str, Any, Any]] = []
+    for key in keys:
+        f = by_name[key]
+        if key in _STUDY_DEFAULTS:
+            default = field(default=_STUDY_DEFAULTS[key])
+        elif f.default_factory is not dataclasses.MISSING:
+            default = field(default_factory=f.default_factory)
+        else:
+            default = field(default=f.default)
+        specs.append((key, hints[key], default))
+    specs += [(key, hint, field(default=value)) for key, hint, value in extra]
+    section = dataclasses.make_dataclass(name, specs, namespace={"__doc__": doc, "__module__": __name__})
+    defaults = section()
+    for key, hint, _ in specs:
+        _check_type(f"{name}.{key}", getattr(defaults, key), hint)
+    return section
+
+
+DataSection = _derived_section(
+    "DataSection",
+    "Which data set, from where, and optional resizing / subsetting (TrainConfig's data fields).",
+    DATA_KEYS,
+)
+
+TrainSection = _derived_section(
+    "TrainSection",
+    """Training settings shared by every trial: every TrainConfig field not in [data] or set per trial.
+
+    ``epochs`` is the full-fidelity length (the knee retrain, the baselines) and
+    ``front_epochs`` the length of a front trial. ``finetune_epochs`` (default 0, the
+    paper's protocol) ends each *full-fidelity* weighted-sum run with that many of its
+    epochs on cross-entropy alone, the pruning mask frozen: accuracy recovers at the
+    knee's sparsity.
+    """,
+    [f.name for f in dataclasses.fields(TrainConfig) if f.name not in (*DATA_KEYS, *PER_TRIAL_KEYS)],
+    [("front_epochs", int, 10)],
+)
 
 
 @dataclass
@@ -101,7 +167,11 @@ class BaselineSection:
 
 
 def default_baselines() -> dict[str, BaselineSection]:
-    """SMGD = multi-gradient + SGD with momentum; multi-Adam; multi-RMSprop (DESIGN.md §4)."""
+    """SMGD = multi-gradient + SGD with momentum; multi-Adam; multi-RMSprop.
+
+    The three base optimisers of the paper's code (its SMGD, MAdam and MRMSprop), each
+    stepping along the min-norm combination of the two objectives' gradients.
+    """
     return {
         "smgd": BaselineSection("sgd", 0.05, 0.9),
         "multi_adam": BaselineSection("adam", 0.003),
@@ -198,14 +268,13 @@ class StudyConfig:
         self, kind: str = "weighted_sum", *, l1_weight: float = 0.0, full: bool = False, seed: int | None = None
     ) -> TrainConfig:
         """The :class:`TrainConfig` of one trial of ``kind`` (front or full fidelity)."""
-        t, d = self.train, self.data
+        t = self.train
         cfg = TrainConfig(
-            dataset=d.dataset, data_dir=d.data_dir, image_size=d.image_size, limit=d.limit,
-            model=t.model, penalise=t.penalise, optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
-            weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, batch_size=t.batch_size,
-            epochs=t.epochs if full else t.front_epochs, prune_threshold=t.prune_threshold,
-            prune_policy=t.prune_policy, device=t.device, l1_weight=l1_weight,
+            **dataclasses.asdict(self.data),
+            **{key: getattr(t, key) for key in _TRAIN_KEYS},
+            epochs=t.epochs if full else t.front_epochs,
             finetune_epochs=t.finetune_epochs if full else 0,
+            l1_weight=l1_weight,
             seed=self.study.seed if seed is None else seed,
         )
         if kind != "weighted_sum":
@@ -216,7 +285,10 @@ class StudyConfig:
         return cfg
 
 
-_SECTION_OF = {f.name: "data" for f in dataclasses.fields(DataSection)}
+# The [train] keys copied unchanged into every trial's TrainConfig (the others depend on fidelity).
+_BY_FIDELITY = ("epochs", "front_epochs", "finetune_epochs")
+_TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainSection) if f.name not in _BY_FIDELITY)
+_SECTION_OF = {**{key: "data" for key in DATA_KEYS}, "seed": "study"}
 
 
 def _locate(message: str, kind: str) -> str:
@@ -245,28 +317,3 @@ def _section(cls: type, where: str, table: Any) -> Any:
         return cls(**values)
     except TypeError as exc:  # a required field is missing
         raise ConfigError(f"{where}: {exc}") from None
-
-
-def _check_type(key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against a simple annotation (str, int, float, bool, list[X], X | None)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        inner = [o for o in options if o is not type(None)]
-        return _check_type(key, value, inner[0])
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: must be a list of {item.__name__}, got {value!r}")
-        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(value, hint):
-        return value
-    raise ConfigError(f"{key}: must be of type {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")

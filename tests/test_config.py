@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from motune.config import ConfigError, StudyConfig
+from motune.config import DATA_KEYS, PER_TRIAL_KEYS, ConfigError, StudyConfig, TrainSection
+from motune.train import TrainConfig
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
@@ -40,6 +42,28 @@ def test_train_config_for_each_kind() -> None:
     assert tuned.train_config(full=True).finetune_epochs == 5 and tuned.train_config().finetune_epochs == 0
 
 
+def test_every_train_config_field_is_a_config_key_with_its_default() -> None:
+    """Training settings are declared once: TrainConfig's fields are the [data] and [train] keys."""
+    train_keys = {f.name for f in dataclasses.fields(TrainSection)}
+    own = {f.name for f in dataclasses.fields(TrainConfig)} - set(PER_TRIAL_KEYS)
+    assert train_keys | set(DATA_KEYS) == own | {"front_epochs"}
+    section, config = StudyConfig().train, TrainConfig()
+    for key in train_keys - {"epochs", "front_epochs"}:  # the digits study trains 30 epochs, TrainConfig 10
+        assert getattr(section, key) == getattr(config, key), key
+
+
+def test_every_train_key_reaches_the_trial() -> None:
+    changed = {"penalise": "all", "optimizer": "sgd", "lr": 0.01, "momentum": 0.5, "weight_decay": 1e-4,
+               "lr_schedule": "cosine", "batch_size": 32, "prune_threshold": 1e-2, "prune_policy": "permanent",
+               "device": "cpu", "eval_every_epoch": True, "finetune_epochs": 3, "epochs": 12, "front_epochs": 4}
+    cfg = StudyConfig.from_dict({"train": changed, "data": {"limit": 100, "image_size": 16}})
+    full, front = cfg.train_config(full=True), cfg.train_config()
+    for key, value in changed.items():
+        if key != "front_epochs":
+            assert getattr(full, key) == value, key
+    assert (front.epochs, front.finetune_epochs, full.limit, full.image_size) == (4, 0, 100, 16)
+
+
 BAD = [
     ("[train]\nlrr = 0.1\n", "train.lrr: unknown key"),
     ("[study]\nn_trials = 'ten'\n", "study.n_trials: must be of type int"),
@@ -59,6 +83,8 @@ BAD = [
     ("[baselines.bfgs]\nlr = 0.1\n", "baselines.bfgs: unknown key"),
     ("[extra]\nx = 1\n", "extra: unknown key"),
     ("[train]\nbatch_size = true\n", "train.batch_size: must be of type int"),
+    ("[train]\neval_every_epoch = 1\n", "train.eval_every_epoch: must be of type bool"),
+    ("[train]\nl1_weight = 0.1\n", "train.l1_weight: unknown key"),
     ("train = 3\n", "train: must be a table"),
     ("[train\nlr = 1\n", "not valid TOML"),
 ]
