@@ -1,4 +1,4 @@
-"""Datasets that load without a network connection (DESIGN.md §6).
+"""Datasets that load without a network connection: files on disk in, tensors in memory out.
 
 Every dataset is held whole in memory as float32 tensors (N x C x H x W),
 standardised per channel with statistics of its *training* split, so that
@@ -11,8 +11,15 @@ Sources:
 * ``fashion-mnist`` / ``mnist`` -- the four standard IDX files (raw or gzip).
   Debian's ``dataset-fashion-mnist`` installs Fashion-MNIST under
   :data:`DEFAULT_DATA_DIRS`.
-* ``cifar10`` -- the standard ``cifar-10-batches-py`` pickles, read with a
-  restricted unpickler that can only rebuild numpy arrays, never run code.
+* ``cifar10`` -- the standard ``cifar-10-batches-py`` pickles, read with
+  :func:`motune.safe_pickle.restricted_loads`, which can only rebuild numpy
+  arrays and plain containers, never run code.
+
+Each source has one loader (``_load_digits``, ``_load_idx_dir``, ``_load_cifar10``)
+returning numpy train / validation / test splits; :func:`load_dataset` picks it and
+does what all share (subsetting, resizing, standardisation). Downloading is left
+to the user: torchvision is an optional extra that does not import against every
+CPU build of torch.
 
 Anything wrong with a data file raises :class:`DataError` naming the file,
 what was wrong and how to get intact data; low-level decoding errors are never
@@ -22,12 +29,9 @@ leaked.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
-import io
 import os
-import pickle
-import pickletools
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from motune.safe_pickle import ForbiddenGlobal, restricted_loads
 
 __all__ = [
     "DATASETS",
@@ -99,8 +105,8 @@ class DataError(ValueError):
     """
 
 
-def _fail(path: str | os.PathLike[str], what: str, hint: str) -> DataError:
-    """Build the one message format every data error uses."""
+def _data_error(path: str | os.PathLike[str], what: str, hint: str) -> DataError:
+    """A DataError in the one message format every data error uses (the caller raises it)."""
     return DataError(f"{os.fspath(path)}: {what}. To get the data: {hint}")
 
 
@@ -176,9 +182,9 @@ def _read_raw(path: Path, hint: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError as exc:
-        raise _fail(path, "file not found", hint) from exc
+        raise _data_error(path, "file not found", hint) from exc
     except OSError as exc:
-        raise _fail(path, f"cannot read file ({exc.strerror or exc})", hint) from exc
+        raise _data_error(path, f"cannot read file ({exc.strerror or exc})", hint) from exc
 
 
 def _read_bytes(path: Path, hint: str) -> bytes:
@@ -188,7 +194,7 @@ def _read_bytes(path: Path, hint: str) -> bytes:
         try:
             raw = gzip.decompress(raw)
         except Exception as exc:  # BadGzipFile, EOFError, zlib.error, ...
-            raise _fail(path, f"corrupt gzip data ({type(exc).__name__}: {exc})", hint) from exc
+            raise _data_error(path, f"corrupt gzip data ({type(exc).__name__}: {exc})", hint) from exc
     return raw
 
 
@@ -197,17 +203,17 @@ def _read_idx(path: str | os.PathLike[str], hint: str, expected_magic: int | Non
     path = Path(path)
     raw = _read_bytes(path, hint)
     if len(raw) < 4:
-        raise _fail(path, f"truncated header: {len(raw)} bytes, an IDX magic number needs 4", hint)
+        raise _data_error(path, f"truncated header: {len(raw)} bytes, an IDX magic number needs 4", hint)
     magic = int.from_bytes(raw[:4], "big")
     code, ndim = raw[2], raw[3]
     if expected_magic is not None and magic != expected_magic:
-        raise _fail(
+        raise _data_error(
             path,
             f"expected magic {_describe_magic(expected_magic)}, found 0x{magic:08x}",
             hint,
         )
     if raw[0] != 0 or raw[1] != 0 or code not in _IDX_DTYPES or ndim == 0:
-        raise _fail(
+        raise _data_error(
             path,
             f"bad IDX magic 0x{magic:08x}: expected two zero bytes, a dtype code "
             "(0x08, 0x09, 0x0b, 0x0c, 0x0d or 0x0e) and at least one dimension",
@@ -215,7 +221,7 @@ def _read_idx(path: str | os.PathLike[str], hint: str, expected_magic: int | Non
         )
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise _fail(
+        raise _data_error(
             path,
             f"truncated header: {ndim} dimensions need {header} header bytes, file has {len(raw)}",
             hint,
@@ -227,19 +233,19 @@ def _read_idx(path: str | os.PathLike[str], hint: str, expected_magic: int | Non
         count *= d
         nonzero *= max(d, 1)
     if nonzero * dtype.itemsize > np.iinfo(np.intp).max:  # numpy rejects such shapes even when empty
-        raise _fail(path, f"impossible dimensions {'x'.join(map(str, dims))} in the header", hint)
+        raise _data_error(path, f"impossible dimensions {'x'.join(map(str, dims))} in the header", hint)
     expected = count * dtype.itemsize
     actual = len(raw) - header
     shape = "x".join(map(str, dims))
     if actual < expected:
-        raise _fail(
+        raise _data_error(
             path,
             f"truncated data: header says {shape} {_IDX_DTYPES[code][1]} = {expected} bytes, "
             f"file holds {actual}",
             hint,
         )
     if actual > expected:
-        raise _fail(
+        raise _data_error(
             path,
             f"trailing garbage: header says {shape} {_IDX_DTYPES[code][1]} = {expected} bytes, "
             f"file holds {actual} ({actual - expected} extra)",
@@ -263,144 +269,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- #
-# CIFAR-10 pickles, via a restricted unpickler
+# CIFAR-10 pickles, via motune.safe_pickle's restricted unpickler
 # --------------------------------------------------------------------------- #
-
-
-class _Forbidden(pickle.UnpicklingError):
-    """The pickle names a global outside the allow-list."""
-
-
-class _Vetted:
-    """An allow-listed callable handed to the unpickler.
-
-    Immutable and without ``__dict__``, so a pickle's BUILD opcode cannot alter it.
-    """
-
-    __slots__ = ("_fn", "_name")
-
-    def __init__(self, name: str, fn: Callable[..., Any] | None) -> None:
-        object.__setattr__(self, "_name", name)
-        object.__setattr__(self, "_fn", fn)
-
-    def __call__(self, *args: Any) -> Any:
-        if self._fn is None:
-            raise pickle.UnpicklingError(f"{self._name} is not callable here")
-        return self._fn(*args)
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        raise pickle.UnpicklingError(f"cannot modify {self._name}")
-
-    def __repr__(self) -> str:
-        return f"<vetted {self._name}>"
-
-
-def _numpy_internal(attr: str, *modules: str) -> Any:
-    """Find a numpy internal under its numpy 2 (`numpy._core`) or 1.x (`numpy.core`) home."""
-    import importlib
-
-    for module in modules:
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-    return None
-
-
-_np_reconstruct = _numpy_internal("_reconstruct", "numpy._core.multiarray", "numpy.core.multiarray")
-_np_scalar = _numpy_internal("scalar", "numpy._core.multiarray", "numpy.core.multiarray")
-
-_DTYPE_SPEC = re.compile(r"[<>|=]?[a-zA-Z][0-9]{0,2}")
-_NDARRAY = _Vetted("numpy.ndarray", None)  # only usable as _reconstruct's first argument
-
-
-def _as_str(value: Any, what: str) -> str:
-    if isinstance(value, bytes):
-        return value.decode("latin1")
-    if isinstance(value, str):
-        return value
-    raise pickle.UnpicklingError(f"{what}: expected a string, got {type(value).__name__}")
-
-
-def _safe_dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
-    # Only simple specs like 'u1' or '<i8'. copy=True always: pickles then call
-    # dtype.__setstate__, which must never touch numpy's shared builtin dtypes.
-    text = _as_str(spec, "numpy.dtype")
-    if not _DTYPE_SPEC.fullmatch(text):
-        raise pickle.UnpicklingError(f"numpy.dtype: unsupported spec {text!r}")
-    dtype = np.dtype(text, align=bool(align), copy=True)
-    if dtype.kind in "OV":  # object or void arrays have no place in a CIFAR batch
-        raise pickle.UnpicklingError(f"numpy.dtype: unsupported kind {text!r}")
-    return dtype
-
-
-def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-    # numpy pickles always build an empty placeholder and fill it with __setstate__.
-    if subtype is not _NDARRAY:
-        raise pickle.UnpicklingError("_reconstruct: only plain numpy.ndarray is allowed")
-    if not isinstance(shape, tuple) or not all(type(s) is int for s in shape) or 0 not in shape:
-        raise pickle.UnpicklingError("_reconstruct: expected an empty placeholder shape")
-    return _np_reconstruct(np.ndarray, shape, _as_str(dtype, "_reconstruct").encode("latin1"))
-
-
-def _safe_scalar(dtype: Any, data: Any = None) -> Any:
-    if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or not isinstance(data, bytes):
-        raise pickle.UnpicklingError("scalar: only numeric numpy scalars are allowed")
-    return _np_scalar(dtype, data)
-
-
-def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any, axis_order: Any = None) -> np.ndarray:
-    # Protocol-5 numpy pickles; a plain frombuffer + reshape checks sizes itself.
-    if not isinstance(buf, (bytes, bytearray)) or not isinstance(dtype, np.dtype) or dtype.kind == "O":
-        raise pickle.UnpicklingError("_frombuffer: unsupported arguments")
-    if order not in ("C", "F") or axis_order is not None:
-        raise pickle.UnpicklingError("_frombuffer: unsupported memory order")
-    return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order=order)
-
-
-def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
-    # How protocol <3 pickles spell bytes: _codecs.encode(str, 'latin1').
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("_codecs.encode: only latin1 text is allowed")
-    return text.encode("latin1")
-
-
-def _safe_bytes(*args: Any) -> bytes:
-    # Protocol <3 pickles spell b"" as bytes(); anything else could allocate at will.
-    if args:
-        raise pickle.UnpicklingError("bytes: only the empty call is allowed")
-    return b""
-
-
-def _allow(modules: tuple[str, ...], name: str, fn: Callable[..., Any]) -> dict[tuple[str, str], _Vetted]:
-    vetted = _Vetted(f"{modules[0]}.{name}", fn)
-    return {(m, name): vetted for m in modules}
-
-
-_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
-_NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
-_ALLOWED_GLOBALS: dict[tuple[str, str], _Vetted] = {
-    **_allow(_MULTIARRAY, "_reconstruct", _safe_reconstruct),
-    **_allow(_MULTIARRAY, "scalar", _safe_scalar),
-    **_allow(_NUMERIC, "_frombuffer", _safe_frombuffer),
-    **_allow(("numpy",), "dtype", _safe_dtype),
-    ("numpy", "ndarray"): _NDARRAY,
-    **_allow(("_codecs",), "encode", _latin1_encode),
-    **_allow(("builtins", "__builtin__"), "bytes", _safe_bytes),
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that can only rebuild numpy arrays, lists, dicts, bytes and numbers."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise _Forbidden(f"{module}.{name}") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent ids are not allowed")
 
 
 def _get(batch: dict[Any, Any], key: str) -> Any:
@@ -415,45 +285,41 @@ def _read_cifar_batch(path: str | os.PathLike[str], hint: str) -> tuple[np.ndarr
     path = Path(path)
     raw = _read_raw(path, hint)
     try:
-        # Walk the opcodes first: every declared length is checked against the file,
-        # so no opcode can make the C unpickler allocate more than the file holds.
-        for _ in pickletools.genops(raw):
-            pass
-        batch = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except _Forbidden as exc:
-        raise _fail(
+        batch = restricted_loads(raw)
+    except ForbiddenGlobal as exc:
+        raise _data_error(
             path,
             f"refusing to unpickle: it references {exc}, which a CIFAR-10 batch "
             "(numpy arrays, lists, bytes) never needs",
             hint,
         ) from exc
     except Exception as exc:  # any decoding failure of a corrupt or foreign pickle
-        raise _fail(path, f"not a valid CIFAR-10 batch pickle ({type(exc).__name__}: {exc})", hint) from exc
+        raise _data_error(path, f"not a valid CIFAR-10 batch pickle ({type(exc).__name__}: {exc})", hint) from exc
 
     if not isinstance(batch, dict):
-        raise _fail(path, f"expected a pickled dict, found {type(batch).__name__}", hint)
+        raise _data_error(path, f"expected a pickled dict, found {type(batch).__name__}", hint)
     data, labels = _get(batch, "data"), _get(batch, "labels")
     if data is None or labels is None:
         missing = [k for k, v in (("b'data'", data), ("b'labels'", labels)) if v is None]
-        raise _fail(path, f"missing key {' and '.join(missing)} in the batch dict", hint)
+        raise _data_error(path, f"missing key {' and '.join(missing)} in the batch dict", hint)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
         found = (
             f"{data.dtype} array of shape {data.shape}"
             if isinstance(data, np.ndarray)
             else type(data).__name__
         )
-        raise _fail(path, f"b'data' must be a uint8 array of shape N x {_CIFAR_PIXELS}, found {found}", hint)
+        raise _data_error(path, f"b'data' must be a uint8 array of shape N x {_CIFAR_PIXELS}, found {found}", hint)
     try:
         label_array = np.asarray(labels)
     except Exception as exc:
-        raise _fail(path, f"b'labels' is not a list of integers ({type(exc).__name__})", hint) from exc
+        raise _data_error(path, f"b'labels' is not a list of integers ({type(exc).__name__})", hint) from exc
     if label_array.ndim != 1 or (label_array.size and label_array.dtype.kind not in "iu"):
-        raise _fail(path, "b'labels' must be a flat list of integers", hint)
+        raise _data_error(path, "b'labels' must be a flat list of integers", hint)
     if len(label_array) != len(data):
-        raise _fail(path, f"{len(data)} images but {len(label_array)} labels", hint)
+        raise _data_error(path, f"{len(data)} images but {len(label_array)} labels", hint)
     if label_array.size and (label_array.min() < 0 or label_array.max() >= _NUM_CLASSES):
         bad = label_array[(label_array < 0) | (label_array >= _NUM_CLASSES)][0]
-        raise _fail(path, f"label {int(bad)} out of range 0..{_NUM_CLASSES - 1}", hint)
+        raise _data_error(path, f"label {int(bad)} out of range 0..{_NUM_CLASSES - 1}", hint)
     images = np.ascontiguousarray(data).reshape(len(data), 3, 32, 32)
     return images, label_array.astype(np.int64)
 
@@ -472,10 +338,47 @@ def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarr
 
 
 # --------------------------------------------------------------------------- #
-# Per-source loaders: return uint8/float numpy splits before standardisation
+# One loader per source: numpy splits (train, val, test) before standardisation
 # --------------------------------------------------------------------------- #
 
-_Raw = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train_full, y_train_full, x_test, y_test
+
+@dataclass(frozen=True)
+class _Splits:
+    """A source's train, validation and test arrays, and the value that scales its pixels to [0, 1]."""
+
+    parts: list[tuple[np.ndarray, np.ndarray]]  # (images N x C x H x W, int64 labels) per split
+    scale: float
+
+
+def _load_digits(data_dir: str | os.PathLike[str] | None, fraction: float, seed: int) -> _Splits:
+    """scikit-learn's bundled 8x8 digits, split three ways, stratified by class (``data_dir`` unused)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32)[:, None]  # N x 1 x 8 x 8, values 0..16
+    labels = bunch.target.astype(np.int64)
+    rest, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=_DIGITS_TEST_FRACTION, stratify=labels, random_state=seed
+    )
+    train_idx, val_idx = train_test_split(
+        rest, test_size=fraction / (1.0 - _DIGITS_TEST_FRACTION), stratify=labels[rest], random_state=seed
+    )
+    return _Splits([(images[i], labels[i]) for i in (train_idx, val_idx, test_idx)], scale=16.0)
+
+
+def _hold_out(x_full: np.ndarray, y_full: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+              fraction: float, seed: int) -> _Splits:
+    """Split an official training set into train and validation by a seeded permutation."""
+    n = len(y_full)
+    n_val = round(n * fraction)
+    if not 0 < n_val < n:
+        raise ValueError(
+            f"val_fraction={fraction:g} leaves an empty training or validation set for {n} training images"
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    train_idx, val_idx = perm[: n - n_val], perm[n - n_val :]
+    return _Splits([(x_full[train_idx], y_full[train_idx]), (x_full[val_idx], y_full[val_idx]), (x_test, y_test)], 255.0)
 
 
 def _require_dir(name: str, data_dir: str | os.PathLike[str] | None) -> Path:
@@ -486,10 +389,10 @@ def _require_dir(name: str, data_dir: str | os.PathLike[str] | None) -> Path:
             raise DataError(f"{name} has no default data directory. To get the data: {hint}")
     path = Path(data_dir).expanduser()
     if not path.exists():
-        raise _fail(path, f"data directory for {name} does not exist", hint)
+        raise _data_error(path, f"data directory for {name} does not exist", hint)
     if not path.is_dir():
         extra = " (extract the archive first)" if path.name.endswith((".tar.gz", ".tgz", ".tar")) else ""
-        raise _fail(path, f"not a directory{extra}", hint)
+        raise _data_error(path, f"not a directory{extra}", hint)
     return path
 
 
@@ -497,10 +400,11 @@ def _find_idx_file(directory: Path, base: str, hint: str) -> Path:
     for candidate in (directory / base, directory / f"{base}.gz"):
         if candidate.is_file():
             return candidate
-    raise _fail(directory / base, f"file not found (looked for {base} and {base}.gz in {directory})", hint)
+    raise _data_error(directory / base, f"file not found (looked for {base} and {base}.gz in {directory})", hint)
 
 
-def _load_idx_dataset(name: str, data_dir: str | os.PathLike[str] | None) -> _Raw:
+def _load_idx_dir(name: str, data_dir: str | os.PathLike[str] | None, fraction: float, seed: int) -> _Splits:
+    """Fashion-MNIST or MNIST: the four IDX files (raw or gzip) in ``data_dir`` or torchvision's layout below it."""
     hint = _HINTS[name]
     directory = _require_dir(name, data_dir)
     nested = directory / _TORCHVISION_SUBDIRS[name]
@@ -513,41 +417,51 @@ def _load_idx_dataset(name: str, data_dir: str | os.PathLike[str] | None) -> _Ra
         images = _read_idx(img_path, hint, _IDX_IMAGES_MAGIC)
         labels = _read_idx(lab_path, hint, _IDX_LABELS_MAGIC)
         if len(images) == 0:
-            raise _fail(img_path, "holds no images", hint)
+            raise _data_error(img_path, "holds no images", hint)
         if len(images) != len(labels):
-            raise _fail(
+            raise _data_error(
                 lab_path, f"{len(labels)} labels but {img_path.name} holds {len(images)} images", hint
             )
         if labels.max() >= _NUM_CLASSES:
-            raise _fail(lab_path, f"label {int(labels.max())} out of range 0..{_NUM_CLASSES - 1}", hint)
+            raise _data_error(lab_path, f"label {int(labels.max())} out of range 0..{_NUM_CLASSES - 1}", hint)
         splits.append((images, labels))
     (x_tr, y_tr), (x_te, y_te) = splits
     if x_tr.shape[1:] != x_te.shape[1:]:
-        raise _fail(
+        raise _data_error(
             paths[2],
             f"images are {x_te.shape[1]}x{x_te.shape[2]} but {paths[0].name} has "
             f"{x_tr.shape[1]}x{x_tr.shape[2]}",
             hint,
         )
     # Add the channel axis: N x 1 x H x W.
-    return x_tr[:, None], y_tr.astype(np.int64), x_te[:, None], y_te.astype(np.int64)
+    return _hold_out(x_tr[:, None], y_tr.astype(np.int64), x_te[:, None], y_te.astype(np.int64), fraction, seed)
 
 
-def _load_cifar10(data_dir: str | os.PathLike[str] | None) -> _Raw:
+def _load_cifar10(data_dir: str | os.PathLike[str] | None, fraction: float, seed: int) -> _Splits:
+    """CIFAR-10: the six ``cifar-10-batches-py`` pickles in ``data_dir`` or that directory below it."""
     hint = _HINTS["cifar10"]
     directory = _require_dir("cifar10", data_dir)
     if (directory / _CIFAR_DIR).is_dir():
         directory = directory / _CIFAR_DIR
     for fname in (*_CIFAR_TRAIN_FILES, _CIFAR_TEST_FILE):  # report a missing file before decoding
         if not (directory / fname).is_file():
-            raise _fail(directory / fname, f"file not found (expected {_CIFAR_DIR} files in {directory})", hint)
+            raise _data_error(directory / fname, f"file not found (expected {_CIFAR_DIR} files in {directory})", hint)
     train = [_read_cifar_batch(directory / f, hint) for f in _CIFAR_TRAIN_FILES]
     x_te, y_te = _read_cifar_batch(directory / _CIFAR_TEST_FILE, hint)
     x_tr = np.concatenate([x for x, _ in train])
     y_tr = np.concatenate([y for _, y in train])
     if len(x_tr) == 0:
-        raise _fail(directory, "the training batches hold no images", hint)
-    return x_tr, y_tr, x_te, y_te
+        raise _data_error(directory, "the training batches hold no images", hint)
+    return _hold_out(x_tr, y_tr, x_te, y_te, fraction, seed)
+
+
+_Loader = Callable[[str | os.PathLike[str] | None, float, int], _Splits]  # (data_dir, val_fraction, seed)
+_LOADERS: dict[str, _Loader] = {
+    "digits": _load_digits,
+    "fashion-mnist": functools.partial(_load_idx_dir, "fashion-mnist"),
+    "mnist": functools.partial(_load_idx_dir, "mnist"),
+    "cifar10": _load_cifar10,
+}
 
 
 # --------------------------------------------------------------------------- #
@@ -623,45 +537,11 @@ def load_dataset(
     _check_positive_int("limit", limit)
     fraction = float(val_fraction) if val_fraction is not None else _DEFAULT_VAL_FRACTION[key]
 
-    if key == "digits":
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
-        bunch = load_digits()
-        images = bunch.images.astype(np.float32)[:, None]  # N x 1 x 8 x 8, values 0..16
-        labels = bunch.target.astype(np.int64)
-        idx = np.arange(len(labels))
-        rest, test_idx = train_test_split(
-            idx, test_size=_DIGITS_TEST_FRACTION, stratify=labels, random_state=seed
-        )
-        train_idx, val_idx = train_test_split(
-            rest,
-            test_size=fraction / (1.0 - _DIGITS_TEST_FRACTION),
-            stratify=labels[rest],
-            random_state=seed,
-        )
-        parts = [(images[i], labels[i]) for i in (train_idx, val_idx, test_idx)]
-        scale = 16.0
-    else:
-        if key == "cifar10":
-            x_full, y_full, x_te, y_te = _load_cifar10(data_dir)
-        else:
-            x_full, y_full, x_te, y_te = _load_idx_dataset(key, data_dir)
-        n = len(y_full)
-        n_val = round(n * fraction)
-        if not 0 < n_val < n:
-            raise ValueError(
-                f"val_fraction={fraction:g} leaves an empty training or validation set "
-                f"for {n} training images"
-            )
-        perm = np.random.default_rng(seed).permutation(n)
-        train_idx, val_idx = perm[: n - n_val], perm[n - n_val :]
-        parts = [(x_full[train_idx], y_full[train_idx]), (x_full[val_idx], y_full[val_idx]), (x_te, y_te)]
-        scale = 255.0
-
+    splits = _LOADERS[key](data_dir, fraction, seed)
+    parts = splits.parts
     if limit is not None:
         parts = [(x[:limit], y[:limit]) for x, y in parts]
-    xs = [_to_float_tensor(x, scale) for x, _ in parts]
+    xs = [_to_float_tensor(x, splits.scale) for x, _ in parts]
     ys = [torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)) for _, y in parts]
     if image_size is not None:
         xs = [_resize(x, image_size) for x in xs]

@@ -28,6 +28,7 @@ from motune.data import (
     read_cifar_batch,
     read_idx,
 )
+from motune.safe_pickle import ForbiddenGlobal, restricted_loads
 
 FASHION_HINT = "apt-get install dataset-fashion-mnist"
 DIR_HINT = "pass their directory"
@@ -459,6 +460,18 @@ def test_cifar_forbidden_global_not_executed(tmp_path: Path) -> None:
     assert_data_error(excinfo, "data_batch_2", "system", DIR_HINT)
     assert not marker.exists()
     assert "pickle" not in type(excinfo.value).__module__
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_restricted_loads_rebuilds_numeric_arrays_only(protocol: int) -> None:
+    array = np.arange(6, dtype=np.int16).reshape(2, 3)
+    out = restricted_loads(pickle.dumps({"a": array, "b": [1, 2.5, b"x", None]}, protocol=protocol))
+    np.testing.assert_array_equal(out["a"], array)
+    assert out["a"].dtype == np.int16 and out["b"] == [1, 2.5, b"x", None]
+    with pytest.raises(ForbiddenGlobal, match="system"):
+        restricted_loads(pickle.dumps(_Evil("true"), protocol=protocol))
+    with pytest.raises(pickle.UnpicklingError, match="unsupported kind"):
+        restricted_loads(pickle.dumps(np.array([1, "a"], dtype=object), protocol=protocol))
 
 
 @pytest.mark.parametrize(
