@@ -1,6 +1,6 @@
 """The networks motune trains, and which of their parameters the l1 objective penalises.
 
-Three models ship:
+Four models ship:
 
 - ``lenet5``: the paper's LeNet-5 variant (conv 6@3x3 -> avgpool 2 -> conv 16@3x3 ->
   avgpool 2 -> dense 120 -> 84 -> 10, ReLU). On 28x28 input its dense layers hold

@@ -1,7 +1,14 @@
-"""The two objectives and the measurements every result carries (DESIGN.md §1).
+"""The two objectives and the measurements every result carries.
 
-``f1``: mean cross-entropy of the network's predictions on held-out data.
-``f2``: l1 norm of the penalised weights (a property of the weights alone).
+Both objectives are minimised:
+
+``f1``: mean cross-entropy of the network's predictions on held-out data (the
+validation split, measured after training).
+``f2``: l1 norm of the penalised weights (a property of the weights alone; biases are
+never penalised).
+
+Besides the two values, every result carries accuracy and the nonzero penalised
+weights per layer and in total; these are the helpers that measure them.
 """
 
 from __future__ import annotations

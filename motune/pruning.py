@@ -4,7 +4,7 @@ Functional, in-place primitives in the spirit of ``torch.nn.utils.prune``, and o
 stateful object, :class:`IntraTrainingPruning`, that the training loop calls once before
 training and after every optimiser step.
 
-Policies (DESIGN.md §3):
+Policies:
 
 - ``"soft"`` (the paper's): a zeroed weight may grow back if its gradient pushes it past
   the threshold; it is simply re-thresholded after every step.
@@ -85,7 +85,7 @@ class IntraTrainingPruning:
         self.active = policy != "none" and self.threshold > 0
 
     def before_training(self) -> None:
-        """Prune the initial weights once (DESIGN.md §3) and, if permanent, start the masks."""
+        """Prune the initial weights once, so training starts from what ITP would keep; start the masks if permanent."""
         if not self.active:
             return
         prune_below_threshold_(self.weights, self.threshold)
