@@ -69,6 +69,8 @@ class _Snapshot:
     full_pending: list[float]  # λ of RUNNING / WAITING full-fidelity trials
     full_trials: list[FrozenTrial]  # COMPLETE full-fidelity trials
     bounds: tuple[float, float]  # range of the λ distribution
+    bracket_open: bool = True  # the end of the front may lie beyond the largest λ tried
+    extension: float | None = None  # the λ that extends the bracket, when one is due now
 
     @property
     def knee_pos(self) -> int | None:
@@ -85,18 +87,32 @@ class KneeSampler(BaseSampler):
     picks ``λ``:
 
     1. the ``start_weights``, in order;
-    2. then, for adjacent supported points ``A, B`` of the front found so far, the
+    2. then the *bracket*: while the largest weight tried, ``λ_max``, may not reach
+       the end of the front, ``min(10 λ_max, upper bound)`` is tried next, so the
+       knee is never taken on a truncated front. The end counts as reached when
+       ``λ_max`` is the distribution's upper bound; when its result has
+       ``f2 <= f2_floor`` (an l1 norm of 0: no weights left); when raising the
+       weight from the next-smaller tried one neither lowered ``f2`` nor raised
+       ``f1`` by more than ``tolerance`` (normalised: the same network, a plateau,
+       so the end was already there); or when ``λ_max`` failed (nothing to judge,
+       and a weight that crashes is not pushed further). While the trial at
+       ``λ_max`` runs, other workers go on with step 3 but no knee is confirmed;
+    3. then, for adjacent supported points ``A, B`` of the front found so far, the
        weight normal to the segment, ``λ_AB = (b1 - a1) / ((b1 - a1) + (a2 - b2))``
        (Aneja & Nair's dichotomic search). Segments next to the current knee come
        first, then the others, longest (in normalised objectives) first;
-    3. once both segments next to the knee are closed the knee is *confirmed*; with
-       ``full_fidelity`` one more trial retrains the knee's ``λ``, marked ``"full"``
-       (see :meth:`fidelity`), and :meth:`is_converged` is true once it completes.
-       That happens once per study (a failed full-fidelity trial is not retried
-       at the same weight; another confirmed knee gets one);
-    4. when nothing is open (or after convergence) it keeps producing new weights:
-       the largest gap in ``log λ`` between tried weights around the knee is
-       bisected, then anywhere, so ``study.optimize`` never stalls or repeats.
+    4. once both segments next to the knee are closed (and the bracket is, see 2)
+       the knee is *confirmed*; with ``full_fidelity`` one more trial retrains the
+       knee's ``λ``, marked ``"full"`` (see :meth:`fidelity`), and
+       :meth:`is_converged` is true once it completes. That happens once per study
+       (a failed full-fidelity trial is not retried at the same weight; another
+       confirmed knee gets one);
+    5. when nothing is open (or after convergence) it keeps producing new weights
+       by bisecting (geometric middle) a gap between tried positive weights: the
+       gap whose two results lie farthest apart in normalised objectives, first
+       among the weights around the knee, then anywhere (gaps narrower than 5 %
+       in ``λ``, i.e. cliffs where training collapses, last; see
+       :meth:`_fill_gap`), so ``study.optimize`` never stalls or repeats.
 
     A segment is *closed* when a finished trial probed it and the segment survived,
     i.e. its endpoints are still adjacent supported points. A trial with weight
@@ -162,9 +178,10 @@ class KneeSampler(BaseSampler):
     Args:
         start_weights:
             Weights tried first. The default ``(0.0, 0.1)`` is the paper's: ``λ = 0``
-            gives the most accurate end of the front, and ``λ = 0.1`` is already
-            large enough to prune a real network to (almost) nothing, the other end.
-            Any pair that brackets the knee works.
+            gives the most accurate end of the front, and ``λ = 0.1`` is usually
+            large enough to prune a real network to nothing, the other end. When the
+            largest start weight falls short of that end, the bracket step (2 above)
+            extends it; a pair that brackets the knee saves those trials.
         knee:
             ``"angle"`` (the paper's widest normal cone) or ``"distance"`` (farthest
             from the line through the extremes); see :func:`motune.pareto.knee_index`.
@@ -177,6 +194,12 @@ class KneeSampler(BaseSampler):
         min_lambda_gap:
             Relative difference below which two weights are the same weight
             (default ``1e-3``): they train the same network up to noise.
+        f2_floor:
+            Lowest value the second (minimised) objective can take, default ``0.0``
+            (an l1 norm or a count of weights: a result there has no weights left,
+            the end of the front). A result at the floor ends the bracket (step 2)
+            without a trial beyond it. ``None`` when no floor is known: the end is
+            then recognised by a plateau, which costs one trial past it.
         full_fidelity:
             Retrain the confirmed knee's weight once as a ``"full"`` trial (the paper
             approximates the front with a third of the epochs). Default ``True``.
@@ -197,6 +220,7 @@ class KneeSampler(BaseSampler):
         knee: Literal["angle", "distance"] = "angle",
         tolerance: float = 0.02,
         min_lambda_gap: float = 1e-3,
+        f2_floor: float | None = 0.0,
         full_fidelity: bool = True,
         independent_sampler: BaseSampler | None = None,
         seed: int | None = None,
@@ -217,6 +241,9 @@ class KneeSampler(BaseSampler):
         self._knee = knee
         self._tolerance = float(tolerance)
         self._rtol = float(min_lambda_gap)
+        if f2_floor is not None and not math.isfinite(f2_floor):
+            raise ValueError(f"f2_floor must be a finite number or None, got {f2_floor}")
+        self._f2_floor = None if f2_floor is None else float(f2_floor)
         self._full_fidelity = bool(full_fidelity)
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         self._rng = LazyRandomState(seed)
@@ -389,6 +416,9 @@ class KneeSampler(BaseSampler):
             if not self._near_any(w, taken):
                 return w, FRONT
 
+        if snap.extension is not None:
+            return snap.extension, FRONT
+
         pos = snap.knee_pos
         if pos is not None and len(snap.supported) >= 2:
             segments = self._segments(snap)
@@ -419,10 +449,12 @@ class KneeSampler(BaseSampler):
     def _confirmed(snap: _Snapshot, segments: list[_Segment]) -> bool:
         """Knee confirmed: an interior supported point whose two segments are closed.
 
-        A front of two supported points (a straight line) has no knee to confirm.
+        A front of two supported points (a straight line) has no knee to confirm, and
+        neither has a front whose end may lie beyond the largest weight tried (the
+        bracket is open): its knee could move once the end is known.
         """
         pos = snap.knee_pos
-        if pos is None or len(snap.supported) < 3:
+        if pos is None or len(snap.supported) < 3 or snap.bracket_open:
             return False
         return all(s.closed for s in segments if s.pos in (pos - 1, pos))
 
@@ -570,10 +602,13 @@ class KneeSampler(BaseSampler):
         if len(front) >= 2:
             extent = front.max(axis=0) - front.min(axis=0)
             scale = np.where(extent > 0, extent, 1.0)
+        lambdas_arr = np.asarray(lambdas, dtype=float)
+        floor = self._f2_floor if study.directions[1] == StudyDirection.MINIMIZE else None
+        bracket_open, extension = self._bracket(probed, planned, lambdas_arr, points, scale, bounds, floor)
         return _Snapshot(
             search=search,
             points=points,
-            lambdas=np.asarray(lambdas, dtype=float),
+            lambdas=lambdas_arr,
             scale=scale,
             supported=pareto.supported_points(points, self._tolerance),
             knee=pareto.knee_index(points, self._knee, self._tolerance),
@@ -584,7 +619,54 @@ class KneeSampler(BaseSampler):
             full_pending=full_pending,
             full_trials=full_trials,
             bounds=bounds,
+            bracket_open=bracket_open,
+            extension=extension,
         )
+
+    def _bracket(
+        self,
+        probed: list[float],
+        planned: list[float],
+        lambdas: np.ndarray,
+        points: np.ndarray,
+        scale: np.ndarray,
+        bounds: tuple[float, float],
+        floor: float | None,
+    ) -> tuple[bool, float | None]:
+        """Whether the front may go on beyond the largest weight tried, and the weight to try there.
+
+        Returns ``(open, extension)``. ``open`` is false once the end of the front is
+        known to be reached (see step 2 of the class docstring); ``extension`` is
+        ``min(10 λ_max, upper bound)`` when the bracket is open and the trial at
+        ``λ_max`` has finished, ``None`` while it still runs (its weight is taken:
+        nobody extends past a result not yet known) or when the bracket is closed.
+        Derived from the trials alone, like everything else the sampler decides.
+        """
+        taken = probed + planned
+        if not taken:
+            return True, None
+        low, high = bounds
+        top = max(taken)
+        at_top = np.array([self._same(float(lam), top) for lam in lambdas], dtype=bool)
+        if not at_top.any() and self._near_any(top, planned):
+            return True, None  # running: its result may still move the end of the front
+        if top <= 0.0 or top >= high or self._same(top, high):
+            return False, None  # nothing to scale, or nowhere further to go
+        if not at_top.any():
+            return False, None  # failed or pruned at λ_max: no result to judge, no retries past it
+        # Of several results at one weight (retries), the one farthest along the front.
+        f1_top, f2_top = points[at_top][np.argmin(points[at_top, 1])]
+        if floor is not None and f2_top <= floor:
+            return False, None  # no weights left: the end of the front
+        below = (lambdas < top) & ~at_top
+        if below.any():
+            prev = float(lambdas[below].max())
+            f1_prev, f2_prev = points[lambdas == prev][np.argmin(points[lambdas == prev, 1])]
+            lowered = f2_prev - f2_top > self._tolerance * scale[1]
+            traded = f1_top - f1_prev > self._tolerance * scale[0]
+            if not (lowered or traded):
+                return False, None  # a larger weight gave the same network: the end plateau
+        return True, min(max(10.0 * top, low), high)
 
     def _trial_lambda(self, t: FrozenTrial) -> float | None:
         """The weight a trial trained (finished) or will train (running / waiting)."""

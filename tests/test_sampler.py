@@ -535,3 +535,126 @@ def test_gap_filling_does_not_spend_trials_where_training_collapses() -> None:
     study.optimize(objective, n_trials=30)
     collapsed = [t for t in study.trials if t.params["l1_weight"] > 0.01]
     assert len(collapsed) <= 6, sorted(t.params["l1_weight"] for t in collapsed)
+
+
+# ------------------------------------------------------------------------- bracket
+
+# (4) short: the smooth front with f2 in [0, 35] instead of [0, 3000]. The same curve in
+# normalised objectives (same knees), but the weights that reach its end are ~100 times
+# larger: λ = 0.1 stops at (0.53, 4.5), inside the front; f2 = 0 needs λ ≈ 0.5.
+F2_SHORT = 35.0
+SHORT = dense(F1_LO + F1_SPAN * _X, F2_SHORT * _Y)
+
+
+def short_norm(values: list[float]) -> np.ndarray:
+    return np.array([(values[0] - F1_LO) / F1_SPAN, values[1] / F2_SHORT])
+
+
+def test_short_front_ends_beyond_the_start_bracket() -> None:
+    """The fixture itself: λ = 0.1 is truncated, the end (f2 = 0) comes near λ = 0.5."""
+    assert SHORT(0.1)[1] > 0.1 * F2_SHORT
+    assert SHORT(0.45)[1] > 0.0
+    assert SHORT(0.5)[1] == 0.0
+
+
+@pytest.mark.parametrize("criterion", ["angle", "distance"])
+def test_bracket_extends_to_the_end_of_the_front(criterion: str) -> None:
+    """λ = 0.1 still leaves weights: the sampler tries 10 × 0.1 (capped at 1) before refining."""
+    sampler = KneeSampler(knee=criterion, seed=0)
+    study = new_study(sampler)
+    run_until_converged(study, make_objective(SHORT), 15)
+    lams = front_lambdas(study)
+    assert lams[:3] == [0.0, 0.1, 1.0]
+    assert max(lams) >= 0.5
+    knee = short_norm(sampler.knee_trial(study).values)
+    assert np.hypot(*(knee - SMOOTH_KNEE_DISTANCE)) < 0.02
+    assert np.hypot(*(knee - SMOOTH_KNEE_CURVATURE)) < 0.02
+    assert_distinct(lams)
+
+    # Control: where the weight cannot go past 0.1, the knee of the truncated front is
+    # far from the true one, so the assertions above do depend on the bracket.
+    truncated = KneeSampler(knee=criterion, seed=0)
+    capped = new_study(truncated)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        v = SHORT(trial.suggest_float("l1_weight", 0.0, 0.1))
+        return float(v[0]), float(v[1])
+
+    run_until_converged(capped, objective, 15)
+    assert max(front_lambdas(capped)) == 0.1
+    wrong = short_norm(truncated.knee_trial(capped).values)
+    assert np.hypot(*(wrong - SMOOTH_KNEE_DISTANCE)) > 0.1
+
+
+@pytest.mark.parametrize("start", [(0.0, 0.004), (0.0, 0.04), (0.0, 0.1)])
+def test_bracket_stops_at_the_end_of_the_front(start: tuple[float, float]) -> None:
+    """The sharp front ends (f2 = 0) from λ ≈ 0.031 on: no trial is spent past the end.
+
+    With the default ``f2_floor=0`` a result with f2 = 0 is the end; without a floor
+    the end is recognised by a plateau, which costs exactly one trial past it, never
+    more, and the search is otherwise the same.
+    """
+    runs = {}
+    for floor in (0.0, None):
+        sampler = KneeSampler(seed=0, start_weights=start, f2_floor=floor)
+        study = new_study(sampler)
+        n = run_until_converged(study, make_objective(SHARP), 10)
+        assert sampler.knee_trial(study).values == [0.15, 200.0]
+        runs[floor] = (n, front_lambdas(study))
+    # From 0.004 one ×10 reaches the end (0.04); from 0.04 or 0.1 it is already there.
+    end = 0.04 if start[1] < 0.03 else start[1]
+    n, lams = runs[0.0]
+    assert lams[:2] == list(start) and max(lams) == pytest.approx(end)
+    n_plain, lams_plain = runs[None]
+    beyond = min(10 * end, 1.0)
+    assert max(lams_plain) == pytest.approx(beyond)  # one trial past the end, no more
+    assert n_plain == n + 1
+    assert [x for x in lams_plain if not math.isclose(x, beyond)] == lams
+
+
+def test_no_knee_while_the_bracket_trial_runs() -> None:
+    """Other workers refine meanwhile, but the knee of the truncated front is not confirmed."""
+    sampler = KneeSampler(seed=0, full_fidelity=True)
+    study = new_study(sampler)
+    for _ in range(2):
+        t = study.ask()
+        study.tell(t, tuple(SHORT(t.suggest_float("l1_weight", 0.0, 1.0))))
+    extension = study.ask()
+    assert extension.suggest_float("l1_weight", 0.0, 1.0) == 1.0
+    for _ in range(10):  # the capped study above confirms its knee within 8 trials
+        t = study.ask()
+        lam = t.suggest_float("l1_weight", 0.0, 1.0)
+        assert KneeSampler.fidelity(t) == "front" and lam < 1.0
+        study.tell(t, tuple(SHORT(lam)))
+    assert not sampler.is_converged(study)
+    study.tell(extension, tuple(SHORT(1.0)))
+    run_until_converged(study, make_objective(SHORT), 10)
+    knee = short_norm(sampler.knee_trial(study).values)
+    assert np.hypot(*(knee - SMOOTH_KNEE_DISTANCE)) < 0.02
+    assert_distinct(front_lambdas(study))
+
+
+def test_failed_bracket_trial_is_not_pushed_further() -> None:
+    """A weight that crashes ends the bracket: no retry past it, and the search still converges."""
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+        if lam > 0.5:
+            raise RuntimeError("diverged")
+        return tuple(float(v) for v in SHORT(lam))
+
+    sampler = KneeSampler(seed=0)
+    study = new_study(sampler)
+    for _ in range(15):
+        study.optimize(objective, n_trials=1, catch=(RuntimeError,))
+        if sampler.is_converged(study):
+            break
+    assert sampler.is_converged(study)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [t.params["l1_weight"] for t in failed] == [1.0]
+    assert max(x for x in front_lambdas(study) if x < 1.0) <= 0.1
+
+
+def test_f2_floor_validation() -> None:
+    with pytest.raises(ValueError, match="f2_floor"):
+        KneeSampler(f2_floor=math.nan)
