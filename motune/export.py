@@ -21,6 +21,10 @@ are the files moved into place with ``os.replace`` (checkpoints first, the CSV a
 JSON index last), so a failure (missing artifact, corrupt file) raises
 :class:`ExportError` naming the trial and leaves ``out_dir`` as it was, apart from
 creating it. Files of an earlier export that are not part of this one are left alone.
+An output directory that cannot be created or written (a path under a regular file,
+no permission, a full disk) and a directory where an output file goes are
+:class:`ExportError` too, one line naming the path: nothing outside ``out_dir`` is
+written, and the index files of an earlier export are only replaced last.
 """
 
 from __future__ import annotations
@@ -220,10 +224,14 @@ def export_pareto(
     to (e.g. ``FileSystemArtifactStore(dir)``). Existing files of the same names are
     replaced. Fails as a whole (see the module docstring): raises :class:`ExportError`
     naming the trial when a checkpoint artifact is missing or not a motune checkpoint,
-    before anything in ``out_dir`` is replaced.
+    before anything in ``out_dir`` is replaced, and naming the path when ``out_dir``
+    cannot be created or written (the CLI turns it into exit code 2 and one line).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
     root = out.resolve()
     # One snapshot of the study: other workers may be adding trials while we export.
     chosen = pareto_trials(study, knee)
@@ -239,8 +247,17 @@ def export_pareto(
     for row in rows:
         if row["checkpoint"] is not None:
             targets[row["checkpoint"]] = _inside(root, root / row["checkpoint"])
+    # A directory where a file goes would fail its rename half-way through publishing.
+    for target in targets.values():
+        if target.is_dir():
+            raise ExportError(
+                f"cannot write the export to {out}: {target} is a directory; move it away or choose another output directory"
+            )
 
-    staging = Path(tempfile.mkdtemp(prefix=".motune-export-", dir=root))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".motune-export-", dir=root))
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
     try:
         (staging / CHECKPOINT_DIR).mkdir()
         for row in rows:
@@ -263,6 +280,8 @@ def export_pareto(
         ordered = [name for name in targets if name not in (CSV_NAME, JSON_NAME)] + [CSV_NAME, JSON_NAME]
         for name in ordered:
             os.replace(staging / name, targets[name])
+    except OSError as exc:  # disk full, a target that cannot be replaced, ...
+        raise _unwritable(out, exc) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -273,6 +292,26 @@ def export_pareto(
         checkpoints=[targets[row["checkpoint"]] for row in rows if row["checkpoint"] is not None],
         rows=len(rows),
         knee_trial=knee.number if knee is not None else None,
+    )
+
+
+def _unwritable(out: Path, exc: OSError) -> ExportError:
+    """One line for an output directory that cannot be created or written: the path, why, what to do.
+
+    A path under a regular file gives "Not a directory" from the OS; naming the file that
+    is in the way says more than the errno.
+    """
+    reason = exc.strerror or type(exc).__name__
+    failed = exc.filename2 or exc.filename  # os.replace: the target, not the staged file
+    if failed and Path(failed) != out:
+        reason += f" ({failed})"
+    for ancestor in (out, *out.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                reason = f"{ancestor} is a file, not a directory"
+            break
+    return ExportError(
+        f"cannot write the export to {out}: {reason}; choose an output directory that can be created and written"
     )
 
 

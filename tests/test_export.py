@@ -208,3 +208,81 @@ def test_artifact_id_escaping_the_store_is_an_export_error(tmp_path: Path) -> No
     assert _tree(tmp_path / "out") == set()
     # the stored string never becomes a file name: the row points at checkpoints/trial-0000.pt
     assert pareto_rows(study, None)[0]["checkpoint"] == "checkpoints/trial-0000.pt"
+
+
+# ------------------------------------------------------------- unwritable output
+
+
+def _cli_storage(tiny_study, tmp_path: Path) -> str:
+    """A copy of the tiny study's database with a stored motune config, so ``motune export`` opens it."""
+    from motune.config import StudyConfig
+    from motune.study import CONFIG_ATTR
+
+    study, _, _ = tiny_study
+    source = study.user_attrs["tiny_study"]["storage"].removeprefix("sqlite:///")
+    copy = tmp_path / "db" / "study.db"
+    copy.parent.mkdir()
+    shutil.copy(source, copy)
+    url = f"sqlite:///{copy}"
+    optuna.load_study(study_name=study.study_name, storage=url).set_user_attr(CONFIG_ATTR, StudyConfig().to_dict())
+    return url
+
+
+def test_cli_export_under_a_regular_file_exits_2_with_one_line(tiny_study, tmp_path: Path, capsys) -> None:
+    from motune.cli import main
+
+    study, _, artifact_dir = tiny_study
+    url = _cli_storage(tiny_study, tmp_path)
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory\n")
+    before = _tree(tmp_path)
+    target = blocker / "out"
+    argv = ["export", "--storage", url, "--study", study.study_name, "--artifacts", str(artifact_dir)]
+    code = main([*argv, "--out", str(target)])
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith("motune: error: cannot write the export to ")
+    assert str(target) in lines[0] and f"{blocker} is a file" in lines[0]
+    assert "choose an output directory" in lines[0]
+    assert _tree(tmp_path) == before and blocker.read_text() == "not a directory\n"
+
+    # The same command with a usable --out works: the failure was the path, not the study.
+    assert main([*argv, "--out", str(tmp_path / "ok")]) == 0
+    assert (tmp_path / "ok" / "pareto.csv").is_file()
+
+
+def test_directory_in_the_way_fails_before_anything_is_replaced(tiny_study, tmp_path: Path) -> None:
+    study, store, _ = tiny_study
+    out = tmp_path / "export"
+    export_pareto(study, out, store, _knee(study))
+    before = {p: (out / p).read_bytes() for p in _tree(out) if (out / p).is_file()}
+    (out / "pareto.csv").unlink()
+    (out / "pareto.csv").mkdir()  # e.g. a user's folder of that name
+    del before["pareto.csv"]
+    with pytest.raises(ExportError, match=r"pareto\.csv is a directory"):
+        export_pareto(study, out, store, _knee(study))
+    assert {p: (out / p).read_bytes() for p in before} == before  # checkpoints and JSON untouched
+    assert not [p for p in _tree(out) if ".motune-export-" in p]
+
+
+def test_os_error_while_publishing_is_an_export_error(tiny_study, tmp_path: Path, monkeypatch) -> None:
+    """A failing rename (disk full, a read-only mount) is one ExportError; the old index stays whole."""
+    study, store, _ = tiny_study
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "pareto.json").write_text('{"old": true}\n')
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "pareto.csv":
+            raise OSError(28, "No space left on device", str(src), None, str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr("motune.export.os.replace", replace)
+    with pytest.raises(ExportError, match=r"cannot write the export to .*No space left on device .*pareto\.csv"):
+        export_pareto(study, out, store, _knee(study))
+    assert (out / "pareto.json").read_text() == '{"old": true}\n'
+    assert not (out / "pareto.csv").exists()
+    assert not [p for p in _tree(out) if ".motune-export-" in p]
