@@ -33,6 +33,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,6 +45,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 
 from motune import TrainConfig, load_dataset, save_checkpoint, train
+from motune.cli import main as motune_main
 from motune.pareto import knee_index
 from motune.study import result_attrs
 
@@ -161,3 +163,29 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
         return build_tiny_study(tmp_path_factory.mktemp("tiny_study"))
     finally:
         torch.set_num_threads(threads)
+
+
+class CliRun(NamedTuple):
+    """What one in-process ``motune`` command gave: exit code and captured output."""
+
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_motune(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliRun]:
+    """Run the ``motune`` command in-process from a directory: ``run_motune(cwd, "status", ...)``.
+
+    Returns a :class:`CliRun` (unpacks as ``code, out, err``) with what the command
+    printed since the last capture; the working directory is restored afterwards.
+    """
+
+    def run(cwd: Path, *argv: str) -> CliRun:
+        with monkeypatch.context() as patch:
+            patch.chdir(cwd)
+            code = motune_main(list(argv))
+        out, err = capsys.readouterr()
+        return CliRun(code, out, err)
+
+    return run

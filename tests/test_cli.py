@@ -37,24 +37,10 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory):
     """One small study run through the CLI, shared by the tests that inspect it."""
     work = tmp_path_factory.mktemp("cli")
     (work / "tiny.toml").write_text(SMALL)
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # module scope: the run_motune fixture is per test
+        patch.chdir(work)
         code = main(["run", "tiny.toml", "--quiet"])
-    finally:
-        os.chdir(cwd)
     return work, code
-
-
-def run_in(work: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        code = main(list(argv))
-    finally:
-        os.chdir(cwd)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_run_creates_study_with_front_knee_and_checkpoints(finished_run) -> None:
@@ -63,17 +49,17 @@ def test_run_creates_study_with_front_knee_and_checkpoints(finished_run) -> None
     assert (work / "tiny.db").is_file() and any((work / "tiny-artifacts").iterdir())
 
 
-def test_status_reports_states_front_knee_hypervolume(finished_run, capsys) -> None:
+def test_status_reports_states_front_knee_hypervolume(finished_run, run_motune) -> None:
     work, _ = finished_run
-    code, out, _ = run_in(work, capsys, "status", "--storage", "sqlite:///tiny.db")
+    code, out, _ = run_motune(work, "status", "--storage", "sqlite:///tiny.db")
     assert code == 0
     assert "study 'tiny'" in out and "complete" in out and "hypervolume" in out
     assert "knee: trial" in out and "*" in out
 
 
-def test_export_writes_table_and_loadable_checkpoints(finished_run, capsys) -> None:
+def test_export_writes_table_and_loadable_checkpoints(finished_run, run_motune) -> None:
     work, _ = finished_run
-    code, _, err = run_in(work, capsys, "export", "--storage", "sqlite:///tiny.db", "--out", "exported")
+    code, _, err = run_motune(work, "export", "--storage", "sqlite:///tiny.db", "--out", "exported")
     assert code == 0, err
     out_dir = work / "exported"
     rows = list(csv.DictReader((out_dir / "pareto.csv").open()))
@@ -88,9 +74,9 @@ def test_export_writes_table_and_loadable_checkpoints(finished_run, capsys) -> N
     assert accuracy == pytest.approx(knee["val_accuracy"], abs=1e-9)
 
 
-def test_plot_writes_figures_with_expected_traces(finished_run, capsys) -> None:
+def test_plot_writes_figures_with_expected_traces(finished_run, run_motune) -> None:
     work, _ = finished_run
-    code, _, err = run_in(work, capsys, "plot", "--storage", "sqlite:///tiny.db", "--out", "plots")
+    code, _, err = run_motune(work, "plot", "--storage", "sqlite:///tiny.db", "--out", "plots")
     assert code == 0, err
     front = (work / "plots" / "front.html").read_text()
     for name in ("Pareto front", "knee", "SMGD"):
@@ -99,19 +85,19 @@ def test_plot_writes_figures_with_expected_traces(finished_run, capsys) -> None:
         assert (work / "plots" / name).is_file()
 
 
-def test_run_again_resumes_without_new_trials_when_converged(finished_run, capsys) -> None:
+def test_run_again_resumes_without_new_trials_when_converged(finished_run, run_motune) -> None:
     work, _ = finished_run
     before = sqlite3.connect(work / "tiny.db").execute("select count(*) from trials").fetchone()[0]
-    code, out, _ = run_in(work, capsys, "run", "tiny.toml", "--quiet")
+    code, out, _ = run_motune(work, "run", "tiny.toml", "--quiet")
     after = sqlite3.connect(work / "tiny.db").execute("select count(*) from trials").fetchone()[0]
     assert code == 0 and before == after and "knee: trial" in out
 
 
-def test_resume_with_a_different_config_is_refused_and_changes_nothing(finished_run, capsys) -> None:
+def test_resume_with_a_different_config_is_refused_and_changes_nothing(finished_run, run_motune) -> None:
     work, _ = finished_run
     (work / "other.toml").write_text(SMALL.replace("front_epochs = 3", "front_epochs = 2"))
     db = (work / "tiny.db").read_bytes()
-    code, _, err = run_in(work, capsys, "run", "other.toml", "--storage", "sqlite:///tiny.db")
+    code, _, err = run_motune(work, "run", "other.toml", "--storage", "sqlite:///tiny.db")
     assert code == 2 and "different config" in err and "--study" in err
     assert (work / "tiny.db").read_bytes() == db
 
@@ -124,9 +110,9 @@ def test_resume_with_a_different_config_is_refused_and_changes_nothing(finished_
         ("[study]\nn_trials = -3\n", "study.n_trials"),
     ],
 )
-def test_bad_config_exit_2_and_nothing_written(tmp_path: Path, capsys, toml: str, message: str) -> None:
+def test_bad_config_exit_2_and_nothing_written(tmp_path: Path, run_motune, toml: str, message: str) -> None:
     (tmp_path / "bad.toml").write_text(toml)
-    code, _, err = run_in(tmp_path, capsys, "run", "bad.toml")
+    code, _, err = run_motune(tmp_path, "run", "bad.toml")
     assert code == 2 and message in err
     assert not list(tmp_path.glob("*.db"))
 
@@ -142,8 +128,8 @@ def test_bad_config_exit_2_and_nothing_written(tmp_path: Path, capsys, toml: str
         (["run", "--data-dir", "/nonexistent", str(STUDIES / "fashion_mnist_lenet5.toml")], "/nonexistent"),
     ],
 )
-def test_bad_arguments_exit_2_with_message(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
-    code, _, err = run_in(tmp_path, capsys, *argv)
+def test_bad_arguments_exit_2_with_message(tmp_path: Path, run_motune, argv: list[str], message: str) -> None:
+    code, _, err = run_motune(tmp_path, *argv)
     assert code == 2 and message in err
     assert "secret" not in err  # passwords are masked
     assert not list(tmp_path.glob("*.db"))

@@ -16,13 +16,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from motune.cli import main
 from motune.config import StudyConfig
 from motune.faults import (
     HEARTBEAT_ATTR,
@@ -102,15 +102,6 @@ def redis_client():
     except redis.RedisError as exc:
         pytest.skip(f"Redis at 127.0.0.1:6379 does not answer: {exc}")
     return client
-
-
-def run_cli(cwd: Path, *argv: str) -> int:
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return main(list(argv))
-    finally:
-        os.chdir(old)
 
 
 def assert_study_finished(study: optuna.Study, target: int) -> None:
@@ -227,46 +218,43 @@ def test_passwords_are_masked_and_worker_seeds_differ() -> None:
 # ----------------------------------------------------------------------------- worker processes
 
 
-def test_two_local_workers_default_to_a_journal_file(tmp_path: Path) -> None:
+def test_two_local_workers_default_to_a_journal_file(tmp_path: Path, run_motune) -> None:
     cfg = tiny_config(tmp_path, "pair", n_trials=3, baselines="")
-    assert run_cli(tmp_path, "run", str(cfg), "--workers", "2", "--quiet", "--heartbeat", "1", "--grace", "4") == 0
+    code, _, err = run_motune(tmp_path, "run", str(cfg), "--workers", "2", "--quiet", "--heartbeat", "1", "--grace", "4")
+    assert code == 0, err
     assert (tmp_path / "pair.journal").is_file() and any((tmp_path / "pair-artifacts").iterdir())
     study = optuna.load_study(study_name="pair", storage=open_storage(f"journal:{tmp_path / 'pair.journal'}"))
     assert_study_finished(study, 3)
-    assert len({t.system_attrs[WORKER_ATTR]["pid"] for t in study.trials if t.state == TrialState.COMPLETE}) >= 1
+    # Both workers trained: every completed trial names its worker, and there are two of them.
+    workers = {t.system_attrs[WORKER_ATTR]["pid"] for t in study.trials if t.state == TrialState.COMPLETE}
+    assert len(workers) == 2, workers
 
 
-def test_three_workers_on_postgresql(tmp_path: Path) -> None:
-    url = postgres_url()
+@pytest.fixture(params=["postgresql", "redis"])
+def shared_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """``(storage URL, unique study name)`` on a real server, or skip saying why; the study is removed afterwards."""
     name = f"motune-test-{uuid.uuid4().hex[:12]}"
-    cfg = tiny_config(tmp_path, name)
-    try:
-        code = run_cli(tmp_path, "run", str(cfg), "--workers", "3", "--storage", url, "--quiet",
-                       "--artifacts", str(tmp_path / "artifacts"), "--heartbeat", "2", "--grace", "6")
-        assert code == 0
-        study = optuna.load_study(study_name=name, storage=open_storage(url))
-        assert_study_finished(study, 6)
-        assert study.user_attrs["motune:config"]["study"]["name"] == name
-    finally:
+    if request.param == "postgresql":
+        url = postgres_url()
+        yield url, name
         try:
             optuna.delete_study(study_name=name, storage=open_storage(url))
         except KeyError:
             pass
-
-
-def test_three_workers_on_redis(tmp_path: Path) -> None:
-    client = redis_client()
-    prefix = f"motune-test-{uuid.uuid4().hex[:12]}"
-    url = f"{REDIS_URL}?prefix={prefix}"
-    name = prefix
-    cfg = tiny_config(tmp_path, name)
-    try:
-        code = run_cli(tmp_path, "run", str(cfg), "--workers", "3", "--storage", url, "--quiet",
-                       "--artifacts", str(tmp_path / "artifacts"), "--heartbeat", "1", "--grace", "4")
-        assert code == 0
-        study = optuna.load_study(study_name=name, storage=open_storage(url))
-        assert_study_finished(study, 6)
-    finally:
-        keys = list(client.scan_iter(match=f"{prefix}:*"))
+    else:
+        client = redis_client()
+        yield f"{REDIS_URL}?prefix={name}", name
+        keys = list(client.scan_iter(match=f"{name}:*"))
         if keys:
             client.delete(*keys)
+
+
+def test_three_workers_on_a_shared_server(tmp_path: Path, run_motune, shared_server: tuple[str, str]) -> None:
+    url, name = shared_server
+    cfg = tiny_config(tmp_path, name)
+    code, _, err = run_motune(tmp_path, "run", str(cfg), "--workers", "3", "--storage", url, "--quiet",
+                              "--artifacts", str(tmp_path / "artifacts"), "--heartbeat", "2", "--grace", "6")
+    assert code == 0, err
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    assert_study_finished(study, 6)
+    assert study.user_attrs["motune:config"]["study"]["name"] == name
