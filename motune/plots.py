@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import secrets
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -322,7 +322,22 @@ def pruning_history_figure(trial: FrozenTrial) -> go.Figure:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``text`` to a new temporary file beside ``path``, then rename it into place.
+
+    A reader never sees a half-written plot. The temporary file is created with
+    ``os.open(..., 0o666)`` rather than :func:`tempfile.mkstemp` (always 0600), so the
+    plot gets the permissions a plain ``open()`` would give it (0644 under the usual
+    umask 022): plots are meant to be opened by others, e.g. from a shared directory.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:  # pragma: no cover - 48 random bits collided
+            continue
+    else:  # pragma: no cover
+        raise FileExistsError(f"no free temporary name beside {path}")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

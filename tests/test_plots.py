@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +155,24 @@ def test_figures_of_a_study_without_attributes() -> None:
     assert "λ = 2.0e-02" in traces["knee"].text[0]
     assert set(_traces(accuracy_sparsity_figure(study)).keys()) <= {"all trials", "Pareto front", "knee"}
     front_figure(optuna.create_study(directions=["minimize", "minimize"]), None)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_get_the_permissions_of_a_plain_open(tiny_study, tmp_path: Path, umask: int) -> None:
+    """Not 0600 (what a tempfile would give): 0666 less the umask, like ``open(path, "w")``."""
+    study, _, _ = tiny_study
+    out = tmp_path / "plots"
+    out.mkdir()
+    previous = os.umask(umask)
+    try:
+        (out / "front.html").write_text("an older plot")  # replaced: gets the new file's mode
+        paths = write_plots(study, out, _knee(study))
+        (out / "reference.txt").write_text("plain open()")
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    assert stat.S_IMODE((out / "reference.txt").stat().st_mode) == expected
+    for path in [*paths, out / "plotly.min.js"]:
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path.name
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
