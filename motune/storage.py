@@ -9,6 +9,7 @@ optuna-dashboard opens. Failures become :class:`StudyError` with the URL masked.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
@@ -83,6 +84,61 @@ def _redis_backend(url: str) -> optuna.storages.journal.JournalRedisBackend:
     return optuna.storages.journal.JournalRedisBackend(clean, prefix=prefix)
 
 
+_REDIS_CHECKED: set[str] = set()  # servers whose persistence this process has looked at
+
+
+def warn_if_redis_forgets(url: str) -> bool:
+    """Warn (once per process and server) when the Redis at ``url`` keeps nothing on disk.
+
+    A journal on a Redis with neither an append-only file nor ``save`` snapshots is gone
+    when that server restarts: every trial of every study on it. The server is asked
+    ``CONFIG GET appendonly`` and ``CONFIG GET save``; when both are off, one line on the
+    ``motune.storage`` logger (what the CLI prints as one line on stderr) says what to
+    set. Where ``CONFIG`` is renamed, disabled or not permitted (managed services), or the
+    server cannot be reached, nothing is said: persistence is then unknown, and reaching
+    the server is the storage's own business. Each server is asked once per process,
+    whatever the answer; workers started by ``motune run --workers`` (``MOTUNE_PARENT``
+    set) leave it to their parent, which opened the same storage first. Never raises.
+    Returns whether it warned.
+    """
+    if os.environ.get("MOTUNE_PARENT"):
+        return False
+    parts = urlsplit(url)
+    try:
+        server = parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
+    except ValueError:  # a malformed port: the storage reports the URL itself
+        return False
+    if server in _REDIS_CHECKED:
+        return False
+    _REDIS_CHECKED.add(server)
+    try:
+        import redis
+
+        query = dict(parse_qsl(parts.query))
+        query.pop("prefix", None)
+        query.setdefault("socket_connect_timeout", str(CONNECT_TIMEOUT))
+        query.setdefault("socket_timeout", str(CONNECT_TIMEOUT))
+        client = redis.Redis.from_url(urlunsplit(parts._replace(query=urlencode(query))))
+        try:
+            config = {**client.config_get("appendonly"), **client.config_get("save")}
+        finally:
+            client.close()
+    except Exception:  # CONFIG forbidden / renamed, unreachable, no redis module: say nothing
+        return False
+    if set(config) != {"appendonly", "save"}:
+        return False  # a Redis-compatible server without these settings: persistence unknown
+    if str(config["appendonly"]).strip().lower() == "yes" or str(config["save"]).strip():
+        return False
+    shown = f"unix://{server}" if parts.scheme == "unix" else f"{parts.scheme}://{server}"
+    logging.getLogger(__name__).warning(
+        "motune: warning: the Redis at %s saves nothing to disk (appendonly no, save \"\"), so the study journal "
+        "is lost when it restarts; set `appendonly yes` (or a `save` schedule such as `save 60 1`) in its "
+        "redis.conf, or now with `redis-cli CONFIG SET appendonly yes`",
+        shown,
+    )
+    return True
+
+
 _DRIVERS = {  # scheme -> (module, SQLAlchemy driver name), preferred first
     "postgresql": (("psycopg", "psycopg"), ("psycopg2", "psycopg2")),
     "mysql": (("MySQLdb", "mysqldb"), ("pymysql", "pymysql")),
@@ -128,7 +184,9 @@ def open_storage(
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
         if url.startswith(("redis://", "rediss://", "unix://")):
-            return optuna.storages.JournalStorage(_redis_backend(url))
+            storage = optuna.storages.JournalStorage(_redis_backend(url))
+            warn_if_redis_forgets(url)
+            return storage
         if "://" not in url:
             raise StudyError(
                 f"storage {shown!r}: not a storage URL; use sqlite:///FILE.db, postgresql://…, "
