@@ -6,13 +6,22 @@ cross-entropy gradient. The l1 objective needs no autograd: its subgradient is
 with ``d = alpha * g1 + (1 - alpha) * g2`` and any ``torch.optim`` optimiser takes the step
 (DESIGN.md §4):
 
-- :class:`WeightedSum`: ``alpha = 1 - l1_weight``, fixed for the whole run;
+- :class:`WeightedSum`: ``alpha = 1 - l1_weight``, fixed for the whole run (or, with a
+  warm-up, ``l1_weight`` scaled by :func:`cubic_ramp` over the first steps);
 - :class:`MultiGradient`: ``alpha`` minimises ``||alpha g1 + (1 - alpha) g2||^2`` over
   [0, 1] (Liu & Vicente's stochastic multi-gradient), recomputed every step. With SGD +
   momentum this is SMGD, with Adam multi-Adam, with RMSprop multi-RMSprop.
 
-Dot products and norms run over all parameters at once with ``torch._foreach_*`` kernels;
-``alpha`` stays a device tensor, so the hot path has no host sync.
+Dot products and norms run over all parameters at once with ``torch._foreach_*`` kernels.
+On the CPU ``alpha`` is computed in Python floats (reading three numbers back is free
+there and saves a dozen tiny kernels); on a GPU it stays a device tensor, so the hot path
+has no host sync (``MultiGradient(host_alpha=...)`` overrides either choice).
+
+The combiner *decides* alpha (:meth:`GradientCombiner.alpha_`); how ``g1``, ``g2`` and
+alpha are consumed is the optimiser's business. :meth:`GradientCombiner.combine_` is the
+``"combined"`` form: it writes ``d`` into ``.grad`` for a stock ``torch.optim``
+optimiser. The ``"per_objective"`` form hands alpha and ``g2`` to an optimiser that keeps
+separate moments per objective (:mod:`motune.optim`, the authors' MAdam / MRMSprop).
 """
 
 from __future__ import annotations
@@ -39,6 +48,19 @@ def min_norm_alpha(g1_sq: Scalar, g1_dot_g2: Scalar, g2_sq: Scalar) -> Scalar:
     return torch.where(denominator > 0, (numerator / safe).clamp(0.0, 1.0), torch.ones_like(denominator))
 
 
+def cubic_ramp(step: int, ramp_steps: int) -> float:
+    """Share of the final l1 weight at optimiser step ``step`` (0-based) of a cubic warm-up.
+
+    ``1 - (1 - step / ramp_steps)^3`` for ``step < ramp_steps``, then 1: Zhu & Gupta's
+    gradual-pruning schedule, applied to the penalty instead of the sparsity. The first
+    step is pure cross-entropy, the penalty grows fast at first and levels off at its
+    value. ``ramp_steps <= 0`` means no ramp (always 1).
+    """
+    if step >= ramp_steps:
+        return 1.0
+    return 1.0 - (1.0 - max(step, 0) / ramp_steps) ** 3
+
+
 class GradientCombiner:
     """Base class: overwrite ``.grad`` of ``params`` with the combined direction.
 
@@ -62,7 +84,18 @@ class GradientCombiner:
             torch.sign(w, out=s)
         return self._signs
 
+    @property
+    def signs(self) -> list[torch.Tensor]:
+        """``g2`` as left by the last :meth:`alpha_` (aligned with ``penalised``; stale when ``1 - alpha`` was 0)."""
+        return self._signs
+
+    def alpha_(self) -> Scalar:  # pragma: no cover - interface
+        """Decide this step's alpha (the weight of ``g1``; ``g2`` gets ``1 - alpha``) from the
+        current ``.grad``, leaving ``.grad`` untouched and ``g2`` in :attr:`signs`."""
+        raise NotImplementedError
+
     def combine_(self) -> Scalar | None:  # pragma: no cover - interface
+        """Decide alpha and overwrite ``.grad`` with ``alpha g1 + (1 - alpha) g2`` (the combined form)."""
         raise NotImplementedError
 
 
@@ -74,6 +107,13 @@ class WeightedSum(GradientCombiner):
             raise ValueError(f"l1_weight: must be a number in [0, 1], got {l1_weight!r}")
         super().__init__(params, penalised)
         self.l1_weight = float(l1_weight)
+
+    @torch.no_grad()
+    def alpha_(self) -> float:
+        """``1 - l1_weight``; fills :attr:`signs` only when the l1 term takes part (``l1_weight > 0``)."""
+        if self.l1_weight > 0.0:
+            self.l1_subgradient()
+        return 1.0 - self.l1_weight
 
     @torch.no_grad()
     def combine_(self) -> None:
@@ -100,10 +140,10 @@ class MultiGradient(GradientCombiner):
         self.host_alpha = host_alpha
 
     @torch.no_grad()
-    def combine_(self) -> Scalar:
+    def alpha_(self) -> Scalar:
+        """The min-norm alpha of this step's ``g1`` and ``g2``; ``g2`` is left in :attr:`signs`."""
         grads = [p.grad for p in self.params]
         pen_grads = [p.grad for p in self.penalised]
-        other_grads = [p.grad for p in self.others]
         signs = self.l1_subgradient()
         # One stacked vector: ||g|| per tensor, ||sign(w)|| per tensor (||g2||^2 is the number
         # of nonzero penalised weights), and g.sign(w) per penalised tensor (g1.g2).
@@ -113,13 +153,20 @@ class MultiGradient(GradientCombiner):
         n, m = len(grads), len(norms)
         if self.host_alpha or (self.host_alpha is None and products.device.type == "cpu"):
             v = products.tolist()
-            alpha = min_norm_alpha(sum(x * x for x in v[:n]), sum(v[m:]), sum(x * x for x in v[n:m]))
-            torch._foreach_mul_(other_grads, alpha)
+            return min_norm_alpha(sum(x * x for x in v[:n]), sum(v[m:]), sum(x * x for x in v[n:m]))
+        squares = products[:m].square()
+        return min_norm_alpha(squares[:n].sum(), products[m:].sum(), squares[n:].sum())
+
+    @torch.no_grad()
+    def combine_(self) -> Scalar:
+        alpha = self.alpha_()
+        pen_grads = [p.grad for p in self.penalised]
+        signs = self._signs
+        if not isinstance(alpha, torch.Tensor):
+            torch._foreach_mul_([p.grad for p in self.others], alpha)
             torch._foreach_lerp_(pen_grads, signs, 1.0 - alpha)  # g + (1 - a)(s - g) = a g + (1 - a) s
             return alpha
-        squares = products[:m].square()
-        alpha = min_norm_alpha(squares[:n].sum(), products[m:].sum(), squares[n:].sum())
-        torch._foreach_mul_(grads, alpha)  # device tensor: no host sync on the hot path
+        torch._foreach_mul_([p.grad for p in self.params], alpha)  # device tensor: no host sync on the hot path
         torch._foreach_mul_(signs, 1.0 - alpha)
         torch._foreach_add_(pen_grads, signs)
         return alpha

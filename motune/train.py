@@ -16,17 +16,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from motune.combine import MultiGradient, WeightedSum
+from motune.combine import MultiGradient, WeightedSum, cubic_ramp
 from motune.data import DATASETS, Dataset, load_dataset
 from motune.models import MODELS, PENALISE, build_model, penalised_parameters
 from motune.objectives import evaluate, l1_norm, nonzeros_per_layer, penalised_size
+from motune.optim import OPTIMIZER_FORMS, PerObjectiveAdam, PerObjectiveOptimizer, PerObjectiveRMSprop
 from motune.pruning import PRUNE_POLICIES, IntraTrainingPruning
 
 METHODS: tuple[str, ...] = ("weighted_sum", "multi_gradient")
@@ -50,6 +51,18 @@ class TrainConfig:
     ``method="weighted_sum"`` trains ``(1 - l1_weight) f1 + l1_weight f2``;
     ``method="multi_gradient"`` ignores ``l1_weight`` and combines the two gradients
     by the min-norm rule every step (SMGD with ``optimizer="sgd"``).
+
+    ``optimizer_form``: ``"combined"`` steps a stock ``torch.optim`` optimiser along
+    ``alpha g1 + (1 - alpha) sign(w)``; ``"per_objective"`` gives Adam / RMSprop separate
+    moments per objective, as the authors' MAdam / MRMSprop (:mod:`motune.optim`; the same
+    update as ``"combined"`` for SGD).
+
+    ``l1_ramp``: warm-up of the l1 weight, a fraction of the penalised epochs
+    (``epochs - finetune_epochs``) over which the weighted sum's ``l1_weight`` grows from
+    0 to its value on a cubic curve (:func:`~motune.combine.cubic_ramp`), step by step;
+    0 = no ramp. The multi-gradient method has no ``l1_weight`` and ignores it.
+    ``finetune_epochs``: the last epochs train cross-entropy alone with the pruning mask
+    frozen.
     """
 
     dataset: str = "digits"
@@ -70,6 +83,8 @@ class TrainConfig:
     prune_threshold: float = 1e-3
     prune_policy: str = "soft"
     finetune_epochs: int = 0
+    optimizer_form: str = "combined"
+    l1_ramp: float = 0.0
     seed: int = 0
     device: str = "auto"
     eval_every_epoch: bool = False  # validation metrics in every EpochRecord (costs a pass over val data)
@@ -83,6 +98,8 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("prune_policy", self.prune_policy, PRUNE_POLICIES)
+        _choice("optimizer_form", self.optimizer_form, OPTIMIZER_FORMS)
+        _number("l1_ramp", self.l1_ramp, low=0.0, high=1.0, allowed="a fraction in [0, 1] of the penalised epochs")
         _number("l1_weight", self.l1_weight, low=0.0, high=1.0, allowed="a number in [0, 1]")
         _number("lr", self.lr, low=0.0, low_open=True, allowed="a number > 0")
         _number("momentum", self.momentum, low=0.0, high=1.0, high_open=True, allowed="a number in [0, 1)")
@@ -147,18 +164,6 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
-    @property
-    def values(self) -> tuple[float, float]:
-        """The objective pair ``(f1, f2)`` = (validation cross-entropy, l1 norm)."""
-        return (self.cross_entropy, self.l1)
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready metrics (everything but the weights)."""
-        out = dataclasses.asdict(self)
-        out.pop("state_dict")
-        out["input_shape"] = list(self.input_shape)
-        return out
-
 
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` -> CUDA when present, else CPU; otherwise a device torch accepts and has."""
@@ -173,13 +178,31 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def make_optimizer(name: str, params: Any, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """The base optimiser that steps along the combined direction."""
+def make_optimizer(
+    name: str,
+    params: Any,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    form: str = "combined",
+    penalised: Sequence[torch.Tensor] = (),
+) -> torch.optim.Optimizer:
+    """The optimiser of a run: a stock ``torch.optim`` one for the combined direction, or a
+    :class:`~motune.optim.PerObjectiveOptimizer` (``form="per_objective"``, Adam / RMSprop;
+    ``penalised`` are the weights ``g2`` acts on). SGD is linear in the gradient, so its
+    per-objective form *is* the combined one: plain ``torch.optim.SGD`` either way."""
+    if form not in OPTIMIZER_FORMS:
+        raise ValueError(f"optimizer_form: unknown value {form!r}; allowed: {', '.join(OPTIMIZER_FORMS)}")
+    per_objective = form == "per_objective"
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
+        if per_objective:
+            return PerObjectiveAdam(params, penalised, lr=lr, weight_decay=weight_decay)
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "rmsprop":
+        if per_objective:
+            return PerObjectiveRMSprop(params, penalised, lr=lr, momentum=momentum, weight_decay=weight_decay)
         return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"optimizer: unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
 
@@ -219,17 +242,25 @@ def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCa
     penalised = penalised_parameters(model, cfg.penalise)
     weights = list(penalised.values())
     params = list(model.parameters())
-    optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.momentum, cfg.weight_decay)
+    optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.optimizer_form, weights)
+    # One mechanism, two forms: the combiner decides alpha every step; a stock optimiser
+    # steps along the combined .grad, a per-objective one takes g1 (.grad), g2 and alpha.
+    per_objective = isinstance(optimizer, PerObjectiveOptimizer)
     scheduler = _make_scheduler(cfg.lr_schedule, optimizer, cfg.epochs)
     if cfg.method == "weighted_sum":
         combiner: WeightedSum | MultiGradient = WeightedSum(params, weights, cfg.l1_weight)
     else:
-        combiner = MultiGradient(params, weights)
+        # The per-objective step reads alpha on the host anyway: compute it there.
+        combiner = MultiGradient(params, weights, host_alpha=True if per_objective else None)
     itp = IntraTrainingPruning(weights, cfg.prune_threshold, cfg.prune_policy)
     itp.before_training()
 
     generator = torch.Generator().manual_seed(cfg.seed)
     n_train, batch_size = len(x_train), cfg.batch_size
+    # Warm-up of the l1 weight over the first l1_ramp of the penalised steps (weighted sums only).
+    ramp_steps = round(cfg.l1_ramp * (cfg.epochs - cfg.finetune_epochs) * math.ceil(n_train / batch_size))
+    ramped = combiner if isinstance(combiner, WeightedSum) and cfg.l1_weight > 0 and ramp_steps > 0 else None
+    step = 0
     history: list[EpochRecord] = []
     alpha_total, n_alpha_steps = 0.0, 0  # over multi-gradient steps only
     train_seconds, stopped_early = 0.0, False
@@ -249,18 +280,26 @@ def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCa
         n_steps = 0
         # --- hot path: forward, backward, combine, step, prune ---
         for start in range(0, n_train, batch_size):
+            if ramped is not None and step <= ramp_steps:  # during the warm-up only: one float per step
+                ramped.l1_weight = cfg.l1_weight * cubic_ramp(step, ramp_steps)
             idx = order[start : start + batch_size]
             loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
             optimizer.zero_grad()
             loss.backward()
-            alpha = combiner.combine_()
-            itp.before_step()
-            optimizer.step()
+            if per_objective:
+                alpha = combiner.alpha_()
+                itp.before_step()
+                optimizer.step(alpha, combiner.signs)
+            else:
+                alpha = combiner.combine_()
+                itp.before_step()
+                optimizer.step()
             itp.after_step(optimizer)
             loss_sum += loss.detach()
             if alpha is not None:
                 alpha_sum += alpha
             n_steps += 1
+            step += 1
         # --- once per epoch ---
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
 
-from motune.combine import MultiGradient, WeightedSum, min_norm_alpha
+from motune.combine import MultiGradient, WeightedSum, cubic_ramp, min_norm_alpha
 
 
 def brute_force_alpha(g1: torch.Tensor, g2: torch.Tensor, n: int = 200_001) -> float:
@@ -110,3 +112,24 @@ def test_weighted_sum_rejects_bad_l1_weight(bad: object) -> None:
     net, penalised, _ = _net_with_grads()
     with pytest.raises(ValueError, match="l1_weight"):
         WeightedSum(list(net.parameters()), penalised, bad)  # type: ignore[arg-type]
+
+
+def test_cubic_ramp_shape() -> None:
+    steps = 100
+    values = [cubic_ramp(t, steps) for t in range(steps + 5)]
+    assert values[0] == 0.0 and values[steps] == 1.0 and values[-1] == 1.0
+    assert values[50] == pytest.approx(1 - 0.5**3)  # GMP's cubic: 7/8 of the way at half time
+    assert all(a < b for a, b in itertools.pairwise(values[: steps + 1]))  # strictly rising to the end
+    rises = [b - a for a, b in itertools.pairwise(values[: steps + 1])]
+    assert all(a >= b for a, b in itertools.pairwise(rises))  # fast first, then levelling off
+    assert cubic_ramp(0, 0) == 1.0 and cubic_ramp(3, -1) == 1.0  # no ramp
+
+
+def test_weighted_sum_alpha_leaves_grad_and_fills_signs() -> None:
+    net, penalised, g1 = _net_with_grads()
+    combiner = WeightedSum(list(net.parameters()), penalised, 0.25)
+    assert combiner.alpha_() == 0.75
+    for p, g in zip(net.parameters(), g1):
+        assert torch.equal(p.grad, g)
+    for w, s in zip(penalised, combiner.signs):
+        assert torch.equal(s, torch.sign(w.detach()))

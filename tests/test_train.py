@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from motune import DivergenceError, TrainConfig, train
+from motune.combine import WeightedSum, cubic_ramp
 from motune.data import load_dataset
 from motune.models import build_model, penalised_parameters
 
@@ -156,9 +158,85 @@ def test_cosine_schedule_decays_learning_rate(digits) -> None:
         ("device", "tpu:0", "device"),
         ("finetune_epochs", 10, "finetune_epochs"),
         ("finetune_epochs", -1, "finetune_epochs"),
+        ("optimizer_form", "both", "optimizer_form.*allowed: combined, per_objective"),
+        ("l1_ramp", -0.1, "l1_ramp"),
+        ("l1_ramp", 1.5, "l1_ramp"),
+        ("l1_ramp", float("nan"), "l1_ramp"),
     ],
 )
 def test_bad_config_names_field_value_and_allowed(field: str, value: object, match: str) -> None:
     with pytest.raises(ValueError, match=match) as info:
         train(TrainConfig(**{field: value}))
     assert repr(value) in str(info.value) or str(value) in str(info.value)
+
+
+def test_l1_ramp_follows_the_cubic_schedule_step_by_step(digits) -> None:
+    """train() with a ramp equals a plain loop that sets l1_weight = lam * cubic_ramp(t, T) before
+    step t, T = l1_ramp of the penalised steps, then a masked fine-tune epoch: bit for bit."""
+    lam, epochs, finetune, ramp = 0.02, 4, 1, 0.5
+    cfg = TrainConfig(**{**SGD, "epochs": epochs}, l1_weight=lam, l1_ramp=ramp, finetune_epochs=finetune,
+                      prune_policy="none", seed=5)
+    result = train(cfg, data=digits)
+
+    steps_per_epoch = math.ceil(len(digits.x_train) / 64)
+    ramp_steps = round(ramp * (epochs - finetune) * steps_per_epoch)
+    assert 0 < ramp_steps < (epochs - finetune) * steps_per_epoch
+    torch.manual_seed(5)
+    model = build_model("digits_cnn", digits.input_shape, digits.num_classes)
+    params, weights = list(model.parameters()), list(penalised_parameters(model).values())
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    combiner = WeightedSum(params, weights, 0.0)
+    gen = torch.Generator().manual_seed(5)
+    model.train()
+    seen, t = [], 0
+    for epoch in range(epochs):
+        order = torch.randperm(len(digits.x_train), generator=gen)
+        for start in range(0, len(order), 64):
+            combiner.l1_weight = 0.0 if epoch >= epochs - finetune else lam * cubic_ramp(t, ramp_steps)
+            seen.append(combiner.l1_weight)
+            idx = order[start : start + 64]
+            loss = F.cross_entropy(model(digits.x_train[idx]), digits.y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            combiner.combine_()
+            opt.step()
+            t += 1
+    assert seen[0] == 0.0 and seen[ramp_steps] == lam and seen[ramp_steps // 2] == pytest.approx(lam * 0.875, rel=0.02)
+    assert all(a <= b for a, b in itertools.pairwise(seen[: ramp_steps + 1]))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(result.state_dict[name], tensor), name
+
+
+def test_l1_ramp_keeps_more_weights_early_than_no_ramp(digits) -> None:
+    base = TrainConfig(**{**FAST, "epochs": 4}, l1_weight=5e-3)
+    flat, ramped = train(base, data=digits), train(base.replace(l1_ramp=1.0), data=digits)
+    assert ramped.history[0].nonzeros > flat.history[0].nonzeros  # the penalty starts at 0
+    assert ramped.history[0].l1 > flat.history[0].l1
+
+
+@pytest.mark.parametrize("optimizer,lr", [("adam", 0.003), ("rmsprop", 0.001)])
+def test_per_objective_form_at_lambda_zero_is_the_stock_optimizer(digits, optimizer: str, lr: float) -> None:
+    cfg = TrainConfig(**{**FAST, "optimizer": optimizer, "lr": lr}, l1_weight=0.0, seed=2)
+    combined, per_objective = train(cfg, data=digits), train(cfg.replace(optimizer_form="per_objective"), data=digits)
+    for name, tensor in combined.state_dict.items():
+        assert torch.equal(per_objective.state_dict[name], tensor), name
+
+
+@pytest.mark.parametrize("method", ["weighted_sum", "multi_gradient"])
+@pytest.mark.parametrize("optimizer,lr", [("adam", 0.003), ("rmsprop", 0.001)])
+def test_per_objective_form_trains_and_prunes(digits, method: str, optimizer: str, lr: float) -> None:
+    cfg = TrainConfig(**{**FAST, "optimizer": optimizer, "lr": lr, "epochs": 5}, method=method, l1_weight=3e-3,
+                      optimizer_form="per_objective", l1_ramp=0.3, finetune_epochs=1)
+    result = train(cfg, data=digits)
+    assert result.val_accuracy > 0.6
+    assert result.nonzeros < result.penalised_size
+    assert (result.alpha_mean is not None) == (method == "multi_gradient")
+    combined = train(cfg.replace(optimizer_form="combined"), data=digits)
+    assert combined.l1 != result.l1  # a different update, not a relabelled one
+
+
+def test_per_objective_sgd_is_the_combined_update(digits) -> None:
+    cfg = TrainConfig(**SGD, l1_weight=1e-3)
+    a, b = train(cfg, data=digits), train(cfg.replace(optimizer_form="per_objective"), data=digits)
+    for name, tensor in a.state_dict.items():
+        assert torch.equal(b.state_dict[name], tensor), name
