@@ -12,6 +12,7 @@ from motune.data import DATASETS, DataError, Dataset, load_dataset
 from motune.export import ExportError, export_pareto, pareto_rows
 from motune.models import MODELS, build_model, penalised_parameters
 from motune.objectives import evaluate, l1_norm, nonzeros_per_layer
+from motune.optim import PerObjectiveAdam, PerObjectiveOptimizer, PerObjectiveRMSprop
 from motune.pareto import hypervolume, knee_index, nondominated_mask, supported_points
 from motune.plots import write_plots
 from motune.pruning import IntraTrainingPruning, count_nonzero, prune_below_threshold_
@@ -36,6 +37,9 @@ __all__ = [
     "IntraTrainingPruning",
     "KneeSampler",
     "MultiGradient",
+    "PerObjectiveAdam",
+    "PerObjectiveOptimizer",
+    "PerObjectiveRMSprop",
     "StudyConfig",
     "StudyError",
     "TrainConfig",
