@@ -30,6 +30,7 @@ from motune.checkpoint import CheckpointError
 from motune.config import ConfigError, StudyConfig
 from motune.data import DataError
 from motune.faults import DEFAULT_GRACE, DEFAULT_HEARTBEAT, Interrupted, handle_signals, interruptible
+from motune.patience import DEFAULT_PATIENCE, StorageUnavailable, patient
 from motune.storage import (
     StudyError,
     default_artifact_dir,
@@ -62,14 +63,19 @@ def _load_config(path: str | None, data_dir: str | None = None) -> tuple[StudyCo
     return config, DEFAULT_CONFIG_NOTE if path is None else path
 
 
-def _open_existing_study(args: argparse.Namespace, **storage_kwargs: Any) -> tuple[optuna.Study, str]:
-    """Open the study named by --study (or the only one) in --storage; never creates anything."""
+def _open_existing_study(args: argparse.Namespace) -> tuple[optuna.Study, str]:
+    """Open the study named by --study (or the only one) in --storage; never creates anything.
+
+    Workers (commands with ``--storage-patience``) get a storage that rides out outages.
+    """
     url = args.storage or default_storage_url(args.study or StudyConfig().study.name)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise UsageError(f"storage {mask_url(url)!r}: no such database file; run `motune run` first or pass --storage URL")
     if is_journal_file(url) and not Path(url.removeprefix("journal:")).exists():
         raise UsageError(f"storage {mask_url(url)!r}: no such journal file; pass --storage URL")
-    storage = open_storage(url, **storage_kwargs)
+    storage = open_storage(url)
+    if getattr(args, "storage_patience", None) is not None:
+        storage = patient(storage, args.storage_patience)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     name = args.study
     if name is None:
@@ -97,13 +103,8 @@ def _check_run_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--heartbeat: must be seconds >= 0 (0 turns heartbeats off), got {args.heartbeat}")
     if args.heartbeat and args.grace <= args.heartbeat:
         raise UsageError(f"--grace: must be longer than --heartbeat ({args.heartbeat} s), got {args.grace}")
-
-
-def _heartbeat_kwargs(args: argparse.Namespace, url: str) -> dict[str, Any]:
-    """Optuna's RDB heartbeat settings (journal storages use motune's own, see motune.faults)."""
-    if not args.heartbeat or is_journal_file(url) or url.startswith(("redis://", "rediss://", "unix://")):
-        return {}
-    return {"heartbeat_interval": args.heartbeat, "grace_period": args.grace}
+    if not args.storage_patience >= 0:
+        raise UsageError(f"--storage-patience: must be seconds >= 0, got {args.storage_patience}")
 
 
 def _set_threads(args: argparse.Namespace) -> None:
@@ -227,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     url = args.storage or (default_journal_url(name) if args.workers > 1 else default_storage_url(name))
     with interruptible():
         cached_dataset(config)  # a missing or corrupt data file fails here, before the storage is touched
-    storage = open_storage(url, **_heartbeat_kwargs(args, url))
+    storage = patient(open_storage(url), args.storage_patience)
     study = create_or_load_study(config, storage, name)  # a config mismatch fails here, before any output
     artifact_dir = _artifact_dir(args, url, name)
     target = args.n_trials or config.study.n_trials
@@ -244,7 +245,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         study = run_study(
             config, storage, study_name=name, n_trials=target, timeout=args.timeout, artifact_dir=artifact_dir,
             objective=objective, callbacks=[progress.after_trial], seed=worker_seed(config.study.seed, 0),
-            grace_period=args.grace if args.heartbeat else None,
+            grace_period=args.grace if args.heartbeat else None, storage_patience=args.storage_patience,
         )
         code = 0
     print()
@@ -270,7 +271,7 @@ def _run_workers(args: argparse.Namespace, study: optuna.Study, url: str, artifa
     command = [
         sys.executable, "-m", "motune.cli", "worker", "--study", study.study_name, "--n-trials", str(target),
         "--artifacts", str(artifact_dir), "--threads", str(threads), "--heartbeat", str(args.heartbeat),
-        "--grace", str(args.grace), "--quiet",
+        "--grace", str(args.grace), "--storage-patience", str(args.storage_patience), "--quiet",
     ]
     if args.timeout is not None:
         command += ["--timeout", str(args.timeout)]
@@ -337,7 +338,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(f"--storage URL is required (or set ${STORAGE_ENV}): the storage of the study to join")
     _check_run_options(args)
     _set_threads(args)
-    study, url = _open_existing_study(args, **_heartbeat_kwargs(args, args.storage))
+    study, url = _open_existing_study(args)
     config = load_study_config(study)
     if args.data_dir is not None:
         config.data.data_dir = args.data_dir
@@ -359,6 +360,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         config, study._storage, study_name=name, join=True, n_trials=target, timeout=args.timeout,
         artifact_dir=artifact_dir, objective=objective, callbacks=[progress.after_trial],
         seed=worker_seed(config.study.seed, index), grace_period=args.grace if args.heartbeat else None,
+        storage_patience=args.storage_patience,
     )
     if not args.quiet:
         print()
@@ -456,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "then only a dead process on the same host is noticed)")
         p.add_argument("--grace", type=int, default=DEFAULT_GRACE, metavar="SECONDS",
                        help=f"a trial without a heartbeat for this long is failed and run again (default {DEFAULT_GRACE})")
+        p.add_argument("--storage-patience", type=float, default=DEFAULT_PATIENCE, metavar="SECONDS",
+                       help=f"keep retrying an unreachable storage this long before stopping with exit code 1 "
+                       f"(default {DEFAULT_PATIENCE:g})")
 
     run = sub.add_parser("run", help="create or resume a study and run it", description="Create or resume a study and run it.")
     run.add_argument("config", nargs="?", help=f"study config TOML (default: {DEFAULT_CONFIG_NOTE})")
@@ -532,6 +537,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except user_errors as exc:
             print(f"motune: error: {mask_secrets(str(exc))}", file=sys.stderr)
             return 2
+        except StorageUnavailable as exc:  # an outage longer than --storage-patience
+            print(f"motune: {mask_secrets(str(exc))}", file=sys.stderr)
+            return 1
         except Interrupted as exc:
             if not os.environ.get(PARENT_ENV):
                 note = f"; {exc.note}" if exc.note else ""

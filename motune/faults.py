@@ -1,11 +1,13 @@
-"""Surviving faults: signals, worker liveness, heartbeats and retries (DESIGN.md §7).
+"""Surviving faults: signals, worker liveness, heartbeats and retries.
 
 A trial whose worker dies is failed and queued again with the same ``λ``, fidelity and
 kind (:class:`RetryTrial`) by the next worker that notices (:class:`WorkerWatch`): its
-process is gone (same host), its heartbeat stopped (a ``motune:heartbeat`` system
-attribute rewritten every few seconds by :class:`TrialHeartbeat`, on any storage), or
-Optuna's RDB heartbeat went stale. SIGINT / SIGTERM (:func:`handle_signals`) stop the
-running trial as FAIL with ``fail_reason`` and queue it again, so running again resumes.
+process is gone (same host), or its heartbeat stopped (a ``motune:heartbeat`` system
+attribute rewritten every few seconds by :class:`TrialHeartbeat`; one mechanism for
+every storage). SIGINT / SIGTERM (:func:`handle_signals`) stop the running trial at any
+point as FAIL with ``fail_reason`` and queue it again, so running again resumes; only a
+storage call in flight (:func:`deferred`) finishes first. Storage outages are ridden out
+by :mod:`motune.patience`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 WORKER_ATTR = "motune:worker"  # system attr of a running trial: {"host": ..., "pid": ...}
@@ -128,6 +129,33 @@ def interruptible() -> Iterator[None]:
         guard.armed = was
 
 
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A block a signal must not cut in half (a storage call): a signal is held until it ends.
+
+    Only the main thread receives signals, so elsewhere (heartbeat threads) this does
+    nothing. When the block ends inside an :func:`interruptible` one, a signal that came
+    meanwhile is raised there.
+    """
+    guard = _GUARD
+    if guard is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    was = guard.armed
+    guard.armed = False
+    try:
+        yield
+    finally:
+        guard.armed = was
+    if was:
+        guard.check()
+
+
+def interrupt_pending() -> bool:
+    """Whether SIGINT / SIGTERM arrived and the run is stopping (storage retries then give up)."""
+    return _GUARD is not None and _GUARD.pending is not None
+
+
 def check_interrupt() -> None:
     """Raise :class:`Interrupted` if a signal arrived outside an interruptible block."""
     if _GUARD is not None:
@@ -215,8 +243,10 @@ class TrialHeartbeat:
         assert self.interval is not None
         while not self._stop.wait(self.interval):
             try:
-                self._beat()
-            except Exception:  # the trial was finished elsewhere, or the storage is gone: stop quietly
+                self._beat()  # a PatientStorage retries through outages here
+            except UpdateFinishedTrialError:  # failed elsewhere: the worker finds out when it records the result
+                return
+            except Exception:  # the storage stayed away past its patience: the main thread reports that
                 return
 
     def __enter__(self) -> TrialHeartbeat:
@@ -290,13 +320,19 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, failure
 class WorkerWatch:
     """Finds RUNNING trials whose worker is gone, fails them and queues them again.
 
-    A trial's worker is gone when (a) it ran on this host (same host name and PID
-    namespace) and its process no longer exists, or is this very process (an orphan of
-    an interrupted ``ask``); (b) with heartbeats on (``grace`` given), its
-    ``motune:heartbeat`` value (or, for a trial no worker has claimed, its absence) has
-    not changed for ``grace`` seconds as seen by this process: wall clocks of different
-    machines are never compared; or (c) on RDB storage, Optuna's heartbeat is older than
-    the storage's grace period. Call :meth:`sweep` before each trial and while waiting.
+    A trial's worker is gone when
+
+    (a) it ran on this host (same host name and PID namespace) and its process no longer
+        exists, or is this very process (an orphan of an interrupted run). A live process
+        on this host is never declared dead, whatever its heartbeat says;
+    (b) otherwise, with heartbeats on (``grace`` given), its ``motune:heartbeat`` value
+        (or, for a trial no worker has claimed, its absence) has not changed for ``grace``
+        seconds of *this observer's* reachable time: wall clocks of different machines are
+        never compared, and time in which the observer could not reach the storage (a
+        :class:`motune.patience.PatientStorage` outage) does not count, since the worker's
+        beats could not get through either.
+
+    Call :meth:`sweep` before each trial and while waiting.
     """
 
     def __init__(self, grace: float | None = DEFAULT_GRACE) -> None:
@@ -306,20 +342,18 @@ class WorkerWatch:
     def sweep(self, study: optuna.Study) -> list[int]:
         """Recover dead workers' trials; return their numbers."""
         storage = study._storage
-        stale_rdb: set[int] = set()
-        if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
-            stale_rdb = set(storage._get_stale_trial_ids(study._study_id))
-        now, me = time.monotonic(), os.getpid()
+        clock = getattr(storage, "reachable_clock", time.monotonic)
+        trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        now, me = clock(), os.getpid()  # read after the storage answered: an outage just ended is not counted
         recovered, running = [], set()
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for t in trials:
             running.add(t._trial_id)
             worker = t.system_attrs.get(WORKER_ATTR) or {}
             who = f"{worker.get('host', '?')}:{worker.get('pid', '?')}"
             reason = None
-            if _same_pid_space(worker) and (worker["pid"] == me or not _pid_alive(worker["pid"])):
-                reason = f"worker {who} is gone"
-            elif t._trial_id in stale_rdb:
-                reason = f"worker {who} stopped its heartbeat (Optuna RDB heartbeat)"
+            if _same_pid_space(worker):
+                if worker["pid"] == me or not _pid_alive(worker["pid"]):
+                    reason = f"worker {who} is gone"
             elif self.grace is not None and (HEARTBEAT_ATTR in t.system_attrs or not worker):
                 # A worker that runs without heartbeats (--heartbeat 0) records itself but no heartbeat:
                 # only the process check above applies to it.

@@ -19,8 +19,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import optuna
 
-from motune.faults import RetryTrial
-
 
 class StudyError(ValueError):
     """A study cannot be created, opened or resumed as asked (bad storage, config mismatch…)."""
@@ -164,16 +162,13 @@ def with_installed_driver(url: str) -> str:
     return f"{scheme}://{rest}"
 
 
-def open_storage(
-    url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None
-) -> optuna.storages.BaseStorage:
+def open_storage(url: str) -> optuna.storages.BaseStorage:
     """Open any storage motune supports; raise :class:`StudyError` with the URL (masked) when it fails.
 
-    RDB storages get Optuna's heartbeat when ``heartbeat_interval`` is given, with
-    :class:`RetryTrial` as the stale-trial callback so a dead worker's trial is retried
-    with the same weight, fidelity and kind. Journal storages (file, Redis) have no
-    heartbeat in Optuna; motune's own (:class:`TrialHeartbeat`, :class:`WorkerWatch`)
-    covers every storage. Database servers get a connect timeout of ``CONNECT_TIMEOUT``.
+    Database servers get a connect timeout of ``CONNECT_TIMEOUT`` and a connection check
+    before use (so a restarted server is reconnected to). Workers' liveness is motune's
+    own heartbeat on every storage (:mod:`motune.faults`), not Optuna's RDB-only one; to
+    ride out outages wrap the result in :func:`motune.patience.patient`.
     """
     shown = mask_url(url)
     try:
@@ -198,15 +193,7 @@ def open_storage(
         elif url.startswith(("postgresql", "postgres", "mysql")):
             url = with_installed_driver(url)
             kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}, "pool_pre_ping": True}
-        if heartbeat_interval is not None:
-            kwargs.update(
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=RetryTrial(),
-            )
-        with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, **kwargs)
+        return optuna.storages.RDBStorage(url, **kwargs)
     except StudyError:
         raise
     except Exception as exc:  # drivers raise many types; the message is what matters

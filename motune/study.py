@@ -26,16 +26,18 @@ Every FAIL trial motune makes carries user attributes ``fail_reason`` (for peopl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import optuna
@@ -49,20 +51,20 @@ from motune.data import Dataset, load_dataset
 from motune.faults import (
     DEFAULT_GRACE,
     DEFAULT_HEARTBEAT,
+    WORKER_ATTR,
     Interrupted,
     RetryTrial,
     TrialHeartbeat,
     WorkerWatch,
-    check_interrupt,
+    deferred,
     fail_and_retry,
     interrupt_reason,
     interruptible,
+    worker_identity,
 )
+from motune.patience import DEFAULT_PATIENCE, StorageUnavailable, patient
 from motune.sampler import KneeSampler
-from motune.storage import (
-    StudyError,
-    default_artifact_dir,
-)
+from motune.storage import StudyError, default_artifact_dir
 from motune.train import DivergenceError, EpochRecord, TrainResult, train
 
 METRIC_NAMES = ["cross_entropy", "l1"]
@@ -200,17 +202,56 @@ def result_attrs(result: TrainResult, kind: str, fidelity: str) -> dict[str, Any
 
 
 EpochHook = Callable[[optuna.Trial, EpochRecord, int], None]
+ORPHAN_ATTR_PREFIX = "motune:result_of_trial_"  # study user attr: a result whose trial was failed elsewhere
+
+
+class AtomicArtifactStore(FileSystemArtifactStore):
+    """Optuna's file-system artifact store, but a file appears whole or not at all.
+
+    Optuna's store writes straight to the final name, so a worker stopped mid-upload would
+    leave a truncated checkpoint that later exports trust. Here the bytes go to a hidden
+    temporary file in the same directory, which is renamed into place when complete and
+    removed if anything (a signal included) interrupts the copy.
+    """
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        final = Path(self._base_path, artifact_id)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                shutil.copyfileobj(content_body, f)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+@dataclass
+class TrialOutcome:
+    """A trained network's results, not yet in the storage: values, user attributes, checkpoint file.
+
+    Training and recording are separate steps so that a result whose trial was failed
+    elsewhere meanwhile can still be recorded (see :func:`record_outcome`).
+    """
+
+    values: tuple[float, float]
+    attrs: dict[str, Any]
+    checkpoint: Path  # a file in a private temporary directory; :meth:`discard` removes it
+
+    def discard(self) -> None:
+        shutil.rmtree(self.checkpoint.parent, ignore_errors=True)
 
 
 @dataclass
 class Objective:
     """The trial objective: train one network, keep its checkpoint, return ``(f1, f2)``.
 
-    Picklable (a plain dataclass) so worker processes can receive it. While a trial runs
-    it is marked alive (:class:`TrialHeartbeat`, every ``heartbeat_interval`` seconds;
-    ``None``: the worker is recorded, no heartbeat). A diverging trial (NaN/inf loss) and
-    an interrupted one end as FAIL with ``fail_reason``; only training can be
-    interrupted, so a checkpoint is either stored whole or not at all.
+    Picklable (a plain dataclass) so worker processes can receive it. :meth:`train_trial`
+    trains and returns a :class:`TrialOutcome` without recording it; calling the
+    objective (what ``study.optimize`` does) also records it on the trial. While a trial
+    runs it is marked alive (:class:`TrialHeartbeat`, every ``heartbeat_interval``
+    seconds; ``None``: the worker is recorded, no heartbeat). A diverging trial (NaN/inf
+    loss) raises :class:`DivergenceError` with ``fail_reason`` recorded.
     """
 
     config: StudyConfig
@@ -221,9 +262,24 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         with TrialHeartbeat(trial.storage, trial._trial_id, self.heartbeat_interval):
-            return self._run(trial)
+            try:
+                outcome = self.train_trial(trial)
+            except KeyboardInterrupt as exc:
+                trial.set_user_attr("fail_reason", interrupt_reason(exc))
+                trial.set_user_attr("failure", "interrupted")
+                raise
+            try:
+                _store(trial.storage, trial._trial_id, outcome, self.artifact_store())
+            finally:
+                outcome.discard()
+        return outcome.values
 
-    def _run(self, trial: optuna.Trial) -> tuple[float, float]:
+    def artifact_store(self) -> AtomicArtifactStore:
+        Path(self.artifact_dir).mkdir(parents=True, exist_ok=True)
+        return AtomicArtifactStore(self.artifact_dir)
+
+    def train_trial(self, trial: optuna.Trial) -> TrialOutcome:
+        """Train the trial's network (data loading, training, evaluation, checkpoint file)."""
         kind = trial_kind(trial)
         fidelity = KneeSampler.fidelity(trial) if kind == "weighted_sum" else "full"
         lam = trial.suggest_float(PARAM, 0.0, 1.0) if kind == "weighted_sum" else None
@@ -233,35 +289,78 @@ class Objective:
             self.on_start(trial, kind, lam, cfg.epochs)
         hook = (lambda record: self.on_epoch(trial, record, cfg.epochs)) if self.on_epoch else None
         try:
-            with interruptible():
-                result = train(cfg, data=cached_dataset(self.config), callback=hook)
+            result = train(cfg, data=cached_dataset(self.config), callback=hook)
         except DivergenceError as exc:
             trial.set_user_attr("kind", kind)
             trial.set_user_attr("fail_reason", str(exc))
             trial.set_user_attr("failure", "diverged")
             raise
-        except KeyboardInterrupt as exc:
-            trial.set_user_attr("fail_reason", interrupt_reason(exc))
-            trial.set_user_attr("failure", "interrupted")
-            raise
-        for key, value in result_attrs(result, kind, fidelity).items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("checkpoint", self._store_checkpoint(trial, result, kind, lam))
-        return result.cross_entropy, result.l1
-
-    def _store_checkpoint(self, trial: optuna.Trial, result: TrainResult, kind: str, lam: float | None) -> str:
-        store = FileSystemArtifactStore(self.artifact_dir)
-        Path(self.artifact_dir).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="motune-ckpt-") as tmp:
+        tmp = Path(tempfile.mkdtemp(prefix="motune-ckpt-"))
+        try:
             path = save_checkpoint(
-                Path(tmp, f"trial-{trial.number:04d}.pt"),
+                tmp / f"trial-{trial.number:04d}.pt",
                 model=result.config.model,
                 input_shape=result.input_shape,
                 num_classes=result.num_classes,
                 state_dict=result.state_dict,
                 metadata={"trial": trial.number, "kind": kind, "l1_weight": lam, "val_accuracy": result.val_accuracy},
             )
-            return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return TrialOutcome((result.cross_entropy, result.l1), result_attrs(result, kind, fidelity), path)
+
+
+def _store(storage: optuna.storages.BaseStorage, trial_id: int, outcome: TrialOutcome, store: AtomicArtifactStore) -> None:
+    """Write ``outcome``'s attributes and checkpoint to a RUNNING trial (each write retried through outages)."""
+    for key, value in outcome.attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    frozen = storage.get_trial(trial_id)
+    artifact_id = upload_artifact(artifact_store=store, file_path=str(outcome.checkpoint), study_or_trial=frozen, storage=storage)
+    storage.set_trial_user_attr(trial_id, "checkpoint", artifact_id)
+
+
+def _find_retry(study: optuna.Study, number: int) -> FrozenTrial | None:
+    """The WAITING trial queued to retry trial ``number`` (by :class:`RetryTrial`), if any."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if t.system_attrs.get("retry_history", [None])[-1] == number:
+            return t
+    return None
+
+
+def record_outcome(study: optuna.Study, trial_id: int, outcome: TrialOutcome, store: AtomicArtifactStore) -> FrozenTrial:
+    """Record ``outcome`` on its trial and tell it COMPLETE; return the trial that holds the result.
+
+    If the trial was failed elsewhere while it trained (another worker took it for dead,
+    or a person failed it), the result is not lost: it completes the trial's queued retry
+    (same ``λ``, kind and fidelity) when nobody has started that yet, and is otherwise
+    kept, checkpoint included, in the study user attribute ``motune:result_of_trial_N``.
+    """
+    storage = study._storage
+    try:
+        if storage.get_trial(trial_id).state == TrialState.RUNNING:
+            _store(storage, trial_id, outcome, store)
+            with deferred():  # a tell is never cut in half
+                study.tell(storage.get_trial_number_from_id(trial_id), outcome.values)
+            return storage.get_trial(trial_id)
+    except (UpdateFinishedTrialError, ValueError):  # failed elsewhere between the check and a write
+        pass
+    frozen = storage.get_trial(trial_id)
+    if frozen.state == TrialState.COMPLETE:  # our tell landed (an answer lost in an outage, then retried)
+        return frozen
+    retry = _find_retry(study, frozen.number)
+    if retry is not None and storage.set_trial_state_values(retry._trial_id, TrialState.RUNNING):  # claimed it
+        storage.set_trial_system_attr(retry._trial_id, WORKER_ATTR, worker_identity())
+        _log.warning("motune: trial %d was failed elsewhere while it trained (%s); its result completes its retry, trial %d",
+                     frozen.number, frozen.user_attrs.get("fail_reason", "no reason given"), retry.number)
+        return record_outcome(study, retry._trial_id, outcome, store)
+    artifact_id = upload_artifact(artifact_store=store, file_path=str(outcome.checkpoint), study_or_trial=study)
+    kept = {k: v for k, v in outcome.attrs.items() if k != "history"}
+    kept.update(values=list(outcome.values), checkpoint=artifact_id)
+    study.set_user_attr(f"{ORPHAN_ATTR_PREFIX}{frozen.number}", kept)
+    _log.warning("motune: trial %d was failed elsewhere while it trained and its retry is already taken; "
+                 "its result is kept in study user attribute %s%d", frozen.number, ORPHAN_ATTR_PREFIX, frozen.number)
+    return frozen
 
 
 # ----------------------------------------------------------------------------- queries
@@ -341,16 +440,15 @@ def _queued(trial: FrozenTrial) -> bool:
 
 @dataclass
 class _Budgeted:
-    """Wraps the objective: refuses to train past the budget, remembers the running trial."""
+    """Wraps the objective: refuses to train past the budget."""
 
     objective: Callable[[optuna.Trial], Any]
     study: optuna.Study
     target: int
     done: Callable[[], bool]
-    trial_id: int | None = None
 
-    def __call__(self, trial: optuna.Trial) -> Any:
-        self.trial_id = trial._trial_id
+    def check(self, trial: optuna.Trial) -> None:
+        """Raise :class:`BudgetReached` (trial marked ``not_run``, a queued one put back) if the budget is full."""
         # Trials started before this one by other workers count: with them the budget may be full.
         ahead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < trial.number]
         if len(completed(self.study)) + len(ahead) >= self.target or self.done():
@@ -360,21 +458,70 @@ class _Budgeted:
             trial.set_user_attr("fail_reason", f"not run: other workers reached the budget of {self.target} completed trials")
             trial.set_user_attr("failure", "not_run")
             raise BudgetReached()
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        self.check(trial)
         return self.objective(trial)
 
 
-def _requeue_interrupted(study: optuna.Study, trial_id: int | None) -> str:
-    """After an interrupt: the running trial is FAIL (with its reason) and queued again."""
+def _requeue_interrupted(study: optuna.Study, trial_id: int | None, reason: str) -> str:
+    """After an interrupt: the running trial is FAIL with ``reason`` and queued again."""
     if trial_id is None:
         return ""
-    trial = study._storage.get_trial(trial_id)
-    if trial.state == TrialState.RUNNING:  # interrupted outside the objective (e.g. during tell)
-        fail_and_retry(study, trial, "interrupted", "interrupted", limited=False)
-    elif trial.state == TrialState.FAIL and trial.user_attrs.get("failure") not in ("diverged", "not_run"):
-        RetryTrial()(study, trial, limited=False)
-    else:
-        return ""
+    try:
+        trial = study._storage.get_trial(trial_id)
+        if trial.state != TrialState.RUNNING or not fail_and_retry(study, trial, reason, "interrupted", limited=False):
+            return ""
+    except StorageUnavailable:
+        return f"trial {trial_id} could not be marked FAIL (storage unreachable); the next worker that sees it queues it again"
     return f"trial {trial.number} marked FAIL and queued to run again"
+
+
+def _run_one(
+    study: optuna.Study,
+    objective: Objective,
+    budgeted: _Budgeted,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
+    current: list[int],
+) -> bool:
+    """Ask for a trial, train it, record it (see :func:`record_outcome`); False if the budget was full.
+
+    ``current`` receives the running trial's id, for the interrupt handler.
+    """
+    storage = study._storage
+    with deferred():  # a trial is created and claimed by this worker as one step
+        trial = study.ask()
+        current.append(trial._trial_id)
+        storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_identity())
+    try:
+        budgeted.check(trial)
+        with TrialHeartbeat(storage, trial._trial_id, objective.heartbeat_interval):
+            outcome = objective.train_trial(trial)
+            try:
+                frozen = record_outcome(study, trial._trial_id, outcome, objective.artifact_store())
+            finally:
+                outcome.discard()
+    except (DivergenceError, BudgetReached) as exc:
+        with deferred():
+            study.tell(trial, state=TrialState.FAIL)
+        frozen = storage.get_trial(trial._trial_id)
+        _call(callbacks, study, frozen)
+        return not isinstance(exc, BudgetReached)
+    except StorageUnavailable:
+        raise  # the trial stays RUNNING; whoever sees it next fails it and queues it again
+    except Exception as exc:  # a bug or a broken setup: FAIL with the reason, then stop
+        with contextlib.suppress(Exception), deferred():
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"{type(exc).__name__}: {exc}")
+            storage.set_trial_user_attr(trial._trial_id, "failure", "error")
+            study.tell(trial, state=TrialState.FAIL)
+        raise
+    _call(callbacks, study, frozen)
+    return True
+
+
+def _call(callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]], study: optuna.Study, trial: FrozenTrial) -> None:
+    for callback in callbacks:
+        callback(study, trial)
 
 
 def run_study(
@@ -391,6 +538,7 @@ def run_study(
     join: bool = False,
     grace_period: float | None = DEFAULT_GRACE,
     poll_interval: float = 0.5,
+    storage_patience: float = DEFAULT_PATIENCE,
 ) -> optuna.Study:
     """Run (or resume, or join) a study until it has ``n_trials`` completed trials, converges, or times out.
 
@@ -402,18 +550,25 @@ def run_study(
     end as FAIL with their reason and the study goes on. ``join=True`` opens an existing
     study and never creates one (``config`` is then the stored config, possibly with a
     local ``data_dir``). ``seed`` seeds the sampler's own random stream: give each
-    worker a different one (:func:`worker_seed`). On SIGINT / SIGTERM (see
-    :func:`handle_signals`) the running trial ends as FAIL, is queued again, and
-    :class:`Interrupted` propagates.
+    worker a different one (:func:`worker_seed`).
+
+    Every storage call is retried through outages of up to ``storage_patience`` seconds
+    (:mod:`motune.patience`); past that :class:`StorageUnavailable` propagates. On
+    SIGINT / SIGTERM (see :func:`handle_signals`) the running trial ends as FAIL at
+    whatever point it was (data loading, training, evaluation, checkpoint upload), is
+    queued again, and :class:`Interrupted` propagates; a checkpoint is stored whole or
+    not at all.
     """
+    url = storage if isinstance(storage, str) else ""
+    storage = patient(storage, storage_patience)
     sampler = make_sampler(config, seed=seed)
     if join:
         study = load_existing_study(storage, study_name or config.study.name, sampler=sampler)
     else:
         study = create_or_load_study(config, storage, study_name, sampler=sampler)
     target = n_trials or config.study.n_trials
-    url_dir = artifact_dir or default_artifact_dir(storage if isinstance(storage, str) else "", study.study_name)
-    objective = objective or Objective(config, str(url_dir))
+    checkpoints = artifact_dir or default_artifact_dir(url, study.study_name)
+    objective = objective or Objective(config, str(checkpoints))
     timeout = timeout if timeout is not None else config.study.timeout
     deadline = None if timeout is None else time.monotonic() + timeout
     watch = WorkerWatch(grace_period)
@@ -427,31 +582,23 @@ def run_study(
         return len(completed(study)) >= target or sampler.is_converged(study) or diverged() >= max(5, target)
 
     budgeted = _Budgeted(objective, study, target, done)
-    while True:
-        check_interrupt()
-        watch.sweep(study)
-        if done() or (deadline is not None and time.monotonic() >= deadline):
-            break
-        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if len(completed(study)) + running >= target:
-            with interruptible():  # the rest of the budget is in other workers' hands: wait
-                time.sleep(poll_interval)
-            continue
-        budgeted.trial_id = None
-        try:
-            study.optimize(
-                budgeted, n_trials=1, callbacks=list(callbacks), catch=(DivergenceError, BudgetReached), gc_after_trial=False
-            )
-        except KeyboardInterrupt as exc:
-            note = _requeue_interrupted(study, budgeted.trial_id)
-            if isinstance(exc, Interrupted):
-                exc.note = note
-            raise
-        except UpdateFinishedTrialError:
-            # Another worker took this one for dead (no heartbeat for the grace period) and
-            # queued it again; the result is dropped, the retry runs.
-            _log.warning("trial was failed by another worker (missed heartbeats); its retry will run")
-        if budgeted.trial_id is not None and study._storage.get_trial(budgeted.trial_id).user_attrs.get("failure") == "not_run":
-            with interruptible():
-                time.sleep(poll_interval)
+    current: list[int] = []
+    try:
+        with interruptible():  # a signal stops whatever runs, except a storage call in flight
+            while True:
+                watch.sweep(study)
+                if done() or (deadline is not None and time.monotonic() >= deadline):
+                    break
+                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                if len(completed(study)) + running >= target:
+                    time.sleep(poll_interval)  # the rest of the budget is in other workers' hands: wait
+                    continue
+                current.clear()
+                if not _run_one(study, objective, budgeted, callbacks, current):
+                    time.sleep(poll_interval)
+    except KeyboardInterrupt as exc:
+        note = _requeue_interrupted(study, current[-1] if current else None, interrupt_reason(exc))
+        if isinstance(exc, Interrupted):
+            exc.note = note
+        raise
     return study

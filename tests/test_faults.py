@@ -164,45 +164,65 @@ def test_worker_killed_under_run_workers_is_recovered_on_the_default_journal(tmp
 # ----------------------------------------------------------------------------- SIGINT / SIGTERM
 
 
-def test_sigint_then_sigterm_then_resume_loses_nothing(tmp_path: Path) -> None:
-    name = "intr"
-    cfg = slow_config(tmp_path, name, n_trials=3, epochs=120)
-    url = f"sqlite:///{tmp_path / 'intr.db'}"
-    storage = open_storage(url)
-    run = motune_cmd("run", str(cfg), "--quiet", "--threads", "1", *HEARTBEAT)
+PHASE_BLOCK = Path(__file__).with_name("phase_block.py")
 
-    # Ctrl-C while the second trial trains.
-    proc = subprocess.Popen(run, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+def blocked_run(tmp_path: Path, phase: str, k: int, *argv: str) -> tuple[subprocess.Popen[str], Path]:
+    """``motune ARGV`` in ``tmp_path`` that stops and waits the ``k``-th time it reaches ``phase`` (see phase_block.py)."""
+    marker = tmp_path / f"reached-{phase}-{uuid.uuid4().hex[:6]}"
+    cmd = [sys.executable, str(PHASE_BLOCK), phase, str(k), str(marker), "--", *argv]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, marker
+
+
+def signal_when_reached(proc: subprocess.Popen[str], marker: Path, signum: int) -> str:
+    """Wait until ``proc`` is parked at its phase, send ``signum``, wait for it to end; its stderr."""
     try:
-        first = wait_for(lambda: running_trial(storage, name, after=1), what="a second trial")
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        wait_for(lambda: marker.exists() or proc.poll() is not None, what=f"the run to reach {marker.name}")
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return err
+
+
+def test_sigint_then_sigterm_then_resume_loses_nothing(tmp_path: Path) -> None:
+    """Ctrl-C in the second trial, SIGTERM in the resumed run's first trial, then resume to the end.
+
+    Each signal is sent while a trial is parked mid-training (phase_block.py), so the test
+    does not depend on how fast this machine trains.
+    """
+    name = "intr"
+    cfg = slow_config(tmp_path, name, n_trials=3, epochs=4)
+    storage = open_storage(f"sqlite:///{tmp_path / 'intr.db'}")
+    run = ["run", str(cfg), "--quiet", "--threads", "1", *HEARTBEAT]
+
+    # Ctrl-C while the second trial trains (the first one completes).
+    proc, marker = blocked_run(tmp_path, "train", 2, *run)
+    err = signal_when_reached(proc, marker, signal.SIGINT)
     assert proc.returncode == 130, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "interrupted by SIGINT" in lines[0] and "Traceback" not in err, err
     before = trials_of(storage, name)
     done = [t for t in before if t.state == TrialState.COMPLETE]
-    assert done and before[first.number].user_attrs["fail_reason"] == "interrupted by SIGINT"
-    assert (tmp_path / "intr-artifacts").is_dir()
+    first = [t for t in before if t.state == TrialState.FAIL]
+    assert len(done) == 1 and len(first) == 1 and first[0].user_attrs["fail_reason"] == "interrupted by SIGINT", before
+    first = first[0]
+    assert [t.state for t in before if t.number > first.number] == [TrialState.WAITING]  # queued again
     checkpoints = {t.number: t.user_attrs["checkpoint"] for t in done}
     assert all((tmp_path / "intr-artifacts" / c).is_file() for c in checkpoints.values())
     assert not list((tmp_path / "intr-artifacts").glob("**/*.tmp"))  # no half-written checkpoint
 
-    # SIGTERM (what a scheduler sends) in the resumed run.
-    proc = subprocess.Popen(run, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        second = wait_for(lambda: running_trial(storage, name, after=first.number + 1), what="the resumed run's trial")
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 143 and "interrupted by SIGTERM" in err, err
+    # SIGTERM (what a scheduler sends) while the resumed run trains the retry.
+    proc, marker = blocked_run(tmp_path, "train", 1, *run)
+    err = signal_when_reached(proc, marker, signal.SIGTERM)
+    assert proc.returncode == 143 and "interrupted by SIGTERM" in err and "Traceback" not in err, err
+    middle = trials_of(storage, name)
+    second = [t for t in middle if t.state == TrialState.FAIL and t.number > first.number]
+    assert len(second) == 1 and second[0].user_attrs["fail_reason"] == "interrupted by SIGTERM", middle
+    second = second[0]
 
     # Resume to the end.
     cwd = os.getcwd()
@@ -213,11 +233,40 @@ def test_sigint_then_sigterm_then_resume_loses_nothing(tmp_path: Path) -> None:
         os.chdir(cwd)
     after = trials_of(storage, name)
     assert_recovered(after, first.number, 3, "interrupted")
+    assert after[second.number].state == TrialState.FAIL
     assert after[second.number].user_attrs["fail_reason"] == "interrupted by SIGTERM"
     for number, checkpoint in checkpoints.items():  # earlier results untouched
         assert after[number].state == TrialState.COMPLETE and after[number].values == before[number].values
         assert after[number].user_attrs["checkpoint"] == checkpoint
         assert (tmp_path / "intr-artifacts" / checkpoint).is_file()
+
+
+@pytest.mark.parametrize(
+    "phase,k",
+    [
+        ("data", 2),  # the trial's data loading (the first call is the run's own check before it opens the storage)
+        ("train", 1),  # mid-training
+        ("evaluate", 1),  # the final evaluation
+        ("upload", 1),  # half-way through copying the checkpoint into the artifact store
+    ],
+)
+def test_sigterm_at_any_point_of_a_trial_fails_and_requeues_it(tmp_path: Path, phase: str, k: int) -> None:
+    name = f"term-{phase}"
+    cfg = slow_config(tmp_path, name, n_trials=2, epochs=3)
+    storage = open_storage(f"sqlite:///{tmp_path / (name + '.db')}")
+    proc, marker = blocked_run(tmp_path, phase, k, "run", str(cfg), "--quiet", "--threads", "1", *HEARTBEAT)
+    err = signal_when_reached(proc, marker, signal.SIGTERM)
+    assert proc.returncode == 143 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "interrupted by SIGTERM" in err and "queued to run again" in err, err
+    trials = trials_of(storage, name)
+    states = [t.state for t in trials]
+    assert states == [TrialState.FAIL, TrialState.WAITING], [(t.number, t.state.name, t.user_attrs) for t in trials]
+    dead, retry = trials
+    assert dead.user_attrs["fail_reason"] == "interrupted by SIGTERM" and dead.user_attrs["failure"] == "interrupted"
+    assert retry.params == dead.params and retry.system_attrs["retry_history"] == [dead.number]
+    assert KneeSampler.fidelity(retry) == KneeSampler.fidelity(dead)
+    artifacts = tmp_path / f"{name}-artifacts"
+    assert not artifacts.exists() or not list(artifacts.iterdir())  # nothing half-written, nothing orphaned
 
 
 # ----------------------------------------------------------------------------- divergence
