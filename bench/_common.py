@@ -1,4 +1,9 @@
-"""Helpers shared by the benchmarks: machine description, JSON/HTML output, medians, tables."""
+"""Helpers shared by the benchmarks: machine description, study configs, the plain PyTorch loop, output, tables.
+
+What motune already does (reading trials, the Pareto set, the knee, config checks) the
+benchmarks take from motune itself (``motune.study``, ``motune.pareto``,
+``motune.config``); this module holds only what benchmarks need beyond it.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,16 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+import motune
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -27,6 +36,48 @@ def setup(threads: int) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return machine_info()
+
+
+def study_config(toml: str | os.PathLike[str], name: str, *, epochs: int, limit: int | None,
+                 data_dir: str | None = None, **study: Any) -> motune.StudyConfig:
+    """A shipped study config with a benchmark's settings, checked like any config file.
+
+    The study is named ``name`` (``study`` overrides more [study] keys, e.g.
+    ``baselines=[]``), trains ``epochs`` at full length and a third of that (at least 1)
+    per front trial, as in the paper, on ``limit`` training images, on the CPU.
+    """
+    raw = motune.StudyConfig.load(toml).to_dict()
+    raw["study"].update(name=name, **study)
+    raw["data"]["limit"] = limit
+    if data_dir:
+        raw["data"]["data_dir"] = data_dir
+    raw["train"].update(epochs=epochs, front_epochs=max(1, epochs // 3), device="cpu")
+    return motune.StudyConfig.from_dict(raw)
+
+
+def plain_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, data: motune.Dataset, *, batch_size: int,
+                 epochs: int, generator: torch.Generator, on_step: Callable[[], None] | None = None) -> float:
+    """The textbook PyTorch loop, the reference motune's training is compared with; returns its seconds.
+
+    Minibatch order follows motune's seeding protocol (one ``torch.randperm`` per epoch
+    from ``generator``), so with ``torch.manual_seed(seed)`` before building the model
+    and ``generator = torch.Generator().manual_seed(seed)`` it sees exactly the batches
+    ``motune.train`` sees. ``on_step()`` runs after every optimiser step.
+    """
+    x, y = data.x_train, data.y_train
+    model.train()
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if on_step is not None:
+                on_step()
+    return time.perf_counter() - t0
 
 
 def machine_info() -> dict[str, Any]:

@@ -39,13 +39,12 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
-import motune
 from motune import pareto
 from motune.plots import front_figure
-from motune.study import knee_trial, run_study
+from motune.study import PARAM, completed, run_study, summarize, trial_kind
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
-from _common import RESULTS, load_average, setup, table, write_figure, write_json
+from _common import RESULTS, load_average, setup, study_config, table, write_figure, write_json
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -82,24 +81,17 @@ def distance_to_polyline(p: np.ndarray, poly: np.ndarray) -> float:
 
 
 def trial_row(t: FrozenTrial, on_front: bool) -> dict[str, Any]:
-    a = t.user_attrs
-    return {
-        "trial": t.number, "kind": a.get("kind"), "fidelity": a.get("fidelity"),
-        "l1_weight": t.params.get("l1_weight"), "cross_entropy": t.values[0], "l1": t.values[1],
-        "val_accuracy": a.get("val_accuracy"), "test_accuracy": a.get("test_accuracy"),
-        "fraction_kept": a.get("fraction_kept"), "nonzeros": a.get("nonzeros"),
-        "nonzeros_per_layer": a.get("nonzeros_per_layer"), "epochs": a.get("epochs"),
-        "seconds": a.get("seconds"), "seed": a.get("seed"), "alpha_mean": a.get("alpha_mean"),
-        "pareto": on_front,
-    }
+    """λ, both objectives and the result attributes motune stored (minus per-epoch history and checkpoint id)."""
+    attrs = {k: v for k, v in t.user_attrs.items() if k not in ("history", "checkpoint")}
+    return {"trial": t.number, "l1_weight": t.params.get(PARAM), "cross_entropy": t.values[0], "l1": t.values[1],
+            **attrs, "pareto": on_front}
 
 
-def smgd_position(done: list[FrozenTrial], smgd: FrozenTrial) -> dict[str, Any]:
-    """Where the SMGD point lies relative to the weighted-sum trials' front."""
-    ws = [t for t in done if t.user_attrs.get("kind", "weighted_sum") == "weighted_sum"]
-    all_pts = np.array([t.values for t in done], dtype=float)
-    front_all = all_pts[pareto.nondominated_mask(all_pts)]
-    ideal, nadir = front_all.min(axis=0), front_all.max(axis=0)
+def smgd_position(done: list[FrozenTrial], front_all: list[FrozenTrial], smgd: FrozenTrial) -> dict[str, Any]:
+    """Where the SMGD point lies relative to the weighted-sum trials' front (``front_all``: the study's Pareto set)."""
+    ws = [t for t in done if trial_kind(t) == "weighted_sum"]
+    front_pts = np.array([t.values for t in front_all], dtype=float)
+    ideal, nadir = front_pts.min(axis=0), front_pts.max(axis=0)
     ws_pts = np.array([t.values for t in ws], dtype=float)
     p = np.asarray(smgd.values, dtype=float)
     dominated_by = [t.number for t, q in zip(ws, ws_pts) if np.all(q <= p) and np.any(q < p)]
@@ -129,15 +121,7 @@ def smgd_position(done: list[FrozenTrial], smgd: FrozenTrial) -> dict[str, Any]:
 
 def reproduce(name: str, toml: Path, data_dir: str | None, epochs: int, limit: int | None, trials: int,
               out_dir: Path, tag: str) -> dict[str, Any]:
-    config = motune.StudyConfig.load(toml)
-    config.study.name = f"bench-reproduce-{name}"
-    if data_dir:
-        config.data.data_dir = data_dir
-    config.data.limit = limit
-    config.train.epochs = epochs
-    config.train.front_epochs = max(1, epochs // 3)
-    config.train.device = "cpu"
-    config = config.validate()
+    config = study_config(toml, f"bench-reproduce-{name}", epochs=epochs, limit=limit, data_dir=data_dir)
     db = out_dir / f"{tag}-{name}.db"
     db.unlink(missing_ok=True)
     print(f"{name}: study {config.study.name}, front {config.train.front_epochs} epochs, full {epochs}, "
@@ -147,11 +131,11 @@ def reproduce(name: str, toml: Path, data_dir: str | None, epochs: int, limit: i
         study = run_study(config, f"sqlite:///{db}", n_trials=trials, artifact_dir=artifacts)
     wall = time.perf_counter() - t0
 
-    done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), key=lambda t: t.number)
-    mask = pareto.nondominated_mask(np.array([t.values for t in done], dtype=float))
-    rows = [trial_row(t, bool(m)) for t, m in zip(done, mask)]
-    knee = knee_trial(study, config)
-    smgd = next((t for t in done if t.user_attrs.get("kind") == "smgd"), None)
+    summary = summarize(study, config)
+    done, knee = completed(study), summary.knee
+    on_front = {t.number for t in summary.pareto}
+    rows = [trial_row(t, t.number in on_front) for t in done]
+    smgd = next((t for t in done if trial_kind(t) == "smgd"), None)
     html = write_figure(front_figure(study, knee), out_dir / f"{tag}-{name}-front.html")
     epochs_total = sum(int(r["epochs"] or 0) for r in rows)
     seconds_total = sum(float(r["seconds"] or 0) for r in rows)
@@ -163,15 +147,9 @@ def reproduce(name: str, toml: Path, data_dir: str | None, epochs: int, limit: i
         "figure": str(html),
         "trials": rows,
         "failed_trials": failed,
-        "converged": knee is not None and knee.user_attrs.get("fidelity") == "full",
-        "knee": None if knee is None else {
-            "trial": knee.number, "fidelity": knee.user_attrs.get("fidelity"), "l1_weight": knee.params.get("l1_weight"),
-            "val_accuracy": knee.user_attrs.get("val_accuracy"), "test_accuracy": knee.user_attrs.get("test_accuracy"),
-            "nonzeros_per_layer": knee.user_attrs.get("nonzeros_per_layer"), "nonzeros": knee.user_attrs.get("nonzeros"),
-            "penalised_size": knee.user_attrs.get("penalised_size"), "fraction_kept": knee.user_attrs.get("fraction_kept"),
-            "cross_entropy": knee.values[0], "l1": knee.values[1],
-        },
-        "smgd": None if smgd is None else smgd_position(done, smgd),
+        "converged": summary.converged,
+        "knee": None if knee is None else trial_row(knee, knee.number in on_front),
+        "smgd": None if smgd is None else smgd_position(done, summary.pareto, smgd),
         "cost": {"trials": len(rows), "epochs": epochs_total, "train_seconds": seconds_total, "wall_seconds": wall},
     }
 

@@ -63,6 +63,7 @@ from optuna.samplers.nsgaii import PolynomialMutation, SBXCrossover
 
 import motune
 from motune import pareto
+from motune.study import PARAM, completed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _common import (
@@ -76,7 +77,7 @@ from _common import (
 )
 
 LOW, HIGH = 1e-6, 1e-1
-PARAM = "l1_weight"
+DIGITS = motune.StudyConfig()  # studies/digits.toml
 KNEE_CRITERION = "angle"
 KNEE_TOLERANCE = 0.02  # KneeSampler's default: depth below a segment that makes a vertex
 KNEE_REACHED = 0.05  # "reached the knee": within this distance in normalised objectives
@@ -99,8 +100,8 @@ class CachedObjective:
     def __call__(self, lam: float, seed: int) -> dict[str, float]:
         key = (f"{lam:.11e}", seed)
         if key not in self.cache:
-            cfg = motune.TrainConfig(dataset="digits", model="digits_cnn", l1_weight=float(lam), epochs=self.epochs,
-                                     seed=seed, device="cpu", eval_every_epoch=False)
+            # The digits study's training settings (motune's defaults), at this run's length, on the CPU.
+            cfg = DIGITS.train_config(l1_weight=float(lam), seed=seed).replace(epochs=self.epochs, device="cpu")
             t0 = time.perf_counter()
             r = motune.train(cfg, data=self.data)
             self.train_seconds += time.perf_counter() - t0
@@ -172,8 +173,7 @@ def run_method(method: str, seed: int, budget: int, objective: CachedObjective) 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ExperimentalWarning and the like
             study.optimize(fn, n_trials=budget, gc_after_trial=False)
-        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-        rows = [objective(t.params[PARAM], seed) for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        rows = [objective(t.params[PARAM], seed) for t in completed(study)]
     wall = time.perf_counter() - t0
     return {"rows": rows, "wall_seconds": wall, "sampler_seconds": wall - (objective.train_seconds - train0)}
 

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import optuna
 from _common import load_average, machine_info, table, write_json
-from optuna.trial import TrialState
 
 from motune.storage import open_storage
+from motune.study import completed
 
 CONFIG = """
 [study]
@@ -68,7 +68,7 @@ def one_run(workers: int, n_trials: int, front_epochs: int, threads: int) -> dic
         if done.returncode != 0:
             raise SystemExit(f"motune run --workers {workers} failed ({done.returncode}):\n{done.stderr}")
         study = optuna.load_study(study_name="bench", storage=open_storage(f"journal:{journal}"))
-        trials = study.get_trials(states=(TrialState.COMPLETE,))
+        trials = completed(study)
         train_seconds = sum(float(t.user_attrs.get("seconds", 0.0)) for t in trials)
         # From the first trial's start to the last one's end: throughput without process start-up.
         span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
