@@ -241,6 +241,7 @@ def test_cli_export_under_a_regular_file_exits_2_with_one_line(tiny_study, tmp_p
     code = main([*argv, "--out", str(target)])
     out, err = capsys.readouterr()
     assert code == 2, err
+    assert "exported" not in out
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err
     assert lines[0].startswith("motune: error: cannot write the export to ")
