@@ -98,7 +98,7 @@ def _record(
     attrs = {**result_attrs(result, kind, fidelity), "checkpoint": artifact_id}
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
-    return study.tell(trial, list(result.values))
+    return study.tell(trial, [result.cross_entropy, result.l1])
 
 
 def build_tiny_study(directory: Path) -> TinyStudy:
