@@ -133,3 +133,35 @@ def test_weighted_sum_alpha_leaves_grad_and_fills_signs() -> None:
         assert torch.equal(p.grad, g)
     for w, s in zip(penalised, combiner.signs):
         assert torch.equal(s, torch.sign(w.detach()))
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_multi_gradient_over_several_steps_whether_grad_views_are_kept_or_not(set_to_none: bool) -> None:
+    """The flat buffers: .grad becomes a view of them; with zero_grad(set_to_none=False) backward
+    accumulates into those views (no copy) and every step still combines this step's g1."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
+    params, penalised = list(net.parameters()), [net[2].weight, net[4].weight]
+    pen_ids = {id(p) for p in penalised}
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    combiner = MultiGradient(params, penalised)
+    for step in range(4):
+        opt.zero_grad(set_to_none=set_to_none)
+        net(torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(step))).square().sum().backward()
+        g1 = [p.grad.detach().clone().double() for p in params]
+        g2 = [torch.sign(p.detach()).double() if id(p) in pen_ids else torch.zeros_like(g) for p, g in zip(params, g1)]
+        f1, f2 = torch.cat([g.flatten() for g in g1]), torch.cat([g.flatten() for g in g2])
+        expected_alpha = min_norm_alpha(float(f1 @ f1), float(f1 @ f2), float(f2 @ f2))
+        alpha = combiner.combine_()
+        assert alpha == pytest.approx(expected_alpha, rel=1e-5, abs=1e-7)
+        for p, a, b in zip(params, g1, g2):
+            torch.testing.assert_close(p.grad.double(), alpha * a + (1 - alpha) * b, rtol=1e-5, atol=1e-6)
+        opt.step()
+    if not set_to_none:  # the views survived: backward wrote straight into the flat buffer
+        assert all(p.grad.untyped_storage().data_ptr() == params[0].grad.untyped_storage().data_ptr() for p in params)
+
+
+def test_multi_gradient_refuses_mixed_dtypes() -> None:
+    a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="dtype"):
+        MultiGradient([a, b], [a])
