@@ -14,23 +14,20 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
 
 from motune.checkpoint import CheckpointError
 from motune.config import ConfigError, StudyConfig
 from motune.data import DataError
 from motune.faults import DEFAULT_GRACE, DEFAULT_HEARTBEAT, Interrupted, handle_signals, interruptible
 from motune.patience import DEFAULT_PATIENCE, StorageUnavailable, patient
+from motune.report import TABLE_HEAD, Progress, dashboard_command, print_summary
 from motune.storage import (
     StudyError,
     default_artifact_dir,
@@ -41,11 +38,10 @@ from motune.storage import (
     mask_url,
     open_storage,
 )
-from motune.study import cached_dataset, load_study_config, summarize
+from motune.study import cached_dataset, load_study_config
+from motune.workers import PARENT_ENV, STORAGE_ENV, run_local_workers
 
 DEFAULT_CONFIG_NOTE = "the built-in digits study (same as studies/digits.toml)"
-STORAGE_ENV = "MOTUNE_STORAGE"
-PARENT_ENV = "MOTUNE_PARENT"  # set in workers started by `run --workers`: the parent reports interrupts
 
 
 class UsageError(Exception):
@@ -69,11 +65,7 @@ def _open_existing_study(args: argparse.Namespace) -> tuple[optuna.Study, str]:
     Workers (commands with ``--storage-patience``) get a storage that rides out outages.
     """
     url = args.storage or default_storage_url(args.study or StudyConfig().study.name)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise UsageError(f"storage {mask_url(url)!r}: no such database file; run `motune run` first or pass --storage URL")
-    if is_journal_file(url) and not Path(url.removeprefix("journal:")).exists():
-        raise UsageError(f"storage {mask_url(url)!r}: no such journal file; pass --storage URL")
-    storage = open_storage(url)
+    storage = open_storage(url, must_exist=True)
     if getattr(args, "storage_patience", None) is not None:
         storage = patient(storage, args.storage_patience)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
@@ -118,102 +110,6 @@ def _artifact_dir(args: argparse.Namespace, url: str, study_name: str) -> Path:
     return Path(args.artifacts) if getattr(args, "artifacts", None) else default_artifact_dir(url, study_name)
 
 
-def dashboard_command(url: str, artifact_dir: Path) -> str:
-    """The exact optuna-dashboard command line for this storage."""
-    target = url.removeprefix("journal:") if is_journal_file(url) else url
-    return f"optuna-dashboard {mask_url(target)} --artifact-dir {artifact_dir}"
-
-
-def _fmt_lambda(lam: float | None) -> str:
-    return "-" if lam is None else f"{lam:.2e}"
-
-
-def _trial_line(t: FrozenTrial, knee: FrozenTrial | None = None) -> str:
-    a = t.user_attrs
-    star = "*" if knee is not None and t.number == knee.number else " "
-    size = a.get("penalised_size") or 0
-    return (
-        f"{star}{t.number:>5} {a.get('kind', '?'):<13} {a.get('fidelity', '?'):<6} {_fmt_lambda(t.params.get('l1_weight')):>9} "
-        f"{t.values[0]:>8.4f} {t.values[1]:>10.2f} {100 * a.get('val_accuracy', float('nan')):>7.2f}% "
-        f"{a.get('nonzeros', 0):>8}/{size:<8} {100 * a.get('fraction_kept', float('nan')):>6.2f}%"
-    )
-
-
-TABLE_HEAD = (
-    f" {'trial':>5} {'kind':<13} {'fid.':<6} {'lambda':>9} {'f1 (CE)':>8} {'f2 (l1)':>10} {'val acc':>8} "
-    f"{'nonzeros':>17} {'kept':>7}"
-)
-
-
-def print_summary(study: optuna.Study, config: StudyConfig, out: Any = None) -> None:
-    """Trials by state, the Pareto table (knee starred), hypervolume."""
-    out = out or sys.stdout
-    s = summarize(study, config)
-    states = ", ".join(f"{n} {k.lower()}" for k, n in s.states.items()) or "no trials"
-    print(f"study {s.study_name!r}: {states}", file=out)
-    print(f"Pareto front: {s.front_size} trials; hypervolume (normalised, ref 1.1) {s.hypervolume:.4f}; "
-          f"search {'converged' if s.converged else 'not converged'}", file=out)
-    rows = list(s.pareto)
-    if s.knee is not None and all(t.number != s.knee.number for t in rows):
-        rows.append(s.knee)
-    if rows:
-        print(TABLE_HEAD, file=out)
-        for t in sorted(rows, key=lambda t: t.values[0]):
-            print(_trial_line(t, s.knee), file=out)
-    if s.knee is not None:
-        k = s.knee
-        print(
-            f"knee: trial {k.number} (lambda {_fmt_lambda(k.params.get('l1_weight'))}, {k.user_attrs.get('fidelity')}): "
-            f"val accuracy {100 * k.user_attrs['val_accuracy']:.2f}%, test accuracy {100 * k.user_attrs['test_accuracy']:.2f}%, "
-            f"{k.user_attrs['nonzeros']} of {k.user_attrs['penalised_size']} penalised weights kept "
-            f"({100 * k.user_attrs['fraction_kept']:.2f}%)",
-            file=out,
-        )
-    else:
-        print("knee: none yet", file=out)
-
-
-class Progress:
-    """Console progress: one epoch bar per trial (tqdm) and one line per finished trial."""
-
-    def __init__(self, target: int, config: StudyConfig, enabled: bool = True) -> None:
-        self.target, self.config, self.enabled = target, config, enabled
-        self.bar: Any = None
-
-    def on_start(self, trial: optuna.Trial, kind: str, lam: float | None, epochs: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm.auto import tqdm
-
-        done = len([t for t in trial.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"])
-        label = f"trial {trial.number} ({done + 1} of {self.target}) {kind}" + (f" λ={lam:.2e}" if lam is not None else "")
-        self.bar = tqdm(total=epochs, desc=label, unit="epoch", leave=False, file=sys.stderr, dynamic_ncols=True)
-
-    def on_epoch(self, trial: optuna.Trial, record: Any, epochs: int) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{record.train_loss:.3f}", nonzeros=record.nonzeros, refresh=False)
-            self.bar.update(1)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        if not self.enabled:
-            return
-        from motune.study import knee_trial
-
-        if trial.state.name == "COMPLETE":
-            knee = knee_trial(study, self.config)
-            print(_trial_line(trial) + f"  {trial.user_attrs.get('seconds', 0):.1f}s  knee: "
-                  + (f"trial {knee.number}" if knee else "-"), flush=True)
-        elif trial.user_attrs.get("failure") != "not_run":  # not_run: another worker filled the budget
-            print(_fail_line(trial), flush=True)
-
-
-def _fail_line(trial: FrozenTrial) -> str:
-    return f" {trial.number:>5} {trial.state.name.lower()} {trial.user_attrs.get('fail_reason', '')}"
-
-
 # ----------------------------------------------------------------------------- commands
 
 
@@ -236,7 +132,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers = f" by {args.workers} worker processes" if args.workers > 1 else ""
     print(f"up to {target} completed trials{workers}; the search stops when the knee is confirmed and retrained", flush=True)
     if args.workers > 1:
-        code = _run_workers(args, study, url, artifact_dir, target)
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+        options = ["--artifacts", str(artifact_dir), "--threads", str(threads), "--heartbeat", str(args.heartbeat),
+                   "--grace", str(args.grace), "--storage-patience", str(args.storage_patience)]
+        options += ["--timeout", str(args.timeout)] if args.timeout is not None else []
+        code = run_local_workers(study, url, args.workers, target, options, args.quiet)
     else:
         print(TABLE_HEAD, flush=True)
         progress = Progress(target, config, enabled=not args.quiet)
@@ -254,80 +154,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"export it:   motune export --storage {mask_url(url)} --study {name} --out {name}-pareto")
     print(f"add workers: motune worker --storage {mask_url(url)} --study {name}")
     return code
-
-
-def _run_workers(args: argparse.Namespace, study: optuna.Study, url: str, artifact_dir: Path, target: int) -> int:
-    """Start ``--workers`` ``motune worker`` processes on the study, print their trials, wait.
-
-    The storage URL reaches the workers through ``$MOTUNE_STORAGE`` (not their command
-    lines, which ``ps`` shows). Each runs in its own session, so a Ctrl-C reaches this
-    process only and is forwarded exactly once. Returns 0 when the study is done (or
-    stopped by --timeout), 1 when the workers ended before that.
-    """
-    from motune.study import completed, make_sampler
-
-    n = args.workers
-    threads = args.threads or max(1, (os.cpu_count() or 1) // n)
-    command = [
-        sys.executable, "-m", "motune.cli", "worker", "--study", study.study_name, "--n-trials", str(target),
-        "--artifacts", str(artifact_dir), "--threads", str(threads), "--heartbeat", str(args.heartbeat),
-        "--grace", str(args.grace), "--storage-patience", str(args.storage_patience), "--quiet",
-    ]
-    if args.timeout is not None:
-        command += ["--timeout", str(args.timeout)]
-    env = {**os.environ, STORAGE_ENV: url, PARENT_ENV: str(os.getpid())}
-    shown = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        with interruptible():
-            for i in range(n):
-                procs.append(subprocess.Popen([*command, "--worker-index", str(i)], env=env, start_new_session=True))
-        if not args.quiet:
-            print(TABLE_HEAD, flush=True)
-        while True:
-            running = any(p.poll() is None for p in procs)
-            if not args.quiet:
-                _print_new_trials(study, shown)
-            if not running:
-                break
-            with interruptible():
-                time.sleep(0.25)
-    except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-        for proc in procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:  # stuck (e.g. a storage that does not answer)
-                proc.kill()  # its trial is recovered by the next run (process gone on this host)
-                proc.wait()
-        if isinstance(exc, Interrupted):
-            exc.note = f"stopped {len(procs)} workers; their running trials are marked FAIL and queued again"
-        raise
-    codes = [p.returncode for p in procs]
-    for i, code in enumerate(codes):
-        if code:
-            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            print(f"motune: worker {i} ended with {how}", file=sys.stderr, flush=True)
-    config = load_study_config(study)
-    finished = len(completed(study)) >= target or make_sampler(config).is_converged(study)
-    if not finished and any(codes):
-        print(f"motune: run failed: the workers stopped before the study had {target} completed trials; "
-              "run the same command again to resume", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _print_new_trials(study: optuna.Study, shown: set[int]) -> None:
-    for t in study.get_trials(deepcopy=False):
-        if t.state.is_finished() and t.number not in shown:
-            shown.add(t.number)
-            if t.state.name == "COMPLETE":
-                print(_trial_line(t), flush=True)
-            elif t.user_attrs.get("failure") != "not_run":
-                print(_fail_line(t), flush=True)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -47,7 +46,7 @@ from optuna.artifacts import download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from motune.checkpoint import CheckpointError, load_checkpoint
-from motune.pareto import nondominated_mask
+from motune.trials import CHECKPOINT, FIDELITY, KIND, finite_complete, has_finite_values, number_or_none, pareto_set, trial_lambda
 
 __all__ = [
     "COLUMNS",
@@ -102,18 +101,13 @@ def checkpoint_name(number: int) -> str:
     return f"{CHECKPOINT_DIR}/trial-{int(number):04d}.pt"
 
 
-def _finite_values(trial: FrozenTrial) -> bool:
-    values = trial.values
-    return values is not None and len(values) == 2 and all(math.isfinite(v) for v in values)
-
-
 def _resolve_knee(complete: Sequence[FrozenTrial], knee: FrozenTrial | None) -> FrozenTrial | None:
     """The study's own copy of the knee trial; reject a knee that is not a COMPLETE trial here."""
     if knee is None:
         return None
     for trial in complete:
         if trial.number == knee.number:
-            if not _finite_values(trial):
+            if not has_finite_values(trial):
                 raise ExportError(f"knee trial {knee.number} has no finite objective values")
             return trial
     raise ExportError(f"knee trial {knee.number} is not a COMPLETE trial of this study")
@@ -123,40 +117,19 @@ def pareto_trials(study: optuna.Study, knee: FrozenTrial | None = None) -> list[
     """The Pareto set (see the module docstring), sorted by cross-entropy, then trial number."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     knee_trial = _resolve_knee(complete, knee)
-    finite = [t for t in complete if _finite_values(t)]
-    if finite:
-        mask = nondominated_mask(np.array([t.values for t in finite], dtype=float))
-        chosen = [t for t, keep in zip(finite, mask) if keep]
-    else:
-        chosen = []
+    chosen = pareto_set(finite_complete(complete))
     if knee_trial is not None and all(t.number != knee_trial.number for t in chosen):
         chosen.append(knee_trial)
     return sorted(chosen, key=lambda t: (t.values[0], t.number))
 
 
-def _float_or_none(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return int(value)
-
-
-def _l1_weight(trial: FrozenTrial) -> float | None:
-    """λ of a weighted-sum trial (param ``l1_weight``); None for the multi-gradient kinds."""
-    if trial.user_attrs.get("kind", "weighted_sum") != "weighted_sum":
-        return None
-    value = trial.params.get("l1_weight", trial.user_attrs.get("l1_weight"))
-    return _float_or_none(value)
+    number = number_or_none(value)
+    return None if number is None else int(number)
 
 
 def _has_checkpoint(trial: FrozenTrial) -> bool:
-    artifact_id = trial.user_attrs.get("checkpoint")
+    artifact_id = trial.user_attrs.get(CHECKPOINT)
     return isinstance(artifact_id, str) and bool(artifact_id)
 
 
@@ -164,15 +137,15 @@ def _row(trial: FrozenTrial, knee_number: int | None) -> dict[str, Any]:
     attrs = trial.user_attrs
     return {
         "trial": trial.number,
-        "kind": attrs.get("kind") if isinstance(attrs.get("kind"), str) else None,
-        "fidelity": attrs.get("fidelity") if isinstance(attrs.get("fidelity"), str) else None,
-        "l1_weight": _l1_weight(trial),
+        "kind": attrs.get(KIND) if isinstance(attrs.get(KIND), str) else None,
+        "fidelity": attrs.get(FIDELITY) if isinstance(attrs.get(FIDELITY), str) else None,
+        "l1_weight": trial_lambda(trial),
         "cross_entropy": float(trial.values[0]),
         "l1": float(trial.values[1]),
-        "val_accuracy": _float_or_none(attrs.get("val_accuracy")),
-        "test_accuracy": _float_or_none(attrs.get("test_accuracy")),
+        "val_accuracy": number_or_none(attrs.get("val_accuracy")),
+        "test_accuracy": number_or_none(attrs.get("test_accuracy")),
         "nonzeros": _int_or_none(attrs.get("nonzeros")),
-        "fraction_kept": _float_or_none(attrs.get("fraction_kept")),
+        "fraction_kept": number_or_none(attrs.get("fraction_kept")),
         "is_knee": trial.number == knee_number,
         "checkpoint": checkpoint_name(trial.number) if _has_checkpoint(trial) else None,
     }
@@ -317,7 +290,7 @@ def _unwritable(out: Path, exc: OSError) -> ExportError:
 
 def _download_checkpoint(artifact_store: Any, trial: FrozenTrial, path: Path) -> None:
     """Download trial ``trial``'s checkpoint artifact to ``path`` and check it is a motune checkpoint."""
-    artifact_id = trial.user_attrs["checkpoint"]
+    artifact_id = trial.user_attrs[CHECKPOINT]
     try:
         download_artifact(artifact_store=artifact_store, file_path=str(path), artifact_id=artifact_id)
     except Exception as exc:  # stores raise ArtifactNotFound, OSError, ValueError, botocore errors...

@@ -211,15 +211,19 @@ def default_worker_index() -> int:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (killed, not yet reaped by its parent)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
+        pass
     except (OverflowError, ValueError):
         return False
-    return True
+    try:  # Linux: the state is the field after the parenthesised command name
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class TrialHeartbeat:
@@ -368,3 +372,22 @@ class WorkerWatch:
                 recovered.append(t.number)
         self._seen = {k: v for k, v in self._seen.items() if k in running}
         return recovered
+
+
+def requeue_interrupted(study: optuna.Study, trial_id: int | None, reason: str) -> str:
+    """After SIGINT / SIGTERM: this worker's running trial is FAIL with ``reason`` and queued again.
+
+    Returns a note for the user ("" when there was nothing to do). When the storage cannot
+    be reached while stopping, the trial stays RUNNING and the next worker that sees it
+    does the same (its process is gone).
+    """
+    if trial_id is None:
+        return ""
+    try:
+        trial = study._storage.get_trial(trial_id)
+        if trial.state != TrialState.RUNNING or not fail_and_retry(study, trial, reason, "interrupted", limited=False):
+            return ""
+    except Exception:  # the storage is away (motune.patience gives up at once while stopping)
+        return f"trial {trial_id} could not be marked FAIL (storage unreachable); the next worker that sees it queues it again"
+    return f"trial {trial.number} marked FAIL and queued to run again"
+

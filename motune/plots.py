@@ -39,6 +39,18 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.offline import get_plotlyjs
 
 from motune.pareto import hypervolume, nondominated_mask, normalise
+from motune.trials import (
+    FIDELITY,
+    HYPERVOLUME_REFERENCE,
+    KIND,
+    WEIGHTED_SUM,
+    finite_complete,
+    is_full,
+    number_or_none,
+    pareto_set,
+    trial_kind,
+    trial_lambda,
+)
 
 __all__ = [
     "DEFAULT_REFERENCE",
@@ -51,9 +63,7 @@ __all__ = [
     "write_plots",
 ]
 
-# Reference point of the hypervolume in normalised objectives (ideal -> 0, nadir -> 1):
-# a little beyond the nadir, so the extreme points of the front contribute too.
-DEFAULT_REFERENCE: tuple[float, float] = (1.1, 1.1)
+DEFAULT_REFERENCE = HYPERVOLUME_REFERENCE  # in normalised objectives: see motune.trials
 
 _GREY = "rgba(150, 150, 150, 0.55)"
 _FRONT = "#1f77b4"
@@ -64,29 +74,14 @@ _KNEE = "#d62728"
 
 def _complete(study: optuna.Study) -> list[FrozenTrial]:
     """COMPLETE trials with two finite objective values, by trial number."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    ok = [
-        t for t in trials if t.values is not None and len(t.values) == 2 and all(math.isfinite(v) for v in t.values)
-    ]
-    return sorted(ok, key=lambda t: t.number)
-
-
-def _front(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    if not trials:
-        return []
-    mask = nondominated_mask(np.array([t.values for t in trials], dtype=float))
-    return [t for t, keep in zip(trials, mask) if keep]
+    return sorted(finite_complete(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), key=lambda t: t.number)
 
 
 def _is_multi_gradient(trial: FrozenTrial) -> bool:
-    kind = trial.user_attrs.get("kind")
-    return isinstance(kind, str) and kind != "weighted_sum"
+    return isinstance(trial.user_attrs.get(KIND), str) and trial_kind(trial) != WEIGHTED_SUM
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+_number = number_or_none
 
 
 def _fmt(value: Any, spec: str, default: str = "n/a") -> str:
@@ -97,15 +92,15 @@ def _fmt(value: Any, spec: str, default: str = "n/a") -> str:
 def hover_text(trial: FrozenTrial) -> str:
     """The hover label of one trial (HTML line breaks), shared by all scatter plots."""
     attrs = trial.user_attrs
-    kind = attrs.get("kind", "?")
-    fidelity = attrs.get("fidelity", "?")
+    kind = attrs.get(KIND, "?")
+    fidelity = attrs.get(FIDELITY, "?")
     if _is_multi_gradient(trial):
         lam = "-"
         alpha = _number(attrs.get("alpha_mean"))
         if alpha is not None:
             lam += f" (mean α = {alpha:.3f})"
     else:
-        lam = _fmt(trial.params.get("l1_weight", attrs.get("l1_weight")), ".1e")
+        lam = _fmt(trial_lambda(trial), ".1e")
     values = trial.values or [float("nan"), float("nan")]
     return "<br>".join(
         [
@@ -151,7 +146,7 @@ def _marked_figure(
 ) -> go.Figure:
     """The common layering of the two scatter plots (see the module docstring)."""
     trials = _complete(study)
-    front = sorted(_front(trials), key=front_key)
+    front = sorted(pareto_set(trials), key=front_key)
     fig = go.Figure()
     if trials:
         fig.add_trace(_scatter(trials, xy, "all trials", {"color": _GREY, "size": 7}))
@@ -164,7 +159,7 @@ def _marked_figure(
         fig.add_trace(
             _scatter(multi, xy, "SMGD / multi-gradient", {"color": _SMGD, "size": 12, "symbol": "diamond", "line": {"width": 1}})
         )
-    full = [t for t in trials if t.user_attrs.get("fidelity") == "full"]
+    full = [t for t in trials if is_full(t)]
     if full:
         fig.add_trace(
             _scatter(full, xy, "full fidelity", {"color": _FULL, "size": 14, "symbol": "square-open", "line": {"width": 2}})
@@ -310,7 +305,7 @@ def pruning_history_figure(trial: FrozenTrial) -> go.Figure:
         fig.add_annotation(
             text=f"trial {trial.number} has no pruning history", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5
         )
-    lam = _fmt(trial.params.get("l1_weight"), ".1e", default="-")
+    lam = _fmt(trial_lambda(trial), ".1e", default="-")
     fig.update_layout(
         template="plotly_white",
         title=f"Pruning history of trial {trial.number} ({trial.user_attrs.get('kind', '?')}, λ = {lam})",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -162,8 +161,11 @@ def with_installed_driver(url: str) -> str:
     return f"{scheme}://{rest}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseStorage:
     """Open any storage motune supports; raise :class:`StudyError` with the URL (masked) when it fails.
+
+    ``must_exist``: a SQLite or journal file that is not there is an error instead of a
+    new, empty storage (what commands that only read a study want).
 
     Database servers get a connect timeout of ``CONNECT_TIMEOUT`` and a connection check
     before use (so a restarted server is reconnected to). Workers' liveness is motune's
@@ -171,6 +173,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     ride out outages wrap the result in :func:`motune.patience.patient`.
     """
     shown = mask_url(url)
+    if must_exist and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise StudyError(f"storage {shown!r}: no such database file; run `motune run` first or pass --storage URL")
+    if must_exist and is_journal_file(url) and not Path(url.removeprefix("journal:")).exists():
+        raise StudyError(f"storage {shown!r}: no such journal file; pass --storage URL")
     try:
         if is_journal_file(url):
             path = url.removeprefix("journal:")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -39,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.exceptions import UpdateFinishedTrialError
@@ -57,20 +55,33 @@ from motune.faults import (
     TrialHeartbeat,
     WorkerWatch,
     deferred,
-    fail_and_retry,
     interrupt_reason,
     interruptible,
+    requeue_interrupted,
     worker_identity,
 )
 from motune.patience import DEFAULT_PATIENCE, StorageUnavailable, patient
-from motune.sampler import KneeSampler
+from motune.sampler import FULL, KneeSampler
 from motune.storage import StudyError, default_artifact_dir
 from motune.train import DivergenceError, EpochRecord, TrainResult, train
-
-METRIC_NAMES = ["cross_entropy", "l1"]
-CONFIG_ATTR = "motune:config"
-PARAM = "l1_weight"
-
+from motune.trials import (
+    CHECKPOINT,
+    CONFIG_ATTR,
+    FAIL_REASON,
+    FAILURE,
+    FIDELITY,
+    KIND,
+    METRIC_NAMES,
+    ORPHAN_ATTR_PREFIX,
+    PARAM,
+    RETRY_HISTORY,
+    WEIGHTED_SUM,
+    Failure,
+    finite_complete,
+    hypervolume_normalised,
+    pareto_set,
+    trial_kind,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -115,7 +126,7 @@ def create_or_load_study(
             )
         return study
     trials = study.get_trials(deepcopy=False)
-    queued = [t for t in trials if t.state == TrialState.WAITING and "kind" in t.user_attrs]
+    queued = [t for t in trials if t.state == TrialState.WAITING and KIND in t.user_attrs]
     if len(study.directions) != 2 or len(queued) != len(trials):
         raise StudyError(f"study {name!r} exists in this storage and was not created by motune; pass --study NEWNAME")
     have = [trial_kind(t) for t in queued]
@@ -123,7 +134,7 @@ def create_or_load_study(
         if kind in have:
             have.remove(kind)
         else:
-            study.enqueue_trial({}, user_attrs={"kind": kind}, skip_if_exists=False)
+            study.enqueue_trial({}, user_attrs={KIND: kind}, skip_if_exists=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(METRIC_NAMES)
@@ -151,11 +162,6 @@ def load_study_config(study: optuna.Study) -> StudyConfig:
     return StudyConfig.from_dict(stored)
 
 
-def trial_kind(trial: optuna.trial.BaseTrial) -> str:
-    """``weighted_sum`` unless the trial was enqueued as a baseline."""
-    return str(trial.user_attrs.get("kind", "weighted_sum"))
-
-
 _DATA_CACHE: dict[tuple[Any, ...], Dataset] = {}
 
 
@@ -171,8 +177,8 @@ def cached_dataset(config: StudyConfig) -> Dataset:
 def result_attrs(result: TrainResult, kind: str, fidelity: str) -> dict[str, Any]:
     """The user attributes every completed trial carries (the export/plot schema)."""
     return {
-        "kind": kind,
-        "fidelity": fidelity,
+        KIND: kind,
+        FIDELITY: fidelity,
         "val_accuracy": result.val_accuracy,
         "test_accuracy": result.test_accuracy,
         "nonzeros": result.nonzeros,
@@ -202,7 +208,6 @@ def result_attrs(result: TrainResult, kind: str, fidelity: str) -> dict[str, Any
 
 
 EpochHook = Callable[[optuna.Trial, EpochRecord, int], None]
-ORPHAN_ATTR_PREFIX = "motune:result_of_trial_"  # study user attr: a result whose trial was failed elsewhere
 
 
 class AtomicArtifactStore(FileSystemArtifactStore):
@@ -265,8 +270,8 @@ class Objective:
             try:
                 outcome = self.train_trial(trial)
             except KeyboardInterrupt as exc:
-                trial.set_user_attr("fail_reason", interrupt_reason(exc))
-                trial.set_user_attr("failure", "interrupted")
+                trial.set_user_attr(FAIL_REASON, interrupt_reason(exc))
+                trial.set_user_attr(FAILURE, Failure.INTERRUPTED.value)
                 raise
             try:
                 _store(trial.storage, trial._trial_id, outcome, self.artifact_store())
@@ -281,19 +286,19 @@ class Objective:
     def train_trial(self, trial: optuna.Trial) -> TrialOutcome:
         """Train the trial's network (data loading, training, evaluation, checkpoint file)."""
         kind = trial_kind(trial)
-        fidelity = KneeSampler.fidelity(trial) if kind == "weighted_sum" else "full"
-        lam = trial.suggest_float(PARAM, 0.0, 1.0) if kind == "weighted_sum" else None
+        fidelity = KneeSampler.fidelity(trial) if kind == WEIGHTED_SUM else FULL
+        lam = trial.suggest_float(PARAM, 0.0, 1.0) if kind == WEIGHTED_SUM else None
         seed = self.config.study.seed + trial.number
-        cfg = self.config.train_config(kind, l1_weight=lam or 0.0, full=fidelity == "full", seed=seed)
+        cfg = self.config.train_config(kind, l1_weight=lam or 0.0, full=fidelity == FULL, seed=seed)
         if self.on_start is not None:
             self.on_start(trial, kind, lam, cfg.epochs)
         hook = (lambda record: self.on_epoch(trial, record, cfg.epochs)) if self.on_epoch else None
         try:
             result = train(cfg, data=cached_dataset(self.config), callback=hook)
         except DivergenceError as exc:
-            trial.set_user_attr("kind", kind)
-            trial.set_user_attr("fail_reason", str(exc))
-            trial.set_user_attr("failure", "diverged")
+            trial.set_user_attr(KIND, kind)
+            trial.set_user_attr(FAIL_REASON, str(exc))
+            trial.set_user_attr(FAILURE, Failure.DIVERGED.value)
             raise
         tmp = Path(tempfile.mkdtemp(prefix="motune-ckpt-"))
         try:
@@ -303,7 +308,7 @@ class Objective:
                 input_shape=result.input_shape,
                 num_classes=result.num_classes,
                 state_dict=result.state_dict,
-                metadata={"trial": trial.number, "kind": kind, "l1_weight": lam, "val_accuracy": result.val_accuracy},
+                metadata={"trial": trial.number, KIND: kind, PARAM: lam, "val_accuracy": result.val_accuracy},
             )
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -317,13 +322,13 @@ def _store(storage: optuna.storages.BaseStorage, trial_id: int, outcome: TrialOu
         storage.set_trial_user_attr(trial_id, key, value)
     frozen = storage.get_trial(trial_id)
     artifact_id = upload_artifact(artifact_store=store, file_path=str(outcome.checkpoint), study_or_trial=frozen, storage=storage)
-    storage.set_trial_user_attr(trial_id, "checkpoint", artifact_id)
+    storage.set_trial_user_attr(trial_id, CHECKPOINT, artifact_id)
 
 
 def _find_retry(study: optuna.Study, number: int) -> FrozenTrial | None:
     """The WAITING trial queued to retry trial ``number`` (by :class:`RetryTrial`), if any."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if t.system_attrs.get("retry_history", [None])[-1] == number:
+        if t.system_attrs.get(RETRY_HISTORY, [None])[-1] == number:
             return t
     return None
 
@@ -352,11 +357,11 @@ def record_outcome(study: optuna.Study, trial_id: int, outcome: TrialOutcome, st
     if retry is not None and storage.set_trial_state_values(retry._trial_id, TrialState.RUNNING):  # claimed it
         storage.set_trial_system_attr(retry._trial_id, WORKER_ATTR, worker_identity())
         _log.warning("motune: trial %d was failed elsewhere while it trained (%s); its result completes its retry, trial %d",
-                     frozen.number, frozen.user_attrs.get("fail_reason", "no reason given"), retry.number)
+                     frozen.number, frozen.user_attrs.get(FAIL_REASON, "no reason given"), retry.number)
         return record_outcome(study, retry._trial_id, outcome, store)
     artifact_id = upload_artifact(artifact_store=store, file_path=str(outcome.checkpoint), study_or_trial=study)
     kept = {k: v for k, v in outcome.attrs.items() if k != "history"}
-    kept.update(values=list(outcome.values), checkpoint=artifact_id)
+    kept.update({"values": list(outcome.values), CHECKPOINT: artifact_id})
     study.set_user_attr(f"{ORPHAN_ATTR_PREFIX}{frozen.number}", kept)
     _log.warning("motune: trial %d was failed elsewhere while it trained and its retry is already taken; "
                  "its result is kept in study user attribute %s%d", frozen.number, ORPHAN_ATTR_PREFIX, frozen.number)
@@ -367,28 +372,14 @@ def record_outcome(study: optuna.Study, trial_id: int, outcome: TrialOutcome, st
 
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials with two finite values."""
-    return [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.values is not None and len(t.values) == 2 and all(math.isfinite(v) for v in t.values)
-    ]
+    """The study's COMPLETE trials with two finite values (a list: its length is what the budget counts)."""
+    return finite_complete(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def knee_trial(study: optuna.Study, config: StudyConfig | None = None) -> FrozenTrial | None:
     """The knee of the weighted-sum front (the full-fidelity retrain when there is one)."""
     config = config or load_study_config(study)
     return make_sampler(config).knee_trial(study)
-
-
-def hypervolume_normalised(trials: Sequence[FrozenTrial], bounds: tuple[Sequence[float], Sequence[float]] | None = None) -> float:
-    """Hypervolume of ``trials``' values in objectives normalised to [0, 1] by ideal/nadir, reference (1.1, 1.1)."""
-    from motune.pareto import hypervolume, normalise
-
-    if not trials:
-        return 0.0
-    points = np.array([t.values for t in trials], dtype=float)
-    ideal, nadir = (points.min(axis=0), points.max(axis=0)) if bounds is None else (np.asarray(bounds[0]), np.asarray(bounds[1]))
-    return float(hypervolume(normalise(points, ideal, nadir), np.array([1.1, 1.1])))
 
 
 @dataclass
@@ -406,18 +397,12 @@ class StudySummary:
 
 def summarize(study: optuna.Study, config: StudyConfig | None = None) -> StudySummary:
     """Trials by state, the Pareto set, the knee, and the hypervolume of the front."""
-    from motune.pareto import nondominated_mask
-
     config = config or load_study_config(study)
-    trials = study.get_trials(deepcopy=False)
     states = {state.name: 0 for state in TrialState}
-    for t in trials:
+    for t in study.get_trials(deepcopy=False):
         states[t.state.name] += 1
     done = completed(study)
-    pareto: list[FrozenTrial] = []
-    if done:
-        mask = nondominated_mask(np.array([t.values for t in done], dtype=float))
-        pareto = sorted((t for t, keep in zip(done, mask) if keep), key=lambda t: t.values[0])
+    pareto = pareto_set(done)
     return StudySummary(
         study_name=study.study_name,
         states={k: v for k, v in states.items() if v},
@@ -435,7 +420,7 @@ class BudgetReached(Exception):
 
 def _queued(trial: FrozenTrial) -> bool:
     """Whether a trial came from the queue (a baseline or a retry), not from the sampler alone."""
-    return "kind" in trial.user_attrs or "retry_history" in trial.system_attrs or "fixed_params" in trial.system_attrs
+    return KIND in trial.user_attrs or RETRY_HISTORY in trial.system_attrs or "fixed_params" in trial.system_attrs
 
 
 @dataclass
@@ -455,26 +440,13 @@ class _Budgeted:
             frozen = self.study._storage.get_trial(trial._trial_id)
             if _queued(frozen):  # a baseline or retry popped from the queue: put it back
                 RetryTrial()(self.study, frozen, limited=False)
-            trial.set_user_attr("fail_reason", f"not run: other workers reached the budget of {self.target} completed trials")
-            trial.set_user_attr("failure", "not_run")
+            trial.set_user_attr(FAIL_REASON, f"not run: other workers reached the budget of {self.target} completed trials")
+            trial.set_user_attr(FAILURE, Failure.NOT_RUN.value)
             raise BudgetReached()
 
     def __call__(self, trial: optuna.Trial) -> Any:
         self.check(trial)
         return self.objective(trial)
-
-
-def _requeue_interrupted(study: optuna.Study, trial_id: int | None, reason: str) -> str:
-    """After an interrupt: the running trial is FAIL with ``reason`` and queued again."""
-    if trial_id is None:
-        return ""
-    try:
-        trial = study._storage.get_trial(trial_id)
-        if trial.state != TrialState.RUNNING or not fail_and_retry(study, trial, reason, "interrupted", limited=False):
-            return ""
-    except StorageUnavailable:
-        return f"trial {trial_id} could not be marked FAIL (storage unreachable); the next worker that sees it queues it again"
-    return f"trial {trial.number} marked FAIL and queued to run again"
 
 
 def _run_one(
@@ -511,8 +483,8 @@ def _run_one(
         raise  # the trial stays RUNNING; whoever sees it next fails it and queues it again
     except Exception as exc:  # a bug or a broken setup: FAIL with the reason, then stop
         with contextlib.suppress(Exception), deferred():
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"{type(exc).__name__}: {exc}")
-            storage.set_trial_user_attr(trial._trial_id, "failure", "error")
+            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, f"{type(exc).__name__}: {exc}")
+            storage.set_trial_user_attr(trial._trial_id, FAILURE, Failure.ERROR.value)
             study.tell(trial, state=TrialState.FAIL)
         raise
     _call(callbacks, study, frozen)
@@ -575,7 +547,7 @@ def run_study(
 
     def diverged() -> int:
         fails = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        return sum(1 for t in fails if t.user_attrs.get("failure") == "diverged")
+        return sum(1 for t in fails if t.user_attrs.get(FAILURE) == Failure.DIVERGED)
 
     def done() -> bool:
         # The budget, convergence, or trials that keep diverging (a broken setup).
@@ -597,7 +569,7 @@ def run_study(
                 if not _run_one(study, objective, budgeted, callbacks, current):
                     time.sleep(poll_interval)
     except KeyboardInterrupt as exc:
-        note = _requeue_interrupted(study, current[-1] if current else None, interrupt_reason(exc))
+        note = requeue_interrupted(study, current[-1] if current else None, interrupt_reason(exc))
         if isinstance(exc, Interrupted):
             exc.note = note
         raise

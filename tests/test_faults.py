@@ -303,17 +303,6 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path:
 # ----------------------------------------------------------------------------- bad input
 
 
-def run_in(cwd: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        code = main(list(argv))
-    finally:
-        os.chdir(old)
-    _, err = capsys.readouterr()
-    return code, err
-
-
 @pytest.mark.parametrize(
     "argv,message",
     [
@@ -329,38 +318,42 @@ def run_in(cwd: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[i
         (["create", "bad.toml"], "not valid TOML"),
     ],
 )
-def test_bad_input_exit_2_one_line_nothing_written(tmp_path: Path, capsys, monkeypatch, argv: list[str], message: str) -> None:
+def test_bad_input_exit_2_one_line_nothing_written(
+    tmp_path: Path, run_motune, monkeypatch, argv: list[str], message: str
+) -> None:
     monkeypatch.delenv("MOTUNE_STORAGE", raising=False)
     (tmp_path / "bad.toml").write_text("[study\nname = ")
-    code, err = run_in(tmp_path, capsys, *argv)
+    code, _, err = run_motune(tmp_path, *argv)
     assert code == 2 and message in err and "secret" not in err, err
     assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
 
 
-def test_worker_for_a_missing_study_changes_nothing(tmp_path: Path, capsys) -> None:
+def test_worker_for_a_missing_study_changes_nothing(tmp_path: Path, run_motune) -> None:
     config = StudyConfig.from_dict({"study": {"name": "there"}})
     url = f"sqlite:///{tmp_path / 's.db'}"
     create_or_load_study(config, open_storage(url), "there")
     before = (tmp_path / "s.db").read_bytes()
-    code, err = run_in(tmp_path, capsys, "worker", "--storage", url, "--study", "elsewhere")
+    code, _, err = run_motune(tmp_path, "worker", "--storage", url, "--study", "elsewhere")
     assert code == 2 and "'elsewhere' not found" in err
     assert (tmp_path / "s.db").read_bytes() == before
 
 
-def test_corrupt_data_file_exit_2_before_any_storage(tmp_path: Path, capsys) -> None:
+def test_corrupt_data_file_exit_2_before_any_storage(tmp_path: Path, run_motune) -> None:
     data = tmp_path / "fmnist"
     data.mkdir()
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (data / f"{stem}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03 not an idx file"))
     (tmp_path / "f.toml").write_text('[study]\nname = "f"\n[data]\ndataset = "fashion-mnist"\n[train]\nmodel = "lenet5"\n')
-    code, err = run_in(tmp_path, capsys, "run", "f.toml", "--data-dir", str(data))
+    code, _, err = run_motune(tmp_path, "run", "f.toml", "--data-dir", str(data))
     assert code == 2 and str(data) in err and len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.glob("*.db")) and not list(tmp_path.glob("*artifacts"))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "foreign"])
-def test_corrupt_or_foreign_checkpoint_export_exit_2_and_writes_nothing(tmp_path: Path, capsys, tiny_study, damage: str) -> None:
+def test_corrupt_or_foreign_checkpoint_export_exit_2_and_writes_nothing(
+    tmp_path: Path, run_motune, tiny_study, damage: str
+) -> None:
     study, _, artifact_dir = tiny_study
     db = Path(study.user_attrs["tiny_study"]["storage"].removeprefix("sqlite:///"))
     shutil.copy(db, tmp_path / "copy.db")
@@ -373,6 +366,6 @@ def test_corrupt_or_foreign_checkpoint_export_exit_2_and_writes_nothing(tmp_path
             target.write_bytes(target.read_bytes()[:100])
         else:
             torch.save({"format": "something-else", "weights": torch.zeros(3)}, target)
-    code, err = run_in(tmp_path, capsys, "export", "--storage", "sqlite:///copy.db", "--artifacts", "art", "--out", "out")
+    code, _, err = run_motune(tmp_path, "export", "--storage", "sqlite:///copy.db", "--artifacts", "art", "--out", "out")
     assert code == 2 and "trial" in err and "checkpoint" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out" / "pareto.csv").exists() and not (tmp_path / "out" / "checkpoints").exists()

@@ -251,3 +251,25 @@ def test_patient_storage_gives_up_after_its_patience(tmp_path: Path) -> None:
         storage.get_all_studies()
     flaky.up()
     assert storage.get_all_studies() == [] and not storage.in_outage
+
+
+def test_a_killed_worker_not_yet_reaped_counts_as_gone(tmp_path: Path) -> None:
+    """A SIGKILLed child stays a zombie until its parent reaps it; ``kill(pid, 0)`` still succeeds on it."""
+    import signal
+    import subprocess
+
+    from motune.faults import _pid_alive
+
+    child = subprocess.Popen(["sleep", "600"])
+    try:
+        assert _pid_alive(child.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        stat = Path(f"/proc/{child.pid}/stat")
+        deadline = time.monotonic() + 60
+        while stat.read_text().rpartition(")")[2].split()[0] != "Z":  # wait for the state, not for seconds
+            assert time.monotonic() < deadline, "the child never became a zombie"
+            time.sleep(0.01)
+        assert not _pid_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()

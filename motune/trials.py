@@ -1,0 +1,127 @@
+"""The trial schema: what a motune trial records, and the queries every reader shares.
+
+One place for the vocabulary that the study runner writes and the CLI, export, plots
+and benchmarks read: the weight parameter's name, the user-attribute keys, the trial
+kinds, the fidelities, the failure codes, and the few queries that must mean the same
+everywhere ("completed trials with finite values", "the Pareto set", the normalised
+hypervolume and its reference point).
+
+Example::
+
+    import optuna
+    from motune import trials
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for x in (0.0, 0.5, 1.0):
+        study.add_trial(optuna.trial.create_trial(values=[x, 1 - x * x]))
+    front = trials.pareto_set(trials.finite_complete(study.get_trials()))
+    print([t.values for t in front], trials.hypervolume_normalised(front))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any
+
+import numpy as np
+from optuna.trial import FrozenTrial, TrialState
+
+from motune.pareto import hypervolume, nondominated_mask, normalise
+from motune.sampler import FULL, KneeSampler
+
+PARAM = "l1_weight"  # the weight λ of the l1 term: the one parameter a weighted-sum trial suggests
+
+# User attributes of a trial (what export, plots and `motune status` read).
+KIND = "kind"  # one of KINDS; set on enqueued baselines before they run, on every trial after
+FIDELITY = "fidelity"  # FRONT or FULL (the sampler's own mark is a system attribute, see KneeSampler.fidelity)
+FAIL_REASON = "fail_reason"  # for people: why a FAIL trial failed
+FAILURE = "failure"  # for programs: a Failure value
+CHECKPOINT = "checkpoint"  # artifact id of the pruned network
+# Study user attributes.
+CONFIG_ATTR = "motune:config"  # the StudyConfig the study was created with; its presence marks a finished setup
+ORPHAN_ATTR_PREFIX = "motune:result_of_trial_"  # + N: the result of trial N, failed elsewhere while it trained
+# System attribute RetryTrial writes: the numbers of the trials this one retries, oldest first.
+RETRY_HISTORY = "retry_history"
+
+WEIGHTED_SUM = "weighted_sum"
+BASELINE_KINDS: tuple[str, ...] = ("smgd", "multi_adam", "multi_rmsprop")  # multi-gradient runs, no λ
+KINDS: tuple[str, ...] = (WEIGHTED_SUM, *BASELINE_KINDS)
+
+METRIC_NAMES = ["cross_entropy", "l1"]
+HYPERVOLUME_REFERENCE: tuple[float, float] = (1.1, 1.1)  # in normalised objectives: a little beyond the nadir
+
+
+class Failure(str, Enum):
+    """Why motune marked a trial FAIL (the ``failure`` user attribute)."""
+
+    DIVERGED = "diverged"  # NaN / inf loss: not retried, it would diverge again
+    INTERRUPTED = "interrupted"  # SIGINT / SIGTERM: queued again
+    WORKER_LOST = "worker_lost"  # its worker died or went silent: queued again
+    NOT_RUN = "not_run"  # started after other workers had filled the budget
+    ERROR = "error"  # an exception in motune or the user's code: the run stops
+
+
+def trial_kind(trial: Any) -> str:
+    """``weighted_sum`` unless the trial was enqueued as a baseline."""
+    return str(trial.user_attrs.get(KIND, WEIGHTED_SUM))
+
+
+def failure(trial: FrozenTrial) -> Failure | None:
+    """The trial's :class:`Failure`, if motune recorded one."""
+    try:
+        return Failure(trial.user_attrs.get(FAILURE))
+    except ValueError:
+        return None
+
+
+def is_full(trial: FrozenTrial) -> bool:
+    """Whether the trial is a full-fidelity retrain (of the knee, or a baseline)."""
+    return KneeSampler.fidelity(trial) == FULL or trial.user_attrs.get(FIDELITY) == FULL
+
+
+def number_or_none(value: Any) -> float | None:
+    """``value`` as a finite float, or None (for attributes that may be missing, NaN or of the wrong type)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def trial_lambda(trial: FrozenTrial) -> float | None:
+    """λ of a weighted-sum trial; None for the multi-gradient baselines."""
+    if trial_kind(trial) != WEIGHTED_SUM:
+        return None
+    return number_or_none(trial.params.get(PARAM, trial.user_attrs.get(PARAM)))
+
+
+def has_finite_values(trial: FrozenTrial) -> bool:
+    values = trial.values
+    return values is not None and len(values) == 2 and all(math.isfinite(v) for v in values)
+
+
+def finite_complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The COMPLETE trials with two finite objective values, in the given order."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and has_finite_values(t)]
+
+
+def pareto_set(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The nondominated ones of ``trials`` (finite values assumed), by cross-entropy, then number."""
+    if not trials:
+        return []
+    mask = nondominated_mask(np.array([t.values for t in trials], dtype=float))
+    return sorted((t for t, keep in zip(trials, mask) if keep), key=lambda t: (t.values[0], t.number))
+
+
+def hypervolume_normalised(
+    trials: Sequence[FrozenTrial], bounds: tuple[Sequence[float], Sequence[float]] | None = None
+) -> float:
+    """Hypervolume of ``trials``' values normalised to [0, 1] by ideal and nadir (``bounds``, default theirs).
+
+    The reference point is :data:`HYPERVOLUME_REFERENCE`, so the extreme points count too.
+    """
+    if not trials:
+        return 0.0
+    points = np.array([t.values for t in trials], dtype=float)
+    ideal, nadir = (points.min(axis=0), points.max(axis=0)) if bounds is None else (np.asarray(bounds[0]), np.asarray(bounds[1]))
+    return float(hypervolume(normalise(points, ideal, nadir), np.array(HYPERVOLUME_REFERENCE)))
