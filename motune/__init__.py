@@ -2,7 +2,8 @@
 
 Training is a biobjective problem, cross-entropy (accuracy) against the l1 norm of the
 weights (complexity), with intra-training pruning; the search over trade-offs is an
-Optuna multi-objective study. See DESIGN.md for the mathematics.
+Optuna multi-objective study (Reiners, Klamroth & Stiglmayr, arXiv 2008.13590).
+See README.md for the whole path and docs/architecture.md for where each piece lives.
 """
 
 from motune.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint

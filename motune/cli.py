@@ -25,6 +25,7 @@ import optuna
 from motune.checkpoint import CheckpointError
 from motune.config import ConfigError, StudyConfig
 from motune.data import DataError
+from motune.export import ExportError
 from motune.faults import DEFAULT_GRACE, DEFAULT_HEARTBEAT, Interrupted, handle_signals, interruptible
 from motune.patience import DEFAULT_PATIENCE, StorageUnavailable, patient
 from motune.report import TABLE_HEAD, Progress, dashboard_command, print_summary
@@ -113,9 +114,26 @@ def _artifact_dir(args: argparse.Namespace, url: str, study_name: str) -> Path:
 # ----------------------------------------------------------------------------- commands
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _work(
+    args: argparse.Namespace, config: StudyConfig, study: optuna.Study, artifact_dir: Path, target: int, worker_index: int
+) -> optuna.Study:
+    """Train the study's trials in this process (``run`` with one worker, and ``worker``) with progress output."""
     from motune.faults import worker_seed
-    from motune.study import Objective, create_or_load_study, run_study
+    from motune.study import Objective, run_study
+
+    progress = Progress(target, config, enabled=not args.quiet)
+    objective = Objective(config, str(artifact_dir), on_epoch=progress.on_epoch, on_start=progress.on_start,
+                          heartbeat_interval=args.heartbeat or None)
+    return run_study(
+        config, study._storage, study_name=study.study_name, join=True, n_trials=target, timeout=args.timeout,
+        artifact_dir=artifact_dir, objective=objective, callbacks=[progress.after_trial],
+        seed=worker_seed(config.study.seed, worker_index), grace_period=args.grace if args.heartbeat else None,
+        storage_patience=args.storage_patience,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from motune.study import create_or_load_study
 
     config, source = _load_config(args.config, args.data_dir)
     _check_run_options(args)
@@ -139,14 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = run_local_workers(study, url, args.workers, target, options, args.quiet)
     else:
         print(TABLE_HEAD, flush=True)
-        progress = Progress(target, config, enabled=not args.quiet)
-        objective = Objective(config, str(artifact_dir), on_epoch=progress.on_epoch, on_start=progress.on_start,
-                              heartbeat_interval=args.heartbeat or None)
-        study = run_study(
-            config, storage, study_name=name, n_trials=target, timeout=args.timeout, artifact_dir=artifact_dir,
-            objective=objective, callbacks=[progress.after_trial], seed=worker_seed(config.study.seed, 0),
-            grace_period=args.grace if args.heartbeat else None, storage_patience=args.storage_patience,
-        )
+        study = _work(args, config, study, artifact_dir, target, worker_index=0)
         code = 0
     print()
     print_summary(study, config)
@@ -157,8 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from motune.faults import default_worker_index, host_name, worker_seed
-    from motune.study import Objective, run_study
+    from motune.faults import default_worker_index, host_name
 
     if not args.storage:
         raise UsageError(f"--storage URL is required (or set ${STORAGE_ENV}): the storage of the study to join")
@@ -179,15 +189,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"motune worker {host_name()}:{os.getpid()}: study {name!r} in {mask_url(url)}; up to {target} completed trials; "
               f"checkpoints in {artifact_dir}", flush=True)
         print(TABLE_HEAD, flush=True)
-    progress = Progress(target, config, enabled=not args.quiet)
-    objective = Objective(config, str(artifact_dir), on_epoch=progress.on_epoch, on_start=progress.on_start,
-                          heartbeat_interval=args.heartbeat or None)
-    study = run_study(
-        config, study._storage, study_name=name, join=True, n_trials=target, timeout=args.timeout,
-        artifact_dir=artifact_dir, objective=objective, callbacks=[progress.after_trial],
-        seed=worker_seed(config.study.seed, index), grace_period=args.grace if args.heartbeat else None,
-        storage_patience=args.storage_patience,
-    )
+    study = _work(args, config, study, artifact_dir, target, worker_index=index)
     if not args.quiet:
         print()
         print_summary(study, config)
@@ -339,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-USER_ERRORS = (UsageError, ConfigError, StudyError, DataError, CheckpointError)
+USER_ERRORS = (UsageError, ConfigError, StudyError, DataError, CheckpointError, ExportError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -349,18 +351,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.captureWarnings(False)
-    try:
-        from motune.export import ExportError
-
-        user_errors: tuple[type[BaseException], ...] = (*USER_ERRORS, ExportError)
-    except ImportError:  # pragma: no cover
-        user_errors = USER_ERRORS
     # run / worker turn SIGINT and SIGTERM into a clean stop; the other commands keep Python's default.
     guard = handle_signals() if args.command in ("run", "worker") else contextlib.nullcontext()
     with guard:
         try:
             return int(args.func(args) or 0)
-        except user_errors as exc:
+        except USER_ERRORS as exc:
             print(f"motune: error: {mask_secrets(str(exc))}", file=sys.stderr)
             return 2
         except StorageUnavailable as exc:  # an outage longer than --storage-patience

@@ -5,23 +5,18 @@ Each trial trains one network with :func:`motune.train` and returns
 ``trial.suggest_float("l1_weight", 0, 1)`` (chosen by :class:`~motune.sampler.KneeSampler`),
 baseline trials (SMGD, multi-Adam, multi-RMSprop) are enqueued with a ``kind`` user
 attribute and take no ``λ``. Every trial's pruned weights are kept as an Optuna artifact
-(so optuna-dashboard can offer them), its metrics as user attributes.
+(so optuna-dashboard can offer them), its metrics as user attributes (the schema is
+:mod:`motune.trials`).
 
-Storages are opened by :mod:`motune.storage`; fault handling lives in :mod:`motune.faults`.
-
-Scale out and faults (DESIGN.md §7). Any number of processes, on any machines, run
-:func:`run_study` on one storage; the sampler coordinates through the storage alone.
-:func:`run_study` counts COMPLETE trials of the whole study and starts a trial only while
-``completed + running < n_trials``, so a study asked for N completed trials ends with N,
-whoever trained them. A trial whose worker dies is failed and queued again with the same
-``λ``, fidelity and kind (:class:`RetryTrial`) by the next worker that notices
-(:class:`WorkerWatch`): its process is gone (same host), its heartbeat stopped (a
-``motune:heartbeat`` system attribute every few seconds, any storage), or Optuna's RDB
-heartbeat went stale. SIGINT / SIGTERM (:func:`handle_signals`) stop the running trial
-as FAIL with ``fail_reason`` and queue it again, so running again resumes the budget.
-
-Every FAIL trial motune makes carries user attributes ``fail_reason`` (for people) and
-``failure`` (``diverged``, ``interrupted``, ``worker_lost``, ``not_run``).
+Scale out. Any number of processes, on any machines, run :func:`run_study` on one
+storage; the sampler coordinates through the storage alone. :func:`run_study` counts
+COMPLETE trials of the whole study and starts a trial only while ``completed + running
+< n_trials``, so a study asked for N completed trials ends with N, whoever trained them.
+It drives Optuna's ask-and-tell interface itself (rather than ``study.optimize``) so
+that training and recording are separate steps: a result whose trial was failed
+elsewhere meanwhile still lands (:func:`record_outcome`), and a signal can stop a trial
+at any point. Faults (dead workers, signals, heartbeats) are :mod:`motune.faults`;
+storage outages are ridden out by :mod:`motune.patience`.
 """
 
 from __future__ import annotations
