@@ -30,18 +30,36 @@ point of accuracy against (d), and is at least as accurate as (b) and (c). With
 (the search itself runs once), and (b)-(d) are run per seed at that seed's sparsity;
 the headline numbers are means over seeds.
 
+(f) ``front_vs_gmp``: every front trial of the knee study with at most 20% of the dense
+    weights kept, against GMP trained to the same sparsity for the same (front) epochs.
+
+``--ablation`` adds the levers of issue 11, each alone and together, at E epochs for each
+seed: the optimiser form (``combined``: one Adam over ``(1 - λ) g1 + λ sign(w)``;
+``per_objective``: the authors' MAdam, separate moments per objective), the cubic λ
+warm-up (``l1_ramp``, half of the penalised epochs) and the masked fine-tune
+(``finetune_epochs`` = E // 5, same Adam). Each lever setting runs at two λ (the two forms
+need λ of different scales for the same sparsity); every network is compared with a GMP
+curve (GMP at 1, 2, 4 and 8% kept, same seed and epochs) interpolated in log(kept) at the
+network's own sparsity, so "Δ vs GMP" is at matched sparsity and epochs. ``--ablation-only``
+skips (a)-(f); ``--jobs N`` trains N networks at a time (one thread each).
+
 Torch runs with one thread: on 2 shared cores LeNet-5 trained ~20x slower with two
 (measured, see docs/benchmarks.md).
 
-    python bench/pruning.py            # full: E = 15 (front trials 5 epochs), 2 seeds
-    python bench/pruning.py --quick    # E = 3 (front 1), 10,000 training images, 1 seed
+    python bench/pruning.py                       # full: E = 15 (front trials 5 epochs), 2 seeds
+    python bench/pruning.py --quick               # E = 3 (front 1), 10,000 training images, 1 seed
+    python bench/pruning.py --ablation-only --jobs 2 --json bench/results/pruning-ablation.json
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import copy
 import dataclasses
+import json
+import math
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -64,7 +82,22 @@ from _common import RESULTS, load_average, setup, table, write_json
 STUDY_TOML = Path(__file__).resolve().parent.parent / "studies" / "fashion_mnist_lenet5.toml"
 LR, BATCH = 1e-3, 128
 METHODS = ("dense", "knee", "magnitude", "gmp", "knee_finetune")
-TARGETS = {"knee_fraction_kept_max": 0.05, "accuracy_loss_pp_max": 1.0}
+TARGETS = {"knee_fraction_kept_max": 0.05, "accuracy_loss_pp_max": 1.0, "knee_vs_gmp_pp_min": -0.5}
+# Ablation rows: name -> (optimizer_form, l1_ramp, with fine-tune). Each row runs at the λ of
+# its form in ABLATION_LAMBDAS (chosen so that both land near the knee's 2-5% kept).
+ABLATION = {
+    "combined (today)": ("combined", 0.0, False),
+    "combined + fine-tune": ("combined", 0.0, True),
+    "combined + ramp": ("combined", 0.5, False),
+    "combined + ramp + fine-tune": ("combined", 0.5, True),
+    "per-objective": ("per_objective", 0.0, False),
+    "per-objective + fine-tune": ("per_objective", 0.0, True),
+    "per-objective + ramp": ("per_objective", 0.5, False),
+    "per-objective + ramp + fine-tune": ("per_objective", 0.5, True),
+}
+ABLATION_LAMBDAS = {"combined": (7e-4, 1.2e-3), "per_objective": (0.05, 0.1)}
+GMP_CURVE_KEPT = (0.01, 0.02, 0.04, 0.08)
+FRONT_MAX_KEPT = 0.20
 
 
 # ----------------------------------------------------------------------------- plain loop
@@ -229,6 +262,133 @@ def retrain_full(config: motune.StudyConfig, lam: float, seed: int, data: motune
             "train_seconds": r.train_seconds}
 
 
+# ----------------------------------------------------------------------------- ablation and front vs GMP
+
+_DATA: dict[tuple[str | None, int | None], motune.Dataset] = {}
+
+
+def _job(spec: dict[str, Any]) -> dict[str, Any]:
+    """One network, in a worker process (one torch thread): a motune run or a GMP run."""
+    torch.set_num_threads(1)
+    key = (spec["data_dir"], spec["limit"])
+    if key not in _DATA:
+        _DATA[key] = motune.load_dataset("fashion-mnist", spec["data_dir"], limit=spec["limit"])
+    data = _DATA[key]
+    if spec["kind"] == "gmp":
+        return {**spec, **gmp(data, spec["epochs"], spec["fraction"], spec["seed"]), "key": _key(spec)}
+    r = motune.train(motune.TrainConfig(**spec["config"]), data=data)
+    return {**spec, "key": _key(spec), "test_accuracy": r.test_accuracy, "fraction_kept": r.fraction_kept, "epochs": r.epochs,
+            "nonzeros_per_layer": r.nonzeros_per_layer, "train_seconds": r.train_seconds}
+
+
+def run_jobs(specs: list[dict[str, Any]], jobs: int, partial: Path | None = None) -> list[dict[str, Any]]:
+    """Run independent trainings ``jobs`` at a time (spawned processes: no forked OpenMP state).
+
+    Every finished network is appended to ``partial`` (JSON lines) as it comes in; networks
+    already there (same label and settings) are not trained again (``--resume``).
+    """
+    done: dict[str, dict[str, Any]] = {}
+    if partial is not None and partial.exists():
+        for line in partial.read_text().splitlines():
+            r = json.loads(line)
+            done[r["key"]] = r
+    todo = [spec for spec in specs if _key(spec) not in done]
+    if len(todo) < len(specs):
+        print(f"  resuming: {len(specs) - len(todo)} of {len(specs)} networks already in {partial}", flush=True)
+
+    def finished(i: int, r: dict[str, Any]) -> None:
+        done[r["key"]] = r
+        if partial is not None:
+            with partial.open("a") as fh:
+                fh.write(json.dumps(r, default=str) + "\n")
+        print(f"  [{i}/{len(todo)}] {r['label']}: acc {r['test_accuracy']:.4f}, kept {r['fraction_kept']:.4f}", flush=True)
+
+    if jobs <= 1:
+        for i, spec in enumerate(todo, 1):
+            finished(i, _job(spec))
+    else:
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_job, spec) for spec in todo]
+            for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
+                finished(i, fut.result())
+    return [done[_key(spec)] for spec in specs]
+
+
+def _key(spec: dict[str, Any]) -> str:
+    """Identity of a network (of its spec, before results are merged in): label and every setting."""
+    fields = ("kind", "label", "epochs", "fraction", "seed", "limit", "config")
+    return json.dumps({k: spec.get(k) for k in fields}, sort_keys=True, default=str)
+
+
+def interpolate_log_kept(curve: list[tuple[float, float]], kept: float) -> tuple[float, bool]:
+    """Accuracy at ``kept`` from ``(kept, accuracy)`` points, linear in log(kept); True if extrapolated."""
+    pts = sorted(curve)
+    if kept <= 0:
+        return pts[0][1], True
+    i = next((k for k in range(1, len(pts) - 1) if kept < pts[k][0]), len(pts) - 1)
+    (k0, a0), (k1, a1) = pts[i - 1], pts[i]
+    t = (math.log(kept) - math.log(k0)) / (math.log(k1) - math.log(k0))
+    return a0 + t * (a1 - a0), not pts[0][0] <= kept <= pts[-1][0]
+
+
+def ablation_specs(base: dict[str, Any], epochs: int, seeds: int) -> list[dict[str, Any]]:
+    """Every ablation network and the GMP curve of every seed, as job specs."""
+    finetune = max(1, epochs // 5)
+    specs = []
+    for seed in range(seeds):
+        for f in GMP_CURVE_KEPT:
+            specs.append({**base, "kind": "gmp", "epochs": epochs, "fraction": f, "seed": seed,
+                          "label": f"gmp {f:.0%} seed {seed}"})
+        for row, (form, ramp, ft) in ABLATION.items():
+            for lam in ABLATION_LAMBDAS[form]:
+                config = {"dataset": "fashion-mnist", "data_dir": base["data_dir"], "limit": base["limit"],
+                          "model": "lenet5", "optimizer": "adam", "lr": LR, "batch_size": BATCH, "epochs": epochs,
+                          "l1_weight": lam, "optimizer_form": form, "l1_ramp": ramp,
+                          "finetune_epochs": finetune if ft else 0, "seed": seed, "device": "cpu"}
+                specs.append({**base, "kind": "motune", "row": row, "l1_weight": lam, "seed": seed, "config": config,
+                              "label": f"{row} λ={lam:g} seed {seed}"})
+    return specs
+
+
+def summarise_ablation(results: list[dict[str, Any]], seeds: int) -> dict[str, Any]:
+    """Per row and λ: means over seeds of accuracy, kept and Δ vs the same seed's GMP curve at that kept."""
+    curves = {s: [(r["fraction_kept"], r["test_accuracy"]) for r in results if r["kind"] == "gmp" and r["seed"] == s]
+              for s in range(seeds)}
+    rows = []
+    for row, (form, ramp, _) in ABLATION.items():
+        for lam in ABLATION_LAMBDAS[form]:
+            runs = [r for r in results if r["kind"] == "motune" and r["row"] == row and r["l1_weight"] == lam]
+            deltas, extrapolated = [], False
+            for r in runs:
+                ref, out = interpolate_log_kept(curves[r["seed"]], r["fraction_kept"])
+                r["gmp_at_same_kept"], r["delta_vs_gmp_pp"] = ref, 100 * (r["test_accuracy"] - ref)
+                deltas.append(r["delta_vs_gmp_pp"])
+                extrapolated |= out
+            rows.append({"row": row, "optimizer_form": form, "l1_ramp": ramp,
+                         "finetune_epochs": runs[0]["config"]["finetune_epochs"], "l1_weight": lam, "epochs": runs[0]["epochs"],
+                         "test_accuracy": statistics.fmean(r["test_accuracy"] for r in runs),
+                         "fraction_kept": statistics.fmean(r["fraction_kept"] for r in runs),
+                         "delta_vs_gmp_pp": statistics.fmean(deltas), "gmp_extrapolated": extrapolated,
+                         "per_seed": [{k: r[k] for k in ("seed", "test_accuracy", "fraction_kept", "gmp_at_same_kept",
+                                                         "delta_vs_gmp_pp", "train_seconds")} for r in runs]})
+    by_row = {row: statistics.fmean(r["delta_vs_gmp_pp"] for r in rows if r["row"] == row) for row in ABLATION}
+    return {"rows": rows, "mean_delta_vs_gmp_pp_by_row": by_row,
+            "gmp_curve": {str(s): sorted(c) for s, c in curves.items()}}
+
+
+def front_vs_gmp_specs(study: optuna.Study, base: dict[str, Any], front_epochs: int) -> list[dict[str, Any]]:
+    """GMP at the sparsity, seed and epochs of every front trial that keeps at most FRONT_MAX_KEPT."""
+    specs = []
+    for t in study.trials:
+        a = t.user_attrs
+        if (t.state == optuna.trial.TrialState.COMPLETE and a.get("kind") == "weighted_sum"
+                and a.get("fidelity") == "front" and 0 < a.get("fraction_kept", 1.0) <= FRONT_MAX_KEPT):
+            specs.append({**base, "kind": "gmp", "epochs": front_epochs, "fraction": a["fraction_kept"], "seed": a["seed"],
+                          "trial": t.number, "l1_weight": t.params.get("l1_weight"), "front_accuracy": a["test_accuracy"],
+                          "label": f"gmp for front trial {t.number} ({a['fraction_kept']:.2%} kept)"})
+    return specs
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -236,10 +396,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="E = 3, 10,000 training images, 1 seed")
     parser.add_argument("--epochs", type=int, default=None, help="epoch budget E (front trials: E // 3)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds for the retrained knee and (b)-(d)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds for the retrained knee, (b)-(d) and the ablation")
     parser.add_argument("--trials", type=int, default=20, help="trial budget of the knee study")
     parser.add_argument("--limit", type=int, default=None, help="training images (default: all 50,000; quick 10,000)")
     parser.add_argument("--no-finetune", action="store_true", help="skip (e), the knee with a masked fine-tune")
+    parser.add_argument("--ablation", action="store_true", help="also run the lever ablation against a GMP curve")
+    parser.add_argument("--ablation-only", action="store_true", help="run only the ablation (skip (a)-(f))")
+    parser.add_argument("--jobs", type=int, default=1, help="networks trained at a time (processes, one thread each)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the networks already in JSON.partial.jsonl from an interrupted run (ablation, front vs GMP)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see the docstring)")
     parser.add_argument("--json", default=str(RESULTS / "pruning.json"), help="where to write the JSON results")
     args = parser.parse_args()
@@ -259,11 +424,41 @@ def main() -> None:
     config.train.device = "cpu"
     config = config.validate()
     db = Path(args.json).with_suffix(".db")
-    db.unlink(missing_ok=True)
     data = motune.load_dataset("fashion-mnist", config.data.data_dir, limit=limit)
+    job_base = {"data_dir": config.data.data_dir, "limit": limit}
+    args.partial = Path(args.json).with_suffix(".partial.jsonl")
+    if not args.resume:
+        args.partial.unlink(missing_ok=True)
+    out: dict[str, Any] = {
+        "benchmark": "pruning",
+        "quick": args.quick,
+        "setup": {"dataset": "fashion-mnist", "train_images": len(data.x_train), "test_images": len(data.x_test),
+                  "model": "lenet5", "optimizer": "adam", "lr": LR, "batch_size": BATCH, "epochs": epochs,
+                  "front_epochs": config.train.front_epochs, "study_trials_max": args.trials, "seeds": seeds,
+                  "sparsity_counted_over": "dense-layer weights (58,920 in LeNet-5)",
+                  "train_defaults": {k: getattr(config.train, k) for k in ("optimizer_form", "l1_ramp", "finetune_epochs")
+                                     if hasattr(config.train, k)},
+                  "torch_threads": args.threads, "jobs": args.jobs},
+        "machine": info,
+        "targets": TARGETS,
+    }
+    if not args.ablation_only:
+        out.update(knee_comparison(args, config, data, db, epochs, seeds, job_base))
+    if args.ablation or args.ablation_only:
+        out["ablation"] = ablation(args, epochs, seeds, job_base)
+    out["load_average_at_end"] = load_average()
+    out["wall_seconds"] = time.perf_counter() - t_start
+    print(f"wall {out['wall_seconds']:.0f} s")
+    path = write_json(args.json, out)
+    print(f"wrote {path}" + ("" if args.ablation_only else f" (study: {db})"))
 
+
+def knee_comparison(args: argparse.Namespace, config: motune.StudyConfig, data: motune.Dataset, db: Path, epochs: int,
+                    seeds: int, job_base: dict[str, Any]) -> dict[str, Any]:
+    """(a)-(f): the knee study, its knee against magnitude pruning and GMP, the front against GMP."""
+    db.unlink(missing_ok=True)
     print(f"knee study: {args.trials} trials at most, front {config.train.front_epochs} epochs, full {epochs}", flush=True)
-    knee0, _study = knee_network(config, f"sqlite:///{db}", args.trials)
+    knee0, study = knee_network(config, f"sqlite:///{db}", args.trials)
     print(f"knee: λ={knee0['l1_weight']:.3g}, kept {knee0['fraction_kept']:.4f}, acc {knee0['test_accuracy']:.4f} "
           f"({knee0['study_trials']} trials, {knee0['study_epochs']} epochs, {knee0['study_seconds']:.0f} s)", flush=True)
 
@@ -282,6 +477,14 @@ def main() -> None:
         print(f"seed {seed}: " + ", ".join(f"{m} {res[m]['test_accuracy']:.4f} (kept {res[m]['fraction_kept']:.4f})"
                                            for m in METHODS if m in res), flush=True)
 
+    print(f"front vs GMP: front trials with at most {FRONT_MAX_KEPT:.0%} kept, GMP at {config.train.front_epochs} epochs",
+          flush=True)
+    front = run_jobs(front_vs_gmp_specs(study, job_base, config.train.front_epochs), args.jobs, args.partial)
+    front_rows = [{"trial": r["trial"], "l1_weight": r["l1_weight"], "epochs": r["epochs"], "fraction_kept": r["fraction"],
+                   "front_accuracy": r["front_accuracy"], "gmp_accuracy": r["test_accuracy"],
+                   "delta_pp": 100 * (r["front_accuracy"] - r["test_accuracy"])} for r in front]
+    front_rows.sort(key=lambda r: r["fraction_kept"])
+
     def mean(method: str, key: str) -> float:
         return statistics.fmean(s[method][key] for s in per_seed)
 
@@ -293,24 +496,27 @@ def main() -> None:
         "knee_fraction_kept_le_0.05": kept <= TARGETS["knee_fraction_kept_max"],
         "accuracy_loss_le_1pp": loss_pp <= TARGETS["accuracy_loss_pp_max"],
         "knee_ge_magnitude": knee_acc >= mag_acc,
+        "knee_ge_gmp_minus_0.5pp": 100 * (knee_acc - gmp_acc) >= TARGETS["knee_vs_gmp_pp_min"],
         "knee_ge_gmp": knee_acc >= gmp_acc,
     }
-    wall = time.perf_counter() - t_start
-    out = {
-        "benchmark": "pruning",
-        "quick": args.quick,
-        "setup": {"dataset": "fashion-mnist", "train_images": len(data.x_train), "test_images": len(data.x_test),
-                  "model": "lenet5", "optimizer": "adam", "lr": LR, "batch_size": BATCH, "epochs": epochs,
-                  "front_epochs": config.train.front_epochs, "study_trials_max": args.trials, "seeds": seeds,
-                  "sparsity_counted_over": "dense-layer weights (58,920 in LeNet-5)",
-                  "magnitude": f"dense {epochs // 2} epochs, global L1 prune, fine-tune {epochs - epochs // 2}",
-                  "gmp": "Zhu & Gupta cubic schedule, see per_seed[*].gmp.schedule",
-                  "knee_finetune": f"knee λ {epochs - max(1, epochs // 3)} epochs, masked λ = 0 fine-tune "
-                                   f"{max(1, epochs // 3)} epochs (information only)",
-                  "torch_threads": args.threads, "study_storage": str(db)},
-        "machine": info,
-        "load_average_at_end": load_average(),
-        "wall_seconds": wall,
+    print(f"\nLeNet-5 / Fashion-MNIST ({len(data.x_train)} training images), E = {epochs} epochs, "
+          f"Adam lr {LR}, batch {BATCH}; test accuracy, mean over {seeds} seed(s)")
+    rows = [[m, mean(m, "test_accuracy"), mean(m, "fraction_kept"), 100 * (mean(m, "test_accuracy") - dense_acc)]
+            for m in METHODS if m in per_seed[0]]
+    print(table(rows, ["network", "test acc", "dense weights kept", "Δ vs dense (pp)"]))
+    for name, ok in checks.items():
+        print(f"{name}: {'met' if ok else 'MISSED'}")
+    print(f"knee λ = {knee0['l1_weight']:.3g}; study: {knee0['study_trials']} trials, {knee0['study_epochs']} epochs, "
+          f"{knee0['study_seconds']:.0f} s")
+    print(f"\nfront vs GMP ({config.train.front_epochs} epochs each, seed of the trial)")
+    print(table([[r["trial"], r["l1_weight"], r["fraction_kept"], r["front_accuracy"], r["gmp_accuracy"], r["delta_pp"]]
+                 for r in front_rows], ["trial", "λ", "kept", "front acc", "GMP acc", "Δ (pp)"]))
+    return {
+        "study_storage": str(db),
+        "magnitude": f"dense {epochs // 2} epochs, global L1 prune, fine-tune {epochs - epochs // 2}",
+        "gmp": "Zhu & Gupta cubic schedule, see per_seed[*].gmp.schedule",
+        "knee_finetune": f"knee λ {epochs - max(1, epochs // 3)} epochs, masked λ = 0 fine-tune "
+                         f"{max(1, epochs // 3)} epochs (information only)",
         "knee_fraction_kept": kept,
         "knee_accuracy": knee_acc,
         "dense_accuracy": dense_acc,
@@ -321,24 +527,28 @@ def main() -> None:
         "knee_finetune_accuracy": None if args.no_finetune else mean("knee_finetune", "test_accuracy"),
         "knee_finetune_fraction_kept": None if args.no_finetune else mean("knee_finetune", "fraction_kept"),
         "knee_accuracy_loss_pp": loss_pp,
+        "knee_vs_gmp_pp": 100 * (knee_acc - gmp_acc),
         "knee_lambda": knee0["l1_weight"],
         "knee_search": {k: v for k, v in knee0.items() if k not in ("test_accuracy", "fraction_kept")},
-        "targets": TARGETS,
         "checks": checks,
         "per_seed": per_seed,
+        "front_vs_gmp": front_rows,
     }
 
-    print(f"\nLeNet-5 / Fashion-MNIST ({len(data.x_train)} training images), E = {epochs} epochs, "
-          f"Adam lr {LR}, batch {BATCH}; test accuracy, mean over {seeds} seed(s)")
-    rows = [[m, mean(m, "test_accuracy"), mean(m, "fraction_kept"), 100 * (mean(m, "test_accuracy") - dense_acc)]
-            for m in METHODS if m in per_seed[0]]
-    print(table(rows, ["network", "test acc", "dense weights kept", "Δ vs dense (pp)"]))
-    for name, ok in checks.items():
-        print(f"{name}: {'met' if ok else 'MISSED'}")
-    print(f"knee λ = {knee0['l1_weight']:.3g}; study: {knee0['study_trials']} trials, {knee0['study_epochs']} epochs, "
-          f"{knee0['study_seconds']:.0f} s; wall {wall:.0f} s")
-    path = write_json(args.json, out)
-    print(f"wrote {path} (study: {db})")
+
+def ablation(args: argparse.Namespace, epochs: int, seeds: int, job_base: dict[str, Any]) -> dict[str, Any]:
+    """Each lever alone and together, every network against the GMP curve at its own sparsity."""
+    specs = ablation_specs(job_base, epochs, seeds)
+    print(f"ablation: {len(specs)} networks of {epochs} epochs, {args.jobs} at a time", flush=True)
+    summary = summarise_ablation(run_jobs(specs, args.jobs, args.partial), seeds)
+    print(f"\nablation, E = {epochs} epochs every network, mean over {seeds} seed(s); "
+          "Δ vs GMP at the same sparsity (GMP curve interpolated in log kept)")
+    print(table([[r["row"], r["l1_weight"], r["epochs"], r["test_accuracy"], r["fraction_kept"], r["delta_vs_gmp_pp"]]
+                 for r in summary["rows"]], ["levers", "λ", "epochs", "test acc", "kept", "Δ vs GMP (pp)"]))
+    print("GMP curve (kept, acc): " + "; ".join(f"seed {s}: " + ", ".join(f"({k:.3f}, {a:.4f})" for k, a in c)
+                                                for s, c in summary["gmp_curve"].items()))
+    return {"finetune_epochs": max(1, epochs // 5), "l1_ramp": 0.5, "lambdas": ABLATION_LAMBDAS,
+            "gmp_curve_kept": GMP_CURVE_KEPT, **summary}
 
 
 if __name__ == "__main__":
