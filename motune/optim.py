@@ -86,6 +86,8 @@ class PerObjectiveOptimizer(torch.optim.Optimizer):
         g2_of: dict[int, torch.Tensor] = {}
         if c2 != 0.0:
             signs = [torch.sign(w) for w in self.penalised] if g2 is None else list(g2)
+            if len(signs) != len(self.penalised):
+                raise ValueError(f"g2: {len(signs)} tensors for {len(self.penalised)} penalised weights")
             g2_of = {id(w): s for w, s in zip(self.penalised, signs)}
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]

@@ -255,4 +255,6 @@ def test_bad_settings_are_refused() -> None:
     _backward(net, 0)
     with pytest.raises(ValueError, match="alpha"):
         opt.step(1.5)
+    with pytest.raises(ValueError, match="g2"):
+        opt.step(0.5, [torch.sign(pen[0].detach())])
     assert math.isfinite(float(net[2].weight.detach().sum()))
