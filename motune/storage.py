@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -78,7 +79,9 @@ def _redis_backend(url: str) -> optuna.storages.journal.JournalRedisBackend:
     prefix = query.pop("prefix", "")
     query.setdefault("socket_connect_timeout", str(CONNECT_TIMEOUT))
     clean = urlunsplit(parts._replace(query=urlencode(query)))
-    return optuna.storages.journal.JournalRedisBackend(clean, prefix=prefix)
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.1; it is the Redis storage Optuna has
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.journal.JournalRedisBackend(clean, prefix=prefix)
 
 
 _REDIS_CHECKED: set[str] = set()  # servers whose persistence this process has looked at
