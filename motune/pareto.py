@@ -1,10 +1,11 @@
-"""Two-objective Pareto geometry: nondominance, supported points, knee, hypervolume.
+"""Two-objective Pareto geometry: nondominance, supported points, knee, segments, hypervolume.
 
 Everything here is generic numpy on an ``(N, 2)`` array of objective vectors that
 are both *minimised*; rows keep their input order and the functions return indices
-into the input so callers can map results back to trials.
+into the input so callers can map results back to trials. No Optuna: the sampler
+(:mod:`motune.sampler`) decides *what* to try, this module only measures the front.
 
-Vocabulary (see DESIGN.md §5):
+Vocabulary:
 
 * *nondominated*: no other point is at least as good in both objectives and better
   in one.
@@ -13,22 +14,33 @@ Vocabulary (see DESIGN.md §5):
   of a hull edge (collinear) are weakly supported; they are not vertices and are
   not returned.
 * *normalised*: ``(f - ideal) / (nadir - ideal)`` with ideal and nadir taken over the
-  nondominated set, so the front spans ``[0, 1]`` in both objectives.
+  nondominated set, so the front spans ``[0, 1]`` in both objectives
+  (:func:`front_scale` is ``nadir - ideal``).
+* *normal weight* of a segment AB: the ``λ`` whose weighted sum is constant along AB
+  (:func:`normal_weight`). Training with it finds the front point farthest below AB,
+  if there is one: the step of dichotomic search (Aneja & Nair 1979), which finds
+  every supported point by recursing on the two new segments.
+* *knee*: the supported point where the trade-off turns most; see :func:`knee_index`
+  for the two criteria.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import numpy as np
 
 __all__ = [
+    "front_scale",
+    "hull_segments",
     "hypervolume",
     "knee_index",
     "nondominated_mask",
     "normal_weight",
     "normalise",
     "supported_points",
+    "weights_tie",
 ]
 
 # Cross products and depths below this (in normalised units) count as zero, so that
@@ -95,6 +107,69 @@ def normalise(
     extent = nadir - ideal
     extent = np.where(extent > 0, extent, 1.0)
     return (pts - ideal) / extent
+
+
+def front_scale(points: np.ndarray) -> np.ndarray:
+    """``nadir - ideal`` of the nondominated ``points``: the front's extent in each objective.
+
+    Dividing a difference of objective vectors by it measures it in normalised objectives
+    (see :func:`normalise`). An objective without extent (fewer than two front points, or
+    all equal) gets 1, so the result is always positive and finite for finite input.
+
+    >>> front_scale(np.array([[0.0, 10.0], [2.0, 0.0], [3.0, 20.0]]))
+    array([ 2., 10.])
+    """
+    pts = _as_points(points)
+    front = pts[nondominated_mask(pts)]
+    if len(front) < 2:
+        return np.ones(2)
+    extent = front.max(axis=0) - front.min(axis=0)
+    return np.where(extent > 0, extent, 1.0)
+
+
+def hull_segments(vertices: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normal weights and normalised lengths of the segments between consecutive ``vertices``.
+
+    ``vertices`` are supported points sorted by f1 (as :func:`supported_points` returns
+    them); segment ``i`` joins ``vertices[i]`` and ``vertices[i + 1]``. Its weight is
+    :func:`normal_weight` in raw objectives (the ``λ`` a trial trains with), its length
+    is measured in objectives divided by ``scale`` (:func:`front_scale`), so that f1 and
+    f2 count alike whatever their units. Fewer than two vertices: two empty arrays.
+
+    >>> weights, lengths = hull_segments(np.array([[0.0, 4.0], [1.0, 1.0], [3.0, 0.0]]), np.ones(2))
+    >>> weights.tolist(), lengths.round(3).tolist()
+    ([0.25, 0.666...], [3.162, 2.236])
+    """
+    pts = _as_points(vertices)
+    if len(pts) < 2:
+        return np.zeros(0), np.zeros(0)
+    weights = np.array([normal_weight(a, b) for a, b in itertools.pairwise(pts)])
+    steps = np.diff(pts, axis=0) / np.asarray(scale, dtype=float)
+    return weights, np.hypot(steps[:, 0], steps[:, 1])
+
+
+def weights_tie(
+    a: np.ndarray, b: np.ndarray, weights: np.ndarray, scale: np.ndarray, tolerance: float
+) -> np.ndarray:
+    """Which ``weights`` score points A and B within ``tolerance`` of each other.
+
+    For each ``λ'`` in ``weights``: ``|F_λ'(A) - F_λ'(B)| <= tolerance`` measured along the
+    unit normal of ``λ'`` in normalised objectives (objectives divided by ``scale``).
+    This is how the dichotomic search decides that a trial *probed* segment AB: the
+    segment's own normal weight ties A and B exactly, a weight close to it nearly, and
+    every weight ties the ends of a segment shorter than ``tolerance``. A weight that
+    ties A and B cannot find a point more than ``tolerance`` below AB that a weighted sum
+    prefers to both, so once it has been trained, AB is an edge of the front up to noise.
+
+    >>> a, b = np.array([0.0, 1.0]), np.array([1.0, 0.0])
+    >>> weights_tie(a, b, np.array([0.5, 0.505, 0.9]), np.ones(2), 0.02).tolist()
+    [True, True, False]
+    """
+    lams = np.asarray(weights, dtype=float).reshape(-1)
+    scale = np.asarray(scale, dtype=float)
+    gap = np.abs((1.0 - lams) * (a[0] - b[0]) + lams * (a[1] - b[1]))
+    norm = np.hypot((1.0 - lams) * scale[0], lams * scale[1])
+    return gap <= tolerance * norm
 
 
 def normal_weight(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,13 +1,31 @@
 """Knee-seeking Optuna sampler: dichotomic search over weighted-sum scalarisations.
 
-See DESIGN.md §2 and §5. One trial trains ``F_λ = (1 - λ) f1 + λ f2`` for one weight
-``λ`` (the parameter ``l1_weight``); :class:`KneeSampler` chooses the ``λ`` of each
-trial so that the supported points of the front are found around its knee first.
+One trial trains ``F_λ = (1 - λ) f1 + λ f2`` for one weight ``λ`` (the parameter
+``l1_weight``). A weighted sum reaches only the *supported* points of the front (the
+vertices of its lower convex hull, :mod:`motune.pareto`), and one weight per segment of
+the hull found so far is enough to find them all (Aneja & Nair's dichotomic search). The
+paper wants one network, the front's knee, so the search splits the segments next to the
+current knee first and stops once they are closed. The module has three layers, each
+usable and tested without the one above it:
+
+* **reading** a study: :func:`read_trials` turns its trials into one
+  :class:`TrialRecord` per trial that trains a weight (λ, values, state, fidelity);
+* **choosing**: :func:`choose_weight` decides the next weight from those records alone,
+  with the sampler's settings in :class:`SearchRules`; the geometry comes from
+  :mod:`motune.pareto` (:func:`search_front`, :func:`segments`, :func:`bracket`,
+  :func:`knee_confirmed` are its steps);
+* **coordinating**: :class:`KneeSampler` holds the Optuna hooks, writes each trial's
+  weight to the storage before the trial runs, and resolves races between workers.
+
+The sampler generalises beyond motune (any objective that suggests the weight and
+returns two values), so its trial vocabulary is its own: :data:`FIDELITY_ATTR`,
+:data:`FRONT`, :data:`FULL` (``motune.trials`` re-exports them for motune's schema).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import time
@@ -31,52 +49,445 @@ if TYPE_CHECKING:
 
 __all__ = ["KneeSampler"]
 
-FIDELITY_ATTR = "knee:fidelity"
-FRONT = "front"
-FULL = "full"
+FIDELITY_ATTR = "knee:fidelity"  # system attribute: the fidelity the sampler asked for
+FRONT = "front"  # a search trial (the paper approximates the front with a third of the epochs)
+FULL = "full"  # the one full-length retrain of the confirmed knee
 
 _PENDING = (TrialState.RUNNING, TrialState.WAITING)
 _MAX_RETRIES = 5  # re-plans when another worker planned the same λ at the same moment
 _ATOL = 1e-12  # weights closer than this are the same weight whatever their ratio
+_MIN_GAP_RATIO = 1.05  # narrower λ gaps are bisected last (see _bisect_farthest_gap)
 
 
-_MIN_GAP_RATIO = 1.05  # narrower λ gaps are bisected last (see _widest_gap)
+# ----------------------------------------------------------------------------- reading
 
 
-@dataclass
-class _Segment:
-    pos: int  # between supported[pos] and supported[pos + 1]
-    lam: float  # normal weight λ_AB in raw objectives
-    length: float  # in normalised objectives
-    closed: bool  # a finished trial probed it (see KneeSampler docstring)
-    busy: bool  # a running / waiting trial is probing it
+@dataclass(frozen=True)
+class TrialRecord:
+    """What the search knows of one trial that trained (or will train) a weight.
+
+    ``values`` are both minimised (a maximised objective is negated) and present only
+    for a COMPLETE trial whose two values are finite; ``fidelity`` is :data:`FRONT` or
+    :data:`FULL`. Records are built by :func:`read_trials`, or by hand in tests.
+    """
+
+    number: int
+    lam: float
+    state: TrialState
+    fidelity: str = FRONT
+    values: tuple[float, float] | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Running or waiting: its weight is taken, its result unknown."""
+        return self.state in _PENDING
 
 
-@dataclass
-class _Snapshot:
-    """Everything the sampler knows, derived from the study's trials."""
+def trial_fidelity(trial: BaseTrial) -> str:
+    """:data:`FULL` if the sampler asked for a full-fidelity run, else :data:`FRONT`.
 
-    search: list[FrozenTrial]  # COMPLETE, front fidelity, with λ and finite values
-    points: np.ndarray  # their values as minimisation, shape (n, 2)
-    lambdas: np.ndarray  # their λ
-    scale: np.ndarray  # nadir - ideal of the front (raw units, > 0)
-    supported: np.ndarray  # indices into `search`, sorted by f1
-    knee: int | None  # index into `search`
-    probed: list[float]  # λ of finished front trials (COMPLETE, FAIL, PRUNED)
-    planned: list[float]  # λ of RUNNING / WAITING front trials
-    full_complete: list[float]  # λ of COMPLETE full-fidelity trials
-    full_taken: list[float]  # λ of full-fidelity trials in any state
-    full_pending: list[float]  # λ of RUNNING / WAITING full-fidelity trials
-    full_trials: list[FrozenTrial]  # COMPLETE full-fidelity trials
-    bounds: tuple[float, float]  # range of the λ distribution
-    bracket_open: bool = True  # the end of the front may lie beyond the largest λ tried
-    extension: float | None = None  # the λ that extends the bracket, when one is due now
+    Reads the system attribute :data:`FIDELITY_ATTR` (through the storage for a running
+    :class:`~optuna.trial.Trial`); trials without it (e.g. added by hand) may say
+    ``"full"`` in the user attribute ``"fidelity"``.
+    """
+    if isinstance(trial, Trial):
+        attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
+        user = trial.user_attrs
+    else:
+        attrs = getattr(trial, "system_attrs", None) or {}
+        user = getattr(trial, "user_attrs", None) or {}
+    return FULL if attrs.get(FIDELITY_ATTR, user.get("fidelity")) == FULL else FRONT
+
+
+def trial_weight(trial: FrozenTrial, param_name: str = "l1_weight") -> float | None:
+    """The weight a trial trained (finished) or will train (running / waiting); None if none.
+
+    A pending trial's weight is the one :class:`KneeSampler` planned for it (system
+    attribute ``"knee:<param_name>"``) or the one it was enqueued with.
+    """
+    if param_name in trial.params:
+        return float(trial.params[param_name])
+    if trial.state in _PENDING:
+        lam = trial.system_attrs.get(f"knee:{param_name}")
+        if lam is None:
+            lam = (trial.system_attrs.get("fixed_params") or {}).get(param_name)
+        return None if lam is None else float(lam)
+    return None  # finished without suggesting the weight: not a search trial
+
+
+def read_trials(
+    trials: Sequence[FrozenTrial],
+    param_name: str = "l1_weight",
+    directions: Sequence[StudyDirection] = (StudyDirection.MINIMIZE, StudyDirection.MINIMIZE),
+    exclude: int | None = None,
+) -> list[TrialRecord]:
+    """One :class:`TrialRecord` per trial with a weight, in trial order (trial ``exclude`` left out).
+
+    Trials that never suggest ``param_name`` (e.g. baselines sharing the study) have no
+    weight and no record.
+    """
+    signs = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in directions])
+    records = []
+    for t in trials:
+        lam = None if t.number == exclude else trial_weight(t, param_name)
+        if lam is None:
+            continue
+        values = None
+        if t.state == TrialState.COMPLETE and t.values is not None:
+            v = signs * np.asarray(t.values, dtype=float)
+            if np.all(np.isfinite(v)):
+                values = (float(v[0]), float(v[1]))
+        records.append(TrialRecord(t.number, lam, t.state, trial_fidelity(t), values))
+    return records
+
+
+def weight_bounds(
+    trials: Sequence[FrozenTrial], param_name: str = "l1_weight", exclude: int | None = None
+) -> tuple[float, float]:
+    """Range of the weight's distribution as the latest trial declared it; ``(0, 1)`` before any."""
+    bounds = (0.0, 1.0)
+    for t in trials:
+        dist = t.distributions.get(param_name)
+        if t.number != exclude and isinstance(dist, FloatDistribution):
+            bounds = (float(dist.low), float(dist.high))
+    return bounds
+
+
+# ---------------------------------------------------------------------------- choosing
+
+
+@dataclass(frozen=True)
+class SearchRules:
+    """The settings the choice of a weight depends on (see :class:`KneeSampler`'s arguments).
+
+    Example:
+
+        .. testcode::
+
+            from motune.sampler import SearchRules
+
+            rules = SearchRules(tolerance=0.05)
+            assert rules.same(0.1, 0.10001) and not rules.same(0.1, 0.11)
+    """
+
+    start_weights: tuple[float, ...] = (0.0, 0.1)
+    knee: Literal["angle", "distance"] = "angle"
+    tolerance: float = 0.02
+    min_lambda_gap: float = 1e-3
+    f2_floor: float | None = 0.0
+    full_fidelity: bool = True
+
+    def __post_init__(self) -> None:
+        weights = list(self.start_weights)
+        if len(weights) < 2 or not all(0.0 <= w <= 1.0 for w in weights):
+            raise ValueError(f"start_weights needs two or more weights in [0, 1], got {weights}")
+        if self.knee not in ("angle", "distance"):
+            raise ValueError(f"knee must be 'angle' or 'distance', got {self.knee!r}")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
+        if not 0.0 < self.min_lambda_gap < 1.0:
+            raise ValueError(f"min_lambda_gap must be in (0, 1), got {self.min_lambda_gap}")
+        if self.f2_floor is not None and not math.isfinite(self.f2_floor):
+            raise ValueError(f"f2_floor must be a finite number or None, got {self.f2_floor}")
+
+    def same(self, a: float, b: float) -> bool:
+        """Whether two weights are the same weight (within a relative ``min_lambda_gap``)."""
+        return abs(a - b) <= self.min_lambda_gap * max(abs(a), abs(b)) + _ATOL
+
+    def near_any(self, lam: float, weights: Sequence[float]) -> bool:
+        """Whether ``lam`` is the same weight as one of ``weights``."""
+        return any(self.same(lam, w) for w in weights)
+
+
+@dataclass(frozen=True)
+class SearchFront:
+    """The search front: COMPLETE front-fidelity results with finite values, and its geometry.
+
+    ``points`` (minimised) and ``records`` are in trial order; ``scale`` is
+    :func:`motune.pareto.front_scale`; ``supported`` indexes the supported points sorted
+    by f1; ``knee`` indexes the knee (``None`` without points).
+    """
+
+    records: tuple[TrialRecord, ...]
+    points: np.ndarray
+    scale: np.ndarray
+    supported: np.ndarray
+    knee: int | None
+
+    @property
+    def lambdas(self) -> np.ndarray:
+        return np.array([r.lam for r in self.records], dtype=float)
 
     @property
     def knee_pos(self) -> int | None:
-        if self.knee is None:
-            return None
-        return int(np.flatnonzero(self.supported == self.knee)[0])
+        """Position of the knee among the supported points."""
+        return None if self.knee is None else int(np.flatnonzero(self.supported == self.knee)[0])
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A segment of the search front's hull, between supported points ``pos`` and ``pos + 1``."""
+
+    pos: int
+    lam: float  # normal weight in raw objectives
+    length: float  # in normalised objectives
+    closed: bool  # a finished trial probed it (see segments())
+    busy: bool  # a running / waiting trial is probing it
+
+
+def search_front(records: Sequence[TrialRecord], rules: SearchRules) -> SearchFront:
+    """The front the search has found: supported points and knee with ``rules.tolerance``."""
+    found = tuple(r for r in records if r.fidelity == FRONT and r.values is not None)
+    points = np.array([r.values for r in found], dtype=float).reshape(-1, 2)
+    return SearchFront(
+        records=found,
+        points=points,
+        scale=pareto.front_scale(points),
+        supported=pareto.supported_points(points, rules.tolerance),
+        knee=pareto.knee_index(points, rules.knee, rules.tolerance),
+    )
+
+
+def _front_weights(records: Sequence[TrialRecord], pending: bool) -> list[float]:
+    return [r.lam for r in records if r.fidelity == FRONT and r.pending == pending]
+
+
+def segments(front: SearchFront, records: Sequence[TrialRecord], rules: SearchRules) -> list[Segment]:
+    """The hull's segments, with whether finished (``closed``) or pending (``busy``) trials probe them.
+
+    A trial with weight ``λ'`` probes ``AB`` if it is ``AB``'s normal weight or ties A and
+    B within ``tolerance`` (:func:`motune.pareto.weights_tie`). A segment probed by a
+    finished trial that survived (its ends are still adjacent supported points) is an
+    edge of the front up to noise: near-duplicate, dominated, failed and pruned results
+    all close what they probed, so no weight is retried forever.
+    """
+    probed, planned = _front_weights(records, False), _front_weights(records, True)
+    vertices = front.points[front.supported]
+    weights, lengths = pareto.hull_segments(vertices, front.scale)
+
+    def probes(pos: int, lams: list[float]) -> bool:
+        if not lams:
+            return False
+        a, b = vertices[pos], vertices[pos + 1]
+        return rules.near_any(float(weights[pos]), lams) or bool(
+            np.any(pareto.weights_tie(a, b, np.asarray(lams), front.scale, rules.tolerance))
+        )
+
+    return [
+        Segment(pos, float(weights[pos]), float(lengths[pos]), probes(pos, probed), probes(pos, planned))
+        for pos in range(len(weights))
+    ]
+
+
+def bracket(
+    records: Sequence[TrialRecord], front: SearchFront, rules: SearchRules, bounds: tuple[float, float]
+) -> tuple[bool, float | None]:
+    """Whether the front may go on beyond the largest weight tried, and the weight to try there.
+
+    Returns ``(open, extension)``. The end of the front counts as reached when the
+    largest weight tried, ``λ_max``, is the upper bound (or 0); when its result has
+    ``f2 <= rules.f2_floor`` (no weights left); when raising the weight from the
+    next-smaller tried one neither lowered f2 nor raised f1 by more than ``tolerance``
+    (normalised: the same network, a plateau); or when ``λ_max`` failed (nothing to
+    judge, and a weight that crashes is not pushed further). Otherwise ``extension`` is
+    ``min(10 λ_max, upper bound)``, or ``None`` while the trial at ``λ_max`` still runs
+    (nobody extends past a result not yet known, and no knee is confirmed meanwhile).
+    """
+    planned = _front_weights(records, True)
+    taken = _front_weights(records, False) + planned
+    if not taken:
+        return True, None
+    low, high = bounds
+    lambdas, points, scale = front.lambdas, front.points, front.scale
+    top = max(taken)
+    at_top = np.array([rules.same(float(lam), top) for lam in lambdas], dtype=bool)
+    if not at_top.any() and rules.near_any(top, planned):
+        return True, None  # running: its result may still move the end of the front
+    if top <= 0.0 or top >= high or rules.same(top, high):
+        return False, None  # nothing to scale, or nowhere further to go
+    if not at_top.any():
+        return False, None  # failed or pruned at λ_max: no result to judge, no retries past it
+    # Of several results at one weight (retries), the one farthest along the front.
+    f1_top, f2_top = points[at_top][np.argmin(points[at_top, 1])]
+    if rules.f2_floor is not None and f2_top <= rules.f2_floor:
+        return False, None  # no weights left: the end of the front
+    below = (lambdas < top) & ~at_top
+    if below.any():
+        prev = float(lambdas[below].max())
+        f1_prev, f2_prev = points[lambdas == prev][np.argmin(points[lambdas == prev, 1])]
+        lowered = f2_prev - f2_top > rules.tolerance * scale[1]
+        traded = f1_top - f1_prev > rules.tolerance * scale[0]
+        if not (lowered or traded):
+            return False, None  # a larger weight gave the same network: the end plateau
+    return True, min(max(10.0 * top, low), high)
+
+
+def knee_confirmed(front: SearchFront, segs: Sequence[Segment], bracket_open: bool) -> bool:
+    """Knee confirmed: an interior supported point whose two segments are closed.
+
+    A front of two supported points (a straight line) has no knee to confirm, and
+    neither has a front whose end may lie beyond the largest weight tried (the bracket
+    is open): its knee could move once the end is known.
+    """
+    pos = front.knee_pos
+    if pos is None or len(front.supported) < 3 or bracket_open:
+        return False
+    return all(s.closed for s in segs if s.pos in (pos - 1, pos))
+
+
+def is_confirmed(records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float]) -> bool:
+    """:func:`knee_confirmed` for the front of ``records``."""
+    front = search_front(records, rules)
+    return knee_confirmed(front, segments(front, records, rules), bracket(records, front, rules, bounds)[0])
+
+
+def _clamp(lam: float, bounds: tuple[float, float]) -> float:
+    return min(max(lam, bounds[0]), bounds[1])
+
+
+def choose_weight(
+    records: Sequence[TrialRecord],
+    rules: SearchRules,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    rng: np.random.RandomState | None = None,
+) -> tuple[float, str]:
+    """The next trial's ``(λ, fidelity)``, given every other trial's record.
+
+    In order: the first start weight not taken; the bracket's extension
+    (:func:`bracket`); the longest open segment next to the knee; once the knee is
+    confirmed, its full-fidelity retrain (once per study, never again at a weight
+    where one failed); the longest open segment anywhere; else a gap between tried
+    weights (:func:`_fill_gap`). Every front-fidelity weight returned is one that no
+    record has (:meth:`SearchRules.same`), so a study never repeats itself.
+
+    Example:
+
+        .. testcode::
+
+            from optuna.trial import TrialState
+            from motune.sampler import SearchRules, TrialRecord, choose_weight
+
+            done = TrialState.COMPLETE
+            records = [
+                TrialRecord(0, 0.0, done, values=(0.05, 3000.0)),
+                TrialRecord(1, 0.1, done, values=(2.3, 0.0)),
+            ]
+            lam, fidelity = choose_weight(records, SearchRules())
+            assert fidelity == "front" and abs(lam - 2.25 / 3002.25) < 1e-12  # the extremes' normal
+    """
+    rng = rng if rng is not None else np.random.RandomState(0)
+    front = search_front(records, rules)
+    taken = [r.lam for r in records if r.fidelity == FRONT]
+    for w in rules.start_weights:
+        w = _clamp(w, bounds)
+        if not rules.near_any(w, taken):
+            return w, FRONT
+
+    bracket_open, extension = bracket(records, front, rules, bounds)
+    if extension is not None:
+        return extension, FRONT
+
+    pos = front.knee_pos
+    if pos is not None and len(front.supported) >= 2:
+        segs = segments(front, records, rules)
+        usable = [
+            s for s in segs if not (s.closed or s.busy) and not rules.near_any(_clamp(s.lam, bounds), taken)
+        ]
+        usable.sort(key=lambda s: -s.length)
+        near_knee = [s for s in usable if s.pos in (pos - 1, pos)]
+        if near_knee:
+            return _clamp(near_knee[0].lam, bounds), FRONT
+        lam = float(front.lambdas[front.knee])
+        full = [r for r in records if r.fidelity == FULL]
+        if (
+            rules.full_fidelity
+            and knee_confirmed(front, segs, bracket_open)
+            and not any(r.pending or r.state == TrialState.COMPLETE for r in full)
+            and not rules.near_any(lam, [r.lam for r in full])  # failed there: not again
+        ):
+            return lam, FULL
+        if usable:
+            return _clamp(usable[0].lam, bounds), FRONT
+
+    return _fill_gap(front, taken, rules, bounds, rng), FRONT
+
+
+def _fill_gap(
+    front: SearchFront,
+    taken: list[float],
+    rules: SearchRules,
+    bounds: tuple[float, float],
+    rng: np.random.RandomState,
+) -> float:
+    """A new weight when no segment is open: bisect the gap whose results differ most.
+
+    A gap between two tried weights is scored by the distance of their results in
+    normalised objectives (log-width breaks ties and scores gaps with an unfinished
+    end), so the search refines where the front still moves, not where training has
+    collapsed and every weight gives the same network. Gaps between tried positive
+    weights around the knee (between the weights of its neighbouring supported points)
+    come first, then between all tried positive weights; then a decade below the
+    smallest, the geometric middle above the largest, and finally a random weight.
+    """
+    low, high = bounds
+    tried = sorted({v for v in taken if low <= v <= high and v > 0})
+    windows: list[list[float]] = []
+    pos = front.knee_pos
+    if pos is not None and len(front.supported) >= 2:
+        near = front.lambdas[front.supported[max(pos - 1, 0) : pos + 2]]
+        lo, hi = float(near.min()), float(near.max())
+        windows.append([v for v in tried if lo <= v <= hi])
+    windows.append(tried)
+    results = {float(lam): point / front.scale for lam, point in zip(front.lambdas, front.points)}
+    for values in windows:
+        lam = _bisect_farthest_gap(values, taken, results, rules)
+        if lam is not None:
+            return lam
+    edges = [tried[0] / 10, math.sqrt(tried[-1] * high)] if tried else []
+    for lam in edges:
+        if low < lam < high and not rules.near_any(lam, taken):
+            return lam
+    for _ in range(100):
+        lam = float(rng.uniform(low, high))
+        if not rules.near_any(lam, taken):
+            return lam
+    return float(rng.uniform(low, high))  # pragma: no cover - range exhausted
+
+
+def _bisect_farthest_gap(
+    values: list[float], taken: list[float], results: dict[float, np.ndarray], rules: SearchRules
+) -> float | None:
+    """Geometric middle of the free gap between sorted ``values`` whose results lie farthest apart.
+
+    Score: (wide, distance of the two results in normalised objectives, log width); a
+    gap with an end that has no result yet counts as infinitely far, so it is not
+    starved. A gap under 5 % in λ whose results still differ is a cliff (training
+    collapses there), not a stretch of front: it is refined only when nothing wider is
+    left, or the search creeps towards the edge forever.
+    """
+    best: tuple[tuple[bool, float, float], float] | None = None
+    for a, b in itertools.pairwise(values):
+        mid = math.sqrt(a * b)
+        if a < mid < b and not rules.near_any(mid, taken):
+            ra, rb = results.get(a), results.get(b)
+            distance = math.inf if ra is None or rb is None else float(np.hypot(*(ra - rb)))
+            wide = b / a >= _MIN_GAP_RATIO
+            score = (wide, distance if wide else 0.0, math.log(b / a))
+            if best is None or score > best[0]:
+                best = (score, mid)
+    return None if best is None else best[1]
+
+
+def _to_distribution(lam: float, dist: FloatDistribution) -> float:
+    """``lam`` clamped to the distribution's range and rounded to its step."""
+    lam = min(max(lam, dist.low), dist.high)
+    if dist.step is not None:
+        lam = dist.low + round((lam - dist.low) / dist.step) * dist.step
+        lam = min(max(lam, dist.low), dist.high)
+    return lam
+
+
+# ------------------------------------------------------------------------ coordinating
 
 
 class KneeSampler(BaseSampler):
@@ -84,51 +495,24 @@ class KneeSampler(BaseSampler):
 
     Each trial trains the weighted sum ``(1 - λ) f1 + λ f2`` of the study's two
     objectives with ``λ = trial.suggest_float(param_name, 0.0, 1.0)``. The sampler
-    picks ``λ``:
+    picks ``λ`` (:func:`choose_weight`):
 
     1. the ``start_weights``, in order;
-    2. then the *bracket*: while the largest weight tried, ``λ_max``, may not reach
-       the end of the front, ``min(10 λ_max, upper bound)`` is tried next, so the
-       knee is never taken on a truncated front. The end counts as reached when
-       ``λ_max`` is the distribution's upper bound; when its result has
-       ``f2 <= f2_floor`` (an l1 norm of 0: no weights left); when raising the
-       weight from the next-smaller tried one neither lowered ``f2`` nor raised
-       ``f1`` by more than ``tolerance`` (normalised: the same network, a plateau,
-       so the end was already there); or when ``λ_max`` failed (nothing to judge,
-       and a weight that crashes is not pushed further). While the trial at
-       ``λ_max`` runs, other workers go on with step 3 but no knee is confirmed;
+    2. then the *bracket*: while the largest weight tried may not reach the end of the
+       front, ten times that weight (capped at the upper bound) is tried next, so the
+       knee is never taken on a truncated front (:func:`bracket` says when the end counts
+       as reached);
     3. then, for adjacent supported points ``A, B`` of the front found so far, the
-       weight normal to the segment, ``λ_AB = (b1 - a1) / ((b1 - a1) + (a2 - b2))``
-       (Aneja & Nair's dichotomic search). Segments next to the current knee come
-       first, then the others, longest (in normalised objectives) first;
-    4. once both segments next to the knee are closed (and the bracket is, see 2)
-       the knee is *confirmed*; with ``full_fidelity`` one more trial retrains the
-       knee's ``λ``, marked ``"full"`` (see :meth:`fidelity`), and
-       :meth:`is_converged` is true once it completes. That happens once per study
-       (a failed full-fidelity trial is not retried at the same weight; another
-       confirmed knee gets one);
-    5. when nothing is open (or after convergence) it keeps producing new weights
-       by bisecting (geometric middle) a gap between tried positive weights: the
-       gap whose two results lie farthest apart in normalised objectives, first
-       among the weights around the knee, then anywhere (gaps narrower than 5 %
-       in ``λ``, i.e. cliffs where training collapses, last; see
-       :meth:`_fill_gap`), so ``study.optimize`` never stalls or repeats.
-
-    A segment is *closed* when a finished trial probed it and the segment survived,
-    i.e. its endpoints are still adjacent supported points. A trial with weight
-    ``λ'`` probes ``AB`` if ``A`` and ``B`` score within ``tolerance`` of each other
-    under ``λ'`` (in normalised objectives: ``|n'·(A - B)| <= tolerance`` for the unit
-    normal ``n'`` of ``λ'``), which includes ``λ' = λ_AB`` and makes segments shorter
-    than ``tolerance`` closed outright. Supported points are computed with the same
-    ``tolerance`` (:func:`motune.pareto.supported_points`): a result less than
-    ``tolerance`` below ``AB`` is noise, not a new vertex. So near-duplicate and
-    dominated results close the segment they probed, a noisy re-discovery of an
-    endpoint does not re-open it, and every front-fidelity proposal is a weight no
-    finished, running or waiting trial has (weights within a relative
-    ``min_lambda_gap`` count as equal). Failed and pruned trials close what they
-    probed too, so a weight that crashes is not retried forever; use Optuna's
-    ``RetryFailedTrialCallback`` for transient failures (the retry keeps the weight
-    and fidelity: they are copied with the system attributes).
+       weight normal to the segment, ``λ_AB = (b1 - a1) / ((b1 - a1) + (a2 - b2))``.
+       Segments next to the current knee come first, then the others, longest (in
+       normalised objectives) first. A finished trial *closes* the segment it probed
+       (:func:`segments`): a result less than ``tolerance`` below ``AB`` is noise;
+    4. once both segments next to the knee are closed the knee is *confirmed*; with
+       ``full_fidelity`` one more trial retrains the knee's ``λ``, marked ``"full"``
+       (see :meth:`fidelity`), and :meth:`is_converged` is true once it completes;
+    5. when nothing is open (or after convergence) it bisects gaps between tried
+       weights, where the results differ most, so ``study.optimize`` never stalls or
+       repeats a weight.
 
     The sampler keeps no search state: every decision is derived from
     ``study.get_trials()`` each time, so any number of processes can share one
@@ -136,11 +520,11 @@ class KneeSampler(BaseSampler):
     system attributes in :meth:`before_trial` (``"knee:<param_name>"`` and
     ``"knee:fidelity"``); other workers see them and skip that weight while the
     trial runs. If two workers plan the same weight at the same moment, at least one
-    of them sees the other on re-reading and plans again.
-
-    Trials that never suggest ``param_name`` (e.g. baselines sharing the study) and
-    full-fidelity trials are not part of the search front. Objectives to be
-    maximised are negated internally. Other parameters are sampled by
+    of them sees the other on re-reading and plans again. Failed and pruned trials
+    close what they probed; use Optuna's ``RetryFailedTrialCallback`` for transient
+    failures (the retry keeps the weight and fidelity). Trials that never suggest
+    ``param_name`` (e.g. baselines sharing the study) are not part of the search;
+    maximised objectives are negated internally; other parameters are sampled by
     ``independent_sampler``.
 
     Example:
@@ -188,7 +572,7 @@ class KneeSampler(BaseSampler):
         tolerance:
             Depth below a segment, as a fraction of the front's extent in each
             objective, that makes a result a new supported point; also the closing
-            tolerance above. The default 0.02 is well above rounding and below any
+            tolerance. The default 0.02 is well above rounding and below any
             trade-off worth a trial; raise it to the noise level of the training
             (a few standard deviations of the objectives, normalised).
         min_lambda_gap:
@@ -197,9 +581,9 @@ class KneeSampler(BaseSampler):
         f2_floor:
             Lowest value the second (minimised) objective can take, default ``0.0``
             (an l1 norm or a count of weights: a result there has no weights left,
-            the end of the front). A result at the floor ends the bracket (step 2)
-            without a trial beyond it. ``None`` when no floor is known: the end is
-            then recognised by a plateau, which costs one trial past it.
+            the end of the front, and ends the bracket without a trial beyond it).
+            ``None`` when no floor is known: the end is then recognised by a plateau,
+            which costs one trial past it.
         full_fidelity:
             Retrain the confirmed knee's weight once as a ``"full"`` trial (the paper
             approximates the front with a third of the epochs). Default ``True``.
@@ -226,25 +610,14 @@ class KneeSampler(BaseSampler):
         seed: int | None = None,
         param_name: str = "l1_weight",
     ) -> None:
-        weights = [float(w) for w in start_weights]
-        if len(weights) < 2 or not all(0.0 <= w <= 1.0 for w in weights):
-            raise ValueError(
-                f"start_weights needs two or more weights in [0, 1], got {weights}"
-            )
-        if knee not in ("angle", "distance"):
-            raise ValueError(f"knee must be 'angle' or 'distance', got {knee!r}")
-        if not 0.0 <= tolerance < 1.0:
-            raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
-        if not 0.0 < min_lambda_gap < 1.0:
-            raise ValueError(f"min_lambda_gap must be in (0, 1), got {min_lambda_gap}")
-        self._start_weights = weights
-        self._knee = knee
-        self._tolerance = float(tolerance)
-        self._rtol = float(min_lambda_gap)
-        if f2_floor is not None and not math.isfinite(f2_floor):
-            raise ValueError(f"f2_floor must be a finite number or None, got {f2_floor}")
-        self._f2_floor = None if f2_floor is None else float(f2_floor)
-        self._full_fidelity = bool(full_fidelity)
+        self._rules = SearchRules(
+            start_weights=tuple(float(w) for w in start_weights),
+            knee=knee,
+            tolerance=float(tolerance),
+            min_lambda_gap=float(min_lambda_gap),
+            f2_floor=None if f2_floor is None else float(f2_floor),
+            full_fidelity=bool(full_fidelity),
+        )
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         self._rng = LazyRandomState(seed)
         self._param_name = param_name
@@ -257,17 +630,10 @@ class KneeSampler(BaseSampler):
         """``"full"`` if the sampler asked for a full-fidelity run, else ``"front"``.
 
         Works on a running :class:`~optuna.trial.Trial` (inside the objective, to
-        choose the number of epochs) and on a :class:`~optuna.trial.FrozenTrial`.
-        Reads the system attribute ``"knee:fidelity"``; trials without it (e.g. added
-        by hand) may say ``"full"`` in the user attribute ``"fidelity"``.
+        choose the number of epochs) and on a :class:`~optuna.trial.FrozenTrial`;
+        see :func:`trial_fidelity`.
         """
-        if isinstance(trial, Trial):
-            attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
-            user = trial.user_attrs
-        else:
-            attrs = getattr(trial, "system_attrs", None) or {}
-            user = getattr(trial, "user_attrs", None) or {}
-        return FULL if attrs.get(FIDELITY_ATTR, user.get("fidelity")) == FULL else FRONT
+        return trial_fidelity(trial)
 
     def is_converged(self, study: Study) -> bool:
         """Whether the search has done its job.
@@ -278,10 +644,10 @@ class KneeSampler(BaseSampler):
         segments next to it are closed (derived from the current trials, so a
         later trial that moves the knee can make it false again).
         """
-        snap = self._snapshot(study)
-        if self._full_fidelity:
-            return bool(snap.full_complete)
-        return self._confirmed(snap, self._segments(snap))
+        _, records, bounds = self._read(study)
+        if self._rules.full_fidelity:
+            return any(r.fidelity == FULL and r.state == TrialState.COMPLETE for r in records)
+        return is_confirmed(records, self._rules_for(study), bounds)
 
     def knee_trial(self, study: Study) -> FrozenTrial | None:
         """The trial at the current knee of the search front (``None`` before any).
@@ -289,19 +655,25 @@ class KneeSampler(BaseSampler):
         If a completed full-fidelity trial retrained the knee's weight, that trial
         (the latest such) is returned instead.
         """
-        snap = self._snapshot(study)
-        if snap.knee is None:
+        trials, records, _ = self._read(study)
+        front = search_front(records, self._rules)
+        if front.knee is None:
             return None
-        lam = float(snap.lambdas[snap.knee])
+        lam = front.records[front.knee].lam
         full = [
-            t for t in snap.full_trials if self._same(t.params[self._param_name], lam)
+            r.number
+            for r in records
+            if r.fidelity == FULL and r.state == TrialState.COMPLETE and self._rules.same(r.lam, lam)
         ]
-        return copy.deepcopy(full[-1] if full else snap.search[snap.knee])
+        number = full[-1] if full else front.records[front.knee].number
+        return copy.deepcopy(next(t for t in trials if t.number == number))
 
     def supported_trials(self, study: Study) -> list[FrozenTrial]:
         """Trials at the supported points of the search front, sorted by f1."""
-        snap = self._snapshot(study)
-        return [copy.deepcopy(snap.search[i]) for i in snap.supported]
+        trials, records, _ = self._read(study)
+        by_number = {t.number: t for t in trials}
+        front = search_front(records, self._rules)
+        return [copy.deepcopy(by_number[front.records[i].number]) for i in front.supported]
 
     # ------------------------------------------------------------- sampler protocol
 
@@ -309,16 +681,11 @@ class KneeSampler(BaseSampler):
         self._independent_sampler.reseed_rng()
         self._rng.rng.seed()
 
-    def infer_relative_search_space(
-        self, study: Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}
 
     def sample_relative(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        search_space: dict[str, BaseDistribution],
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         return {}
 
@@ -333,9 +700,7 @@ class KneeSampler(BaseSampler):
         given = fixed.get(self._param_name, trial.params.get(self._param_name))
         if given is not None:  # enqueued or added with the weight: record it as planned
             storage = study._storage
-            storage.set_trial_system_attr(
-                trial._trial_id, self._lambda_attr, float(given)
-            )
+            storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, float(given))
             if FIDELITY_ATTR not in attrs:
                 storage.set_trial_system_attr(trial._trial_id, FIDELITY_ATTR, FRONT)
             return
@@ -353,9 +718,7 @@ class KneeSampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         if param_name != self._param_name:
-            return self._independent_sampler.sample_independent(
-                study, trial, param_name, param_distribution
-            )
+            return self._independent_sampler.sample_independent(study, trial, param_name, param_distribution)
         self._check_study(study)
         if not isinstance(param_distribution, FloatDistribution):
             raise TypeError(
@@ -365,7 +728,7 @@ class KneeSampler(BaseSampler):
         lam = trial.system_attrs.get(self._lambda_attr)
         if lam is None:  # not planned in before_trial (e.g. sampler swapped in late)
             lam, _ = self._plan(study, trial)
-        return self._clip(float(lam), param_distribution)
+        return _to_distribution(float(lam), param_distribution)
 
     def after_trial(
         self,
@@ -376,13 +739,14 @@ class KneeSampler(BaseSampler):
     ) -> None:
         self._independent_sampler.after_trial(study, trial, state, values)
 
-    # ------------------------------------------------------------------- planning
+    # ---------------------------------------------------------------- coordination
 
     def _plan(self, study: Study, trial: FrozenTrial) -> tuple[float, str]:
         """Choose (λ, fidelity) for ``trial``, store them, resolve races with others."""
         storage = study._storage
         for attempt in range(_MAX_RETRIES):
-            lam, fidelity = self._choose(study, trial.number)
+            _, records, bounds = self._read(study, exclude=trial.number)
+            lam, fidelity = choose_weight(records, self._rules_for(study), bounds, self._rng.rng)
             storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, lam)
             storage.set_trial_system_attr(trial._trial_id, FIDELITY_ATTR, fidelity)
             # Write, then re-read: of two workers that planned the same λ concurrently,
@@ -392,317 +756,34 @@ class KneeSampler(BaseSampler):
             if not self._conflicts(study, trial.number, lam, fidelity):
                 break
             # Random back-off, so two workers stuck in step do not re-plan in step.
-            time.sleep(
-                float(np.random.default_rng().uniform(0.0, 0.02 * (attempt + 1)))
-            )
+            time.sleep(float(np.random.default_rng().uniform(0.0, 0.02 * (attempt + 1))))
         return lam, fidelity
 
     def _conflicts(self, study: Study, number: int, lam: float, fidelity: str) -> bool:
-        for t in study.get_trials(deepcopy=False):
-            if t.number == number or self.fidelity(t) != fidelity:
-                continue
-            other = self._trial_lambda(t)
-            if other is not None and self._same(other, lam):
-                return True
-        return False
+        """Whether another trial of the same fidelity has (or plans) the same weight."""
+        _, records, _ = self._read(study, exclude=number)
+        return any(r.fidelity == fidelity and self._rules.same(r.lam, lam) for r in records)
 
-    def _choose(self, study: Study, number: int) -> tuple[float, str]:
-        snap = self._snapshot(study, exclude=number)
-        taken = snap.probed + snap.planned
-        low, high = snap.bounds
+    def _read(
+        self, study: Study, exclude: int | None = None
+    ) -> tuple[list[FrozenTrial], list[TrialRecord], tuple[float, float]]:
+        """The study's trials, their records and the weight's range (trial ``exclude`` left out)."""
+        self._check_study(study)
+        trials = study.get_trials(deepcopy=False)
+        records = read_trials(trials, self._param_name, study.directions, exclude)
+        return trials, records, weight_bounds(trials, self._param_name, exclude)
 
-        for w in self._start_weights:
-            w = min(max(w, low), high)
-            if not self._near_any(w, taken):
-                return w, FRONT
-
-        if snap.extension is not None:
-            return snap.extension, FRONT
-
-        pos = snap.knee_pos
-        if pos is not None and len(snap.supported) >= 2:
-            segments = self._segments(snap)
-            usable = [
-                s
-                for s in segments
-                if not (s.closed or s.busy)
-                and not self._near_any(self._clip_to(s.lam, snap), taken)
-            ]
-            usable.sort(key=lambda s: -s.length)
-            near_knee = [s for s in usable if s.pos in (pos - 1, pos)]
-            if near_knee:
-                return self._clip_to(near_knee[0].lam, snap), FRONT
-            lam = float(snap.lambdas[snap.knee])
-            if (
-                self._full_fidelity
-                and self._confirmed(snap, segments)
-                and not (snap.full_complete or snap.full_pending)
-                and not self._near_any(lam, snap.full_taken)  # failed there: not again
-            ):
-                return lam, FULL
-            if usable:
-                return self._clip_to(usable[0].lam, snap), FRONT
-
-        return self._fill_gap(snap, taken), FRONT
+    def _rules_for(self, study: Study) -> SearchRules:
+        """The rules, without ``f2_floor`` when the second objective is maximised."""
+        if study.directions[1] == StudyDirection.MINIMIZE:
+            return self._rules
+        return dataclasses.replace(self._rules, f2_floor=None)
 
     @staticmethod
-    def _confirmed(snap: _Snapshot, segments: list[_Segment]) -> bool:
-        """Knee confirmed: an interior supported point whose two segments are closed.
-
-        A front of two supported points (a straight line) has no knee to confirm, and
-        neither has a front whose end may lie beyond the largest weight tried (the
-        bracket is open): its knee could move once the end is known.
-        """
-        pos = snap.knee_pos
-        if pos is None or len(snap.supported) < 3 or snap.bracket_open:
-            return False
-        return all(s.closed for s in segments if s.pos in (pos - 1, pos))
-
-    def _segments(self, snap: _Snapshot) -> list[_Segment]:
-        pts, scale = snap.points[snap.supported], snap.scale
-        probed = np.asarray(snap.probed, dtype=float)
-        planned = np.asarray(snap.planned, dtype=float)
-        segments = []
-        for pos in range(len(pts) - 1):
-            a, b = pts[pos], pts[pos + 1]
-            lam = pareto.normal_weight(a, b)
-            segments.append(
-                _Segment(
-                    pos=pos,
-                    lam=lam,
-                    length=float(np.hypot(*((b - a) / scale))),
-                    closed=self._probes(a, b, lam, probed, scale),
-                    busy=self._probes(a, b, lam, planned, scale),
-                )
-            )
-        return segments
-
-    def _probes(
-        self,
-        a: np.ndarray,
-        b: np.ndarray,
-        lam: float,
-        lams: np.ndarray,
-        scale: np.ndarray,
-    ) -> bool:
-        """Whether any weight in ``lams`` probes segment AB (see the class doc)."""
-        if len(lams) == 0:
-            return False
-        if any(self._same(x, lam) for x in lams):
-            return True
-        # |F_λ'(A) - F_λ'(B)| over the length of λ''s normal in normalised objectives.
-        gap = np.abs((1.0 - lams) * (a[0] - b[0]) + lams * (a[1] - b[1]))
-        norm = np.hypot((1.0 - lams) * scale[0], lams * scale[1])
-        return bool(np.any(gap <= self._tolerance * norm))
-
-    def _fill_gap(self, snap: _Snapshot, taken: list[float]) -> float:
-        """A new weight when no segment is open: bisect the gap whose results differ most.
-
-        A gap between two tried weights is scored by the distance of their results
-        in normalised objectives (log-width breaks ties and scores gaps with an
-        unfinished end), so the search refines where the front still moves, not
-        where training has collapsed and every weight gives the same network.
-        Gaps between tried positive weights around the knee (between the weights
-        of its neighbouring supported points) come first, then between all tried
-        positive weights; then a decade below the smallest, the geometric middle
-        above the largest, and finally a random weight.
-        """
-        low, high = snap.bounds
-        tried = sorted({v for v in taken if low <= v <= high and v > 0})
-        windows: list[list[float]] = []
-        pos = snap.knee_pos
-        if pos is not None and len(snap.supported) >= 2:
-            near = snap.lambdas[snap.supported[max(pos - 1, 0) : pos + 2]]
-            lo, hi = float(near.min()), float(near.max())
-            windows.append([v for v in tried if lo <= v <= hi])
-        windows.append(tried)
-        results = {float(lam): point / snap.scale for lam, point in zip(snap.lambdas, snap.points)}
-        for values in windows:
-            lam = self._widest_gap(values, taken, results)
-            if lam is not None:
-                return lam
-        edges = [tried[0] / 10, math.sqrt(tried[-1] * high)] if tried else []
-        for lam in edges:
-            if low < lam < high and not self._near_any(lam, taken):
-                return lam
-        rng = self._rng.rng
-        for _ in range(100):
-            lam = float(rng.uniform(low, high))
-            if not self._near_any(lam, taken):
-                return lam
-        return float(rng.uniform(low, high))  # pragma: no cover - range exhausted
-
-    def _widest_gap(
-        self, values: list[float], taken: list[float], results: dict[float, np.ndarray] | None = None
-    ) -> float | None:
-        """Geometric middle of the free gap between ``values`` whose results differ most.
-
-        Score: (distance of the two results in normalised objectives, log width); a gap
-        with an end that has no result yet counts as infinitely far, so it is not starved.
-        """
-        results = results or {}
-        best: tuple[tuple[bool, float, float], float] | None = None  # ((wide, distance, log gap), λ)
-        for a, b in itertools.pairwise(values):
-            mid = math.sqrt(a * b)
-            if a < mid < b and not self._near_any(mid, taken):
-                ra, rb = results.get(a), results.get(b)
-                distance = math.inf if ra is None or rb is None else float(np.hypot(*(ra - rb)))
-                # A gap under 5% in λ whose results still differ is a cliff (training
-                # collapses there), not a stretch of front: refine it only when nothing
-                # wider is left, or the search creeps towards the edge forever.
-                wide = b / a >= _MIN_GAP_RATIO
-                score = (wide, distance if wide else 0.0, math.log(b / a))
-                if best is None or score > best[0]:
-                    best = (score, mid)
-        return None if best is None else best[1]
-
-    # ------------------------------------------------------------------ snapshot
-
-    def _snapshot(self, study: Study, exclude: int | None = None) -> _Snapshot:
-        self._check_study(study)
-        signs = np.array(
-            [-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions]
-        )
-        search, values, lambdas = [], [], []
-        probed, planned = [], []
-        full_complete, full_taken, full_pending, full_trials = [], [], [], []
-        bounds = (0.0, 1.0)
-        for t in study.get_trials(deepcopy=False):
-            if t.number == exclude:
-                continue
-            dist = t.distributions.get(self._param_name)
-            if isinstance(dist, FloatDistribution):
-                bounds = (float(dist.low), float(dist.high))
-            lam = self._trial_lambda(t)
-            if lam is None:
-                continue
-            full = self.fidelity(t) == FULL
-            if full:
-                full_taken.append(lam)
-                if t.state in _PENDING:
-                    full_pending.append(lam)
-                elif t.state == TrialState.COMPLETE:
-                    full_complete.append(lam)
-                    full_trials.append(t)
-                continue
-            if t.state in _PENDING:
-                planned.append(lam)
-                continue
-            probed.append(lam)
-            if t.state == TrialState.COMPLETE and t.values is not None:
-                v = signs * np.asarray(t.values, dtype=float)
-                if np.all(np.isfinite(v)):
-                    search.append(t)
-                    values.append(v)
-                    lambdas.append(lam)
-
-        points = np.asarray(values, dtype=float).reshape(-1, 2)
-        front = points[pareto.nondominated_mask(points)]
-        scale = np.ones(2)
-        if len(front) >= 2:
-            extent = front.max(axis=0) - front.min(axis=0)
-            scale = np.where(extent > 0, extent, 1.0)
-        lambdas_arr = np.asarray(lambdas, dtype=float)
-        floor = self._f2_floor if study.directions[1] == StudyDirection.MINIMIZE else None
-        bracket_open, extension = self._bracket(probed, planned, lambdas_arr, points, scale, bounds, floor)
-        return _Snapshot(
-            search=search,
-            points=points,
-            lambdas=lambdas_arr,
-            scale=scale,
-            supported=pareto.supported_points(points, self._tolerance),
-            knee=pareto.knee_index(points, self._knee, self._tolerance),
-            probed=probed,
-            planned=planned,
-            full_complete=full_complete,
-            full_taken=full_taken,
-            full_pending=full_pending,
-            full_trials=full_trials,
-            bounds=bounds,
-            bracket_open=bracket_open,
-            extension=extension,
-        )
-
-    def _bracket(
-        self,
-        probed: list[float],
-        planned: list[float],
-        lambdas: np.ndarray,
-        points: np.ndarray,
-        scale: np.ndarray,
-        bounds: tuple[float, float],
-        floor: float | None,
-    ) -> tuple[bool, float | None]:
-        """Whether the front may go on beyond the largest weight tried, and the weight to try there.
-
-        Returns ``(open, extension)``. ``open`` is false once the end of the front is
-        known to be reached (see step 2 of the class docstring); ``extension`` is
-        ``min(10 λ_max, upper bound)`` when the bracket is open and the trial at
-        ``λ_max`` has finished, ``None`` while it still runs (its weight is taken:
-        nobody extends past a result not yet known) or when the bracket is closed.
-        Derived from the trials alone, like everything else the sampler decides.
-        """
-        taken = probed + planned
-        if not taken:
-            return True, None
-        low, high = bounds
-        top = max(taken)
-        at_top = np.array([self._same(float(lam), top) for lam in lambdas], dtype=bool)
-        if not at_top.any() and self._near_any(top, planned):
-            return True, None  # running: its result may still move the end of the front
-        if top <= 0.0 or top >= high or self._same(top, high):
-            return False, None  # nothing to scale, or nowhere further to go
-        if not at_top.any():
-            return False, None  # failed or pruned at λ_max: no result to judge, no retries past it
-        # Of several results at one weight (retries), the one farthest along the front.
-        f1_top, f2_top = points[at_top][np.argmin(points[at_top, 1])]
-        if floor is not None and f2_top <= floor:
-            return False, None  # no weights left: the end of the front
-        below = (lambdas < top) & ~at_top
-        if below.any():
-            prev = float(lambdas[below].max())
-            f1_prev, f2_prev = points[lambdas == prev][np.argmin(points[lambdas == prev, 1])]
-            lowered = f2_prev - f2_top > self._tolerance * scale[1]
-            traded = f1_top - f1_prev > self._tolerance * scale[0]
-            if not (lowered or traded):
-                return False, None  # a larger weight gave the same network: the end plateau
-        return True, min(max(10.0 * top, low), high)
-
-    def _trial_lambda(self, t: FrozenTrial) -> float | None:
-        """The weight a trial trained (finished) or will train (running / waiting)."""
-        if self._param_name in t.params:
-            return float(t.params[self._param_name])
-        if t.state in _PENDING:
-            lam = t.system_attrs.get(self._lambda_attr)
-            if lam is None:
-                lam = (t.system_attrs.get("fixed_params") or {}).get(self._param_name)
-            return None if lam is None else float(lam)
-        return None  # finished without suggesting the weight: not a search trial
-
-    def _check_study(self, study: Study) -> None:
+    def _check_study(study: Study) -> None:
         if len(study.directions) != 2:
             raise ValueError(
                 "KneeSampler needs a study with exactly two objectives (e.g. "
                 "optuna.create_study(directions=['minimize', 'minimize'])), got "
                 f"{len(study.directions)} direction(s)."
             )
-
-    # -------------------------------------------------------------------- helpers
-
-    def _same(self, a: float, b: float) -> bool:
-        return abs(a - b) <= self._rtol * max(abs(a), abs(b)) + _ATOL
-
-    def _near_any(self, lam: float, values: Sequence[float]) -> bool:
-        return any(self._same(lam, v) for v in values)
-
-    @staticmethod
-    def _clip_to(lam: float, snap: _Snapshot) -> float:
-        return min(max(lam, snap.bounds[0]), snap.bounds[1])
-
-    @staticmethod
-    def _clip(lam: float, dist: FloatDistribution) -> float:
-        lam = min(max(lam, dist.low), dist.high)
-        if dist.step is not None:
-            lam = dist.low + round((lam - dist.low) / dist.step) * dist.step
-            lam = min(max(lam, dist.low), dist.high)
-        return lam

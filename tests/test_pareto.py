@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,12 +11,15 @@ from hypothesis import strategies as st
 
 from motune.pareto import (
     _hypervolume_2d,
+    front_scale,
+    hull_segments,
     hypervolume,
     knee_index,
     nondominated_mask,
     normal_weight,
     normalise,
     supported_points,
+    weights_tie,
 )
 
 # A convex polyline with a sharp knee at (0.15, 200) (index 2), scaled like
@@ -233,3 +238,43 @@ def test_hypervolume_edge_cases() -> None:
     )
     with pytest.raises(ValueError):
         hypervolume(POLY, [1.0, np.inf])
+
+
+# --------------------------------------------------------- geometry the sampler reads
+
+
+def test_front_scale_is_the_nondominated_extent() -> None:
+    assert front_scale(POLY).tolist() == [2.25, 3000.0]
+    dominated = np.vstack([POLY, [[5.0, 9000.0]]])  # a dominated point does not widen it
+    assert front_scale(dominated).tolist() == [2.25, 3000.0]
+    assert front_scale(np.zeros((0, 2))).tolist() == [1.0, 1.0]
+    assert front_scale(np.array([[1.0, 2.0], [1.0, 2.0]])).tolist() == [1.0, 1.0]
+
+
+def test_hull_segments_weights_and_lengths() -> None:
+    scale = front_scale(POLY)
+    weights, lengths = hull_segments(POLY, scale)
+    assert weights.tolist() == [normal_weight(a, b) for a, b in itertools.pairwise(POLY)]
+    assert np.all(np.diff(weights) > 0)  # convex: the normal weight grows along the front
+    step = (POLY[1] - POLY[0]) / scale
+    assert lengths[0] == pytest.approx(np.hypot(*step))
+    assert [len(x) for x in hull_segments(POLY[:1], scale)] == [0, 0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.floats(0.01, 0.99),
+    st.floats(0.0, 1.0),
+    st.floats(1e-3, 1e3),
+    st.floats(1e-3, 1e3),
+)
+def test_weights_tie_matches_the_weighted_sum(lam: float, tol: float, s1: float, s2: float) -> None:
+    """λ' ties A and B iff their weighted sums differ by at most tol along λ''s unit normal."""
+    scale = np.array([s1, s2])
+    a, b = np.array([0.0, s2]), np.array([s1, 0.0])
+    normal = normal_weight(a, b)
+    assert weights_tie(a, b, np.array([normal]), scale, 1e-9).tolist() == [True]  # up to rounding
+    f = (1 - lam) * (a - b)[0] + lam * (a - b)[1]
+    length = np.hypot((1 - lam) * s1, lam * s2)
+    expected = abs(f) <= tol * length
+    assert weights_tie(a, b, np.array([lam]), scale, tol).tolist() == [expected]

@@ -8,6 +8,7 @@ known in closed form (or by a dense grid).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -24,9 +25,22 @@ import optuna
 import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from motune.sampler import KneeSampler
+from motune.sampler import (
+    FRONT,
+    FULL,
+    KneeSampler,
+    SearchRules,
+    TrialRecord,
+    bracket,
+    choose_weight,
+    is_confirmed,
+    read_trials,
+    search_front,
+    segments,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -658,3 +672,117 @@ def test_failed_bracket_trial_is_not_pushed_further() -> None:
 def test_f2_floor_validation() -> None:
     with pytest.raises(ValueError, match="f2_floor"):
         KneeSampler(f2_floor=math.nan)
+
+
+# ------------------------------------------------------- the search without a Study
+# The choice of a weight is a function of the trials' records alone (motune.sampler's
+# module-level functions); these tests build records by hand.
+
+DONE, RUNNING, FAILED = TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL
+SHARP_ENDS = [(0.0, (0.05, 3000.0)), (0.1, (2.3, 0.0))]
+EXTREMES_NORMAL = 2.25 / (2.25 + 3000.0)
+
+
+def records(*rows: tuple[float, tuple[float, float]]) -> list[TrialRecord]:
+    """One COMPLETE front record per (λ, values) row, numbered from 0."""
+    return [TrialRecord(i, lam, DONE, FRONT, values) for i, (lam, values) in enumerate(rows)]
+
+
+def sharp_records(*lams: float) -> list[TrialRecord]:
+    return records(*((lam, tuple(float(v) for v in SHARP(lam))) for lam in lams))
+
+
+def test_read_trials_one_record_per_weighted_trial() -> None:
+    study = new_study(KneeSampler(seed=0))
+    study.optimize(make_objective(SHARP), n_trials=3)
+    study.add_trial(optuna.trial.create_trial(values=[1.0, 5000.0]))  # a baseline: no weight
+    running = study.ask()
+    running.suggest_float("l1_weight", 0.0, 1.0)
+    recs = read_trials(study.get_trials(), directions=study.directions)
+    assert [r.number for r in recs] == [0, 1, 2, 4]
+    assert [r.lam for r in recs[:2]] == [0.0, 0.1] and recs[3].pending and recs[3].values is None
+    assert recs[0].values == (0.05, 3000.0) and all(r.fidelity == FRONT for r in recs)
+    assert [r.number for r in read_trials(study.get_trials(), exclude=4)] == [0, 1, 2]
+    maximised = read_trials(study.get_trials(), directions=[StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE])
+    assert maximised[0].values == (-0.05, 3000.0)
+
+
+def test_choose_weight_dichotomic_sequence_on_records() -> None:
+    """The sharp front's search, step by step, on records: the same weights the study gets."""
+    rules = SearchRules()
+    assert choose_weight([], rules) == (0.0, FRONT)
+    assert choose_weight(sharp_records(0.0), rules) == (0.1, FRONT)
+    lam, fidelity = choose_weight(sharp_records(0.0, 0.1), rules)
+    assert fidelity == FRONT and lam == pytest.approx(EXTREMES_NORMAL)
+    study = new_study(KneeSampler(seed=0))
+    run_until_converged(study, make_objective(SHARP), 8)
+    lams = [t.params["l1_weight"] for t in study.trials]
+    for n in range(1, len(lams)):
+        expected = (lams[n], KneeSampler.fidelity(study.trials[n]))
+        assert choose_weight(sharp_records(*lams[:n]), rules) == expected
+
+
+def test_search_front_and_segments() -> None:
+    recs = sharp_records(0.0, 0.1, EXTREMES_NORMAL)
+    front = search_front(recs, SearchRules())
+    assert front.knee == 2 and front.knee_pos == 1
+    assert front.supported.tolist() == [0, 2, 1]
+    assert front.scale.tolist() == [2.25, 3000.0]
+    segs = segments(front, recs, SearchRules())
+    assert [s.pos for s in segs] == [0, 1] and not any(s.closed or s.busy for s in segs)
+    # A running trial at a segment's normal weight makes it busy; a finished one closes it.
+    running = TrialRecord(9, segs[0].lam, RUNNING)
+    assert [s.busy for s in segments(front, [*recs, running], SearchRules())] == [True, False]
+    failed = TrialRecord(9, segs[1].lam, FAILED)
+    assert [s.closed for s in segments(front, [*recs, failed], SearchRules())] == [False, True]
+
+
+def test_bracket_on_records() -> None:
+    rules, bounds = SearchRules(), (0.0, 1.0)
+    short = records(*((lam, tuple(float(v) for v in SHORT(lam))) for lam in (0.0, 0.1)))
+    assert bracket(short, search_front(short, rules), rules, bounds) == (True, 1.0)
+    pending = [*short, TrialRecord(2, 1.0, RUNNING)]
+    assert bracket(pending, search_front(pending, rules), rules, bounds) == (True, None)
+    sharp = sharp_records(0.0, 0.1)  # f2 = 0 at 0.1: the end of the front
+    assert bracket(sharp, search_front(sharp, rules), rules, bounds) == (False, None)
+    no_floor = SearchRules(f2_floor=None)
+    assert bracket(sharp, search_front(sharp, no_floor), no_floor, bounds) == (True, 1.0)
+    crashed = [*short, TrialRecord(2, 1.0, FAILED)]
+    assert bracket(crashed, search_front(crashed, rules), rules, bounds) == (False, None)
+
+
+def test_knee_confirmed_and_full_retrain_on_records() -> None:
+    rules = SearchRules()
+    lams = [0.0, 0.1, EXTREMES_NORMAL]
+    recs = sharp_records(*lams)
+    assert not is_confirmed(recs, rules, (0.0, 1.0))
+    while (choice := choose_weight(recs, rules))[1] == FRONT:
+        lams.append(choice[0])
+        recs = sharp_records(*lams)
+    assert is_confirmed(recs, rules, (0.0, 1.0))
+    knee = search_front(recs, rules).knee
+    assert choice == (lams[knee], FULL) and recs[knee].values == (0.15, 200.0)
+    # Once a full retrain runs, completes or failed there, the next weight is a front one.
+    for state in (RUNNING, DONE, FAILED):
+        full = TrialRecord(len(recs), lams[knee], state, FULL)
+        assert choose_weight([*recs, full], rules)[1] == FRONT
+    assert choose_weight(recs, dataclasses.replace(rules, full_fidelity=False))[1] == FRONT
+
+
+def test_gap_filling_on_records_never_repeats() -> None:
+    """After convergence the weights keep coming, each new, within bounds."""
+    rules, rng = SearchRules(full_fidelity=False), np.random.RandomState(0)
+    recs = sharp_records(0.0, 0.1)
+    for _ in range(25):
+        lam, fidelity = choose_weight(recs, rules, (0.0, 0.1), rng)
+        assert fidelity == FRONT and 0.0 <= lam <= 0.1
+        assert not rules.near_any(lam, [r.lam for r in recs])
+        recs = sharp_records(*(r.lam for r in recs), lam)
+
+
+def test_search_rules_validation() -> None:
+    with pytest.raises(ValueError, match="start_weights"):
+        SearchRules(start_weights=(0.5,))
+    with pytest.raises(ValueError, match="f2_floor"):
+        SearchRules(f2_floor=math.inf)
+    assert SearchRules(min_lambda_gap=0.01).same(1.0, 1.009)
