@@ -67,7 +67,7 @@ def test_digits_reaches_90_percent_and_larger_lambda_trades_accuracy_for_sparsit
     assert sparse.nonzeros < dense.nonzeros
     assert sparse.cross_entropy > dense.cross_entropy
     assert sparse.l1 < dense.l1
-    assert dense.seconds < 30  # sanity bound only; speed is measured in bench/throughput.py
+    assert dense.seconds > 0 and dense.train_seconds <= dense.seconds  # timings are recorded; speed is bench/throughput.py's
 
 
 def test_itp_invariant_holds_at_the_end_and_history_is_recorded(digits) -> None:
@@ -84,8 +84,9 @@ def test_itp_invariant_holds_at_the_end_and_history_is_recorded(digits) -> None:
         assert list(record.nonzeros_per_layer) == layers
         assert record.nonzeros == sum(record.nonzeros_per_layer.values())
         assert record.val_accuracy is not None and record.alpha_mean is None
-    # the history is a real pruning history: sparsity grows over the epochs
-    assert result.history[-1].nonzeros < result.history[0].nonzeros or result.history[0].nonzeros < result.penalised_size
+    # the history is a real pruning history: weights are pruned in the first epoch and sparsity grows after it
+    assert result.history[0].nonzeros < result.penalised_size
+    assert result.history[-1].nonzeros < result.history[0].nonzeros
     assert result.nonzeros == result.history[-1].nonzeros
     assert result.fraction_kept == pytest.approx(result.nonzeros / result.penalised_size)
 
