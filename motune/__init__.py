@@ -9,8 +9,10 @@ See README.md for the whole path and docs/architecture.md for where each piece l
 from motune.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from motune.combine import GradientCombiner, MultiGradient, WeightedSum, min_norm_alpha
 from motune.config import ConfigError, StudyConfig
-from motune.data import DATASETS, DataError, Dataset, load_dataset
+from motune.data import DATASETS, DataError, Dataset, Loaders, load_data, load_dataset
 from motune.export import ExportError, export_pareto, pareto_rows
+from motune.hook import SparseTraining
+from motune.imports import ImportPathError
 from motune.models import MODELS, build_model, penalised_parameters
 from motune.objectives import evaluate, l1_norm, nonzeros_per_layer
 from motune.optim import PerObjectiveAdam, PerObjectiveOptimizer, PerObjectiveRMSprop
@@ -35,12 +37,15 @@ __all__ = [
     "EpochRecord",
     "ExportError",
     "GradientCombiner",
+    "ImportPathError",
     "IntraTrainingPruning",
     "KneeSampler",
+    "Loaders",
     "MultiGradient",
     "PerObjectiveAdam",
     "PerObjectiveOptimizer",
     "PerObjectiveRMSprop",
+    "SparseTraining",
     "StudyConfig",
     "StudyError",
     "TrainConfig",
@@ -56,6 +61,7 @@ __all__ = [
     "knee_trial",
     "l1_norm",
     "load_checkpoint",
+    "load_data",
     "load_dataset",
     "load_model",
     "min_norm_alpha",

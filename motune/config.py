@@ -3,9 +3,10 @@
 A config has four tables::
 
     [study]      name, n_trials, timeout, knee, start_weights, baselines, seed, full_fidelity
-    [data]       dataset, data_dir, image_size, limit
-    [train]      every other field of motune.train.TrainConfig (model, penalise, optimizer,
-                 lr, ..., device), plus front_epochs; epochs is the full-fidelity length
+    [data]       dataset, data_dir, image_size, limit, [data.args]
+    [train]      every other field of motune.train.TrainConfig (model, [train.model_args],
+                 penalise, optimizer, lr, ..., device), plus front_epochs; epochs is the
+                 full-fidelity length
     [baselines.KIND]   optimizer, lr, momentum   (KIND: smgd, multi_adam, multi_rmsprop)
 
 The training settings are declared once, in :class:`~motune.train.TrainConfig`: the
@@ -17,6 +18,12 @@ config keys.
 Every default is the digits study, so ``StudyConfig()`` *is* ``studies/digits.toml``.
 An unknown key, a wrong type or an out-of-range value raises :class:`ConfigError`
 naming the key (``train.lr``) and what is allowed, before anything touches a storage.
+
+Your own network and data: ``[data] dataset`` and ``[train] model`` may be import paths
+``"module:callable"`` with keyword arguments in ``[data.args]`` and ``[train.model_args]``,
+and ``penalise`` a list of glob patterns. Parsing checks their form only and imports
+nothing (a config read from a shared storage is data, not code); :meth:`StudyConfig.load`
+makes the config file's folder importable, so a module beside the TOML is found.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from motune.imports import is_import_path, make_importable
 from motune.train import TrainConfig
 
 if sys.version_info >= (3, 11):
@@ -64,7 +72,9 @@ class StudySection:
 # kind picks the method, the sampler the l1 weight, study.seed + trial number the seed.
 PER_TRIAL_KEYS: tuple[str, ...] = ("method", "l1_weight", "seed")
 # TrainConfig fields that live in [data]; every other TrainConfig field lives in [train].
-DATA_KEYS: tuple[str, ...] = ("dataset", "data_dir", "image_size", "limit")
+DATA_KEYS: tuple[str, ...] = ("dataset", "data_dir", "image_size", "limit", "data_args")
+# TrainConfig fields whose config key has another name: data_args is [data.args].
+_RENAMED: dict[str, str] = {"data_args": "args"}
 # Where a study's default differs from TrainConfig's (the digits study trains 30 epochs).
 _STUDY_DEFAULTS: dict[str, Any] = {"epochs": 30}
 
@@ -92,7 +102,15 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         if value is None and type(None) in options:
             return None
         inner = [o for o in options if o is not type(None)]
-        return _check_type(key, value, inner[0])
+        if len(inner) == 1:
+            return _check_type(key, value, inner[0])
+        for option in inner:  # e.g. penalise: "dense" or a list of patterns
+            try:
+                return _check_type(key, value, option)
+            except ConfigError:
+                continue
+        names = " or ".join(_type_name(o) for o in inner)
+        raise ConfigError(f"{key}: must be {names}, got {value!r}")
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -107,6 +125,13 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     elif isinstance(value, hint):
         return value
     raise ConfigError(f"{key}: must be of type {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _type_name(hint: Any) -> str:
+    """``str``, ``list[str]``: how a type reads in a message."""
+    args = typing.get_args(hint)
+    name = getattr(typing.get_origin(hint) or hint, "__name__", str(hint))
+    return f"{name}[{', '.join(_type_name(a) for a in args)}]" if args else name
 
 
 def _derived_section(name: str, doc: str, keys: typing.Iterable[str], extra: typing.Iterable[tuple[str, Any, Any]] = ()) -> type:
@@ -127,7 +152,7 @@ def _derived_section(name: str, doc: str, keys: typing.Iterable[str], extra: typ
             default = field(default_factory=f.default_factory)
         else:
             default = field(default=f.default)
-        specs.append((key, hints[key], default))
+        specs.append((_RENAMED.get(key, key), hints[key], default))
     specs += [(key, hint, field(default=value)) for key, hint, value in extra]
     section = dataclasses.make_dataclass(name, specs, namespace={"__doc__": doc, "__module__": __name__})
     defaults = section()
@@ -203,9 +228,12 @@ class StudyConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         try:
-            return cls.from_dict(raw)
+            config = cls.from_dict(raw)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        if config.import_paths():
+            make_importable(path.parent)  # the user named this file: its folder's modules are theirs
+        return config
 
     @classmethod
     def from_dict(cls, raw: Any) -> StudyConfig:
@@ -229,6 +257,15 @@ class StudyConfig:
                 raise ConfigError(f"baselines.{kind}: must be a table, got {table!r}")
             cfg.baselines[kind] = _section(BaselineSection, f"baselines.{kind}", {**base, **table})
         return cfg.validate()
+
+    def import_paths(self) -> dict[str, str]:
+        """The config keys that name code to import, with their paths (empty: built-ins only).
+
+        >>> StudyConfig.from_dict({"train": {"model": "winenets:make"}}).import_paths()
+        {'train.model': 'winenets:make'}
+        """
+        found = {"data.dataset": self.data.dataset, "train.model": self.train.model}
+        return {key: value for key, value in found.items() if is_import_path(value)}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts (JSON- and TOML-ready); ``from_dict(to_dict())`` round-trips."""
@@ -269,8 +306,9 @@ class StudyConfig:
     ) -> TrainConfig:
         """The :class:`TrainConfig` of one trial of ``kind`` (front or full fidelity)."""
         t = self.train
+        data = dataclasses.asdict(self.data)
         cfg = TrainConfig(
-            **dataclasses.asdict(self.data),
+            **{key: data[_RENAMED.get(key, key)] for key in DATA_KEYS},
             **{key: getattr(t, key) for key in _TRAIN_KEYS},
             epochs=t.epochs if full else t.front_epochs,
             finetune_epochs=t.finetune_epochs if full else 0,
@@ -291,12 +329,21 @@ _TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainSection) if f.name n
 _SECTION_OF = {**{key: "data" for key in DATA_KEYS}, "seed": "study"}
 
 
+def config_key(name: str) -> str:
+    """The config key of TrainConfig field ``name``: ``lr`` -> ``train.lr``, ``data_args`` -> ``data.args``.
+
+    >>> config_key("data_args"), config_key("model_args"), config_key("dataset")
+    ('data.args', 'train.model_args', 'data.dataset')
+    """
+    return f"{_SECTION_OF.get(name, 'train')}.{_RENAMED.get(name, name)}"
+
+
 def _locate(message: str, kind: str) -> str:
     """Prefix a TrainConfig error ('lr: ...') with the config table it came from."""
-    name = message.split(":", 1)[0]
+    name, _, rest = message.partition(":")
     if kind != "weighted_sum" and name in ("optimizer", "lr", "momentum"):
         return f"baselines.{kind}.{message}"
-    return f"{_SECTION_OF.get(name, 'train')}.{message}"
+    return f"{config_key(name)}:{rest}" if rest else f"{_SECTION_OF.get(name, 'train')}.{message}"
 
 
 def _unknown_keys(where: str, table: dict[str, Any], allowed: typing.Iterable[str]) -> None:

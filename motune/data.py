@@ -32,7 +32,7 @@ import dataclasses
 import functools
 import gzip
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from motune.imports import ImportPathError, call, is_import_path, resolve
 from motune.safe_pickle import ForbiddenGlobal, restricted_loads
 
 __all__ = [
@@ -48,6 +49,9 @@ __all__ = [
     "DEFAULT_DATA_DIRS",
     "DataError",
     "Dataset",
+    "Loaders",
+    "as_data",
+    "load_data",
     "load_dataset",
     "read_cifar_batch",
     "read_idx",
@@ -133,10 +137,9 @@ class Dataset:
     num_classes: int
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """Shape of one image, (C, H, W)."""
-        c, h, w = self.x_train.shape[1:]
-        return (int(c), int(h), int(w))
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: (C, H, W) for images, (features,) for a table."""
+        return tuple(int(d) for d in self.x_train.shape[1:])
 
     def to(self, device: torch.device | str) -> Dataset:
         """Return a copy with every tensor moved to ``device``."""
@@ -561,3 +564,141 @@ def load_dataset(
         y_test=ys[2],
         num_classes=_NUM_CLASSES,
     )
+
+
+# --------------------------------------------------------------------------- #
+# The user's data: an import path, a Dataset, or loaders
+# --------------------------------------------------------------------------- #
+
+
+def _check_batch(batch: Any, where: str, field: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` as ``(x, y)``: two tensors of one length, integer class labels; else an ImportPathError."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ImportPathError(field, f"the {where} loader yields {type(batch).__name__} batches; it must yield (x, y) pairs")
+    x, y = batch
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ImportPathError(field, f"the {where} loader yields ({type(x).__name__}, {type(y).__name__}); "
+                                     "it must yield (x, y) pairs of tensors")
+    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or len(x) != len(y):
+        raise ImportPathError(field, f"the {where} loader yields y of shape {tuple(y.shape)} and dtype {y.dtype} for "
+                                     f"{len(x)} inputs; y must hold one integer class label per input")
+    return x, y
+
+
+@dataclass(frozen=True, eq=False)
+class Loaders:
+    """Training, validation and (optional) test batches from the user's loaders.
+
+    Each split is any re-iterable of ``(x, y)`` batches (a ``torch.utils.data.DataLoader``
+    or a list). This is the general path; an in-memory :class:`Dataset` is the fast one.
+    Build it with :meth:`from_mapping`, which checks the first batch of every split.
+    """
+
+    train: Iterable[Any]
+    val: Iterable[Any]
+    test: Iterable[Any] | None
+    input_shape: tuple[int, ...]
+    num_classes: int
+    name: str = "loaders"
+
+    @classmethod
+    def from_mapping(cls, loaders: Mapping[str, Any], *, field: str = "dataset", name: str = "loaders") -> Loaders:
+        """Check ``{"train": ..., "val": ..., "test": ...}`` (test optional) and read the data's shape.
+
+        ``input_shape`` and ``num_classes`` may be given in the mapping; otherwise the
+        shape comes from the first validation batch and the number of classes from one
+        pass over the training labels (largest label + 1; that pass draws one epoch from
+        a shuffling loader's random stream, so give ``num_classes`` to leave it alone).
+        The validation and test loaders' first batches are checked here, the training
+        loader's when it is read (or by :meth:`check_train`). Bad input raises
+        :class:`~motune.imports.ImportPathError` starting with ``field``.
+
+        >>> import torch
+        >>> batches = [(torch.zeros(4, 13), torch.tensor([0, 2, 1, 0]))]
+        >>> data = Loaders.from_mapping({"train": batches, "val": batches})
+        >>> data.input_shape, data.num_classes, data.test is None
+        ((13,), 3, True)
+        """
+        if not isinstance(loaders, Mapping):
+            raise ImportPathError(field, f"got a {type(loaders).__name__}, not a mapping of loaders")
+        extra = [key for key in loaders if key not in ("train", "val", "test", "input_shape", "num_classes")]
+        missing = [key for key in ("train", "val") if loaders.get(key) is None]
+        if missing or extra:
+            what = f"has no {missing[0]!r} loader" if missing else f"has an unknown key {extra[0]!r}"
+            raise ImportPathError(field, f"the mapping of loaders {what}; give 'train', 'val' and optionally 'test' "
+                                         "(and optionally 'input_shape', 'num_classes')")
+        if not isinstance(loaders["train"], Iterable):
+            raise ImportPathError(field, f"the train loader is a {type(loaders['train']).__name__}, not an iterable of "
+                                         "(x, y) batches")
+        splits = [split for split in ("val", "test") if loaders.get(split) is not None]
+        firsts = {split: _first_batch(loaders[split], split, field) for split in splits}
+        input_shape = loaders.get("input_shape")
+        if input_shape is None:
+            input_shape = tuple(int(d) for d in firsts["val"][0].shape[1:])
+        num_classes = loaders.get("num_classes")
+        if num_classes is None:
+            top = -1
+            for batch in loaders["train"]:
+                top = max(top, int(_check_batch(batch, "train", field)[1].max()))
+            num_classes = top + 1
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+            raise ImportPathError(field, f"num_classes must be an integer >= 2, got {num_classes!r}")
+        return cls(loaders["train"], loaders["val"], loaders.get("test"), tuple(int(d) for d in input_shape),
+                   num_classes, name)
+
+    def check_train(self, field: str = "dataset") -> None:
+        """Check the training loader's first batch (draws from a shuffling loader's random stream)."""
+        _first_batch(self.train, "train", field)
+
+
+def _first_batch(loader: Any, split: str, field: str) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        first = next(iter(loader))
+    except TypeError:
+        raise ImportPathError(
+            field, f"the {split} loader is a {type(loader).__name__}, not an iterable of (x, y) batches"
+        ) from None
+    except StopIteration:
+        raise ImportPathError(field, f"the {split} loader yields no batches") from None
+    return _check_batch(first, split, field)
+
+
+def as_data(data: Dataset | Loaders | Mapping[str, Any], field: str = "dataset") -> Dataset | Loaders:
+    """``data`` as motune trains on it: a :class:`Dataset` or :class:`Loaders` as they are, a mapping of loaders checked."""
+    if isinstance(data, (Dataset, Loaders)):
+        return data
+    if isinstance(data, Mapping):
+        return Loaders.from_mapping(data, field=field)
+    raise ImportPathError(field, f"got a {type(data).__name__}; give a motune.Dataset (in-memory tensors) or a mapping "
+                                 "with 'train', 'val' and optionally 'test' loaders of (x, y) batches")
+
+
+def load_data(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    image_size: int | None = None,
+    limit: int | None = None,
+    args: Mapping[str, Any] | None = None,
+) -> Dataset | Loaders:
+    """A built-in dataset (:func:`load_dataset`) or the user's, named by an import path.
+
+    The callable of ``"module:callable"`` gets ``args`` (and ``data_dir`` when it takes
+    it) and returns a :class:`Dataset` or a mapping of loaders (see
+    :meth:`Loaders.from_mapping`). Every failure is a ``ValueError`` starting with the
+    setting at fault (``dataset`` or ``data_args``).
+    """
+    args = dict(args or {})
+    if not is_import_path(name):
+        if args:
+            raise ValueError(f"data_args: built-in dataset {name!r} takes no arguments; remove them")
+        return load_dataset(name, data_dir, image_size=image_size, limit=limit)
+    fn = resolve("dataset", name)
+    optional = {"data_dir": os.fspath(data_dir)} if data_dir is not None else {}
+    data = call("dataset", fn, args, args_field="data_args", optional=optional, name=name)
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, Mapping):
+        return Loaders.from_mapping(data, field="dataset", name=name)
+    raise ImportPathError("dataset", f"{name} returned a {type(data).__name__}; return a motune.Dataset or a mapping "
+                                     "with 'train', 'val' and optionally 'test' loaders")

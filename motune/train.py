@@ -16,19 +16,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from motune.combine import MultiGradient, WeightedSum, cubic_ramp
-from motune.data import DATASETS, Dataset, load_dataset
-from motune.models import MODELS, PENALISE, build_model, penalised_parameters
+from motune.combine import MultiGradient, cubic_ramp
+from motune.data import DATASETS, Dataset, Loaders, as_data, load_data
+from motune.hook import SparseTraining
+from motune.imports import check_import_path, is_import_path
+from motune.models import MODELS, build_model, check_penalise, penalised_parameters
 from motune.objectives import evaluate, l1_norm, nonzeros_per_layer, penalised_size
 from motune.optim import OPTIMIZER_FORMS, PerObjectiveAdam, PerObjectiveOptimizer, PerObjectiveRMSprop
-from motune.pruning import PRUNE_POLICIES, IntraTrainingPruning
+from motune.pruning import PRUNE_POLICIES
 
 METHODS: tuple[str, ...] = ("weighted_sum", "multi_gradient")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "rmsprop")
@@ -60,11 +63,7 @@ class TrainConfig:
     ``l1_ramp``: warm-up of the l1 weight, a fraction of the penalised epochs
     (``epochs - finetune_epochs``) over which the weighted sum's ``l1_weight`` grows from
     0 to its value on a cubic curve (:func:`~motune.combine.cubic_ramp`), step by step;
-    0 = no ramp. The multi-gradient method has no ``l1_weight`` and ignores it. Default
-    0.5: in ``bench/pruning.py --ablation`` (LeNet-5 / Fashion-MNIST, 15 epochs, 2 seeds)
-    it gained ~1.9 pp of test accuracy at matched sparsity, the largest of the levers;
-    the per-objective form gained nothing on top of it, so ``"combined"`` stays the
-    default (docs/benchmarks.md §2).
+    0 = no ramp. The multi-gradient method has no ``l1_weight`` and ignores it.
     ``finetune_epochs``: the last epochs train cross-entropy alone with the pruning mask
     frozen.
     """
@@ -73,8 +72,10 @@ class TrainConfig:
     data_dir: str | None = None
     image_size: int | None = None
     limit: int | None = None
+    data_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of an import-path dataset
     model: str = "digits_cnn"
-    penalise: str = "dense"
+    model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of an import-path model
+    penalise: str | list[str] = "dense"
     method: str = "weighted_sum"
     l1_weight: float = 0.0
     optimizer: str = "adam"
@@ -88,16 +89,20 @@ class TrainConfig:
     prune_policy: str = "soft"
     finetune_epochs: int = 0
     optimizer_form: str = "combined"
-    l1_ramp: float = 0.5
+    l1_ramp: float = 0.0
     seed: int = 0
     device: str = "auto"
     eval_every_epoch: bool = False  # validation metrics in every EpochRecord (costs a pass over val data)
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the field, the value and what is allowed; return self."""
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("model", self.model, MODELS)
-        _choice("penalise", self.penalise, PENALISE)
+        _user_or_builtin("dataset", self.dataset, DATASETS, "data_args", self.data_args)
+        _user_or_builtin("model", self.model, MODELS, "model_args", self.model_args)
+        if is_import_path(self.dataset):
+            for name in ("image_size", "limit"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: applies to built-in datasets only; let {self.dataset} take it as an argument")
+        check_penalise(self.penalise)
         _choice("method", self.method, METHODS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -163,10 +168,14 @@ class TrainResult:
     seconds: float
     train_seconds: float
     alpha_mean: float | None
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
     history: list[EpochRecord] = field(default_factory=list)
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    # How to rebuild the network (a checkpoint records both): a built-in name or an import path.
+    model_name: str = ""
+    model_args: dict[str, Any] = field(default_factory=dict)
+    penalised: list[str] = field(default_factory=list)  # names of the penalised weights
 
 
 def resolve_device(device: str) -> torch.device:
@@ -222,27 +231,66 @@ def _make_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int) ->
 EpochCallback = Callable[[EpochRecord], "bool | None"]
 
 
-def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCallback | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    model: nn.Module | Callable[..., nn.Module] | None = None,
+    data: Dataset | Loaders | Mapping[str, Any] | None = None,
+    callback: EpochCallback | None = None,
+) -> TrainResult:
     """Train one network on the biobjective problem and measure it.
 
-    ``data`` may be passed to reuse a loaded :class:`~motune.data.Dataset` across runs.
+    ``model``: your own network, an ``nn.Module`` (trained in place) or a factory called
+    like an import-path model (``input_shape=``, ``num_classes=`` where it takes them,
+    plus ``config.model_args``); default: build ``config.model``. ``penalise`` globs then
+    name its parameters.
+    ``data``: a :class:`~motune.data.Dataset` (in-memory tensors, the fast path; pass one
+    to reuse it across runs) or a mapping with ``"train"``, ``"val"`` and optionally
+    ``"test"`` loaders, any re-iterables of ``(x, y)`` batches (the loader decides order
+    and batch size; ``batch_size`` and the seeded order apply to a Dataset only);
+    default: load ``config.dataset``. Without test batches the test metrics are NaN.
     ``callback`` is called with each :class:`EpochRecord`; returning True stops training
     early (the result then says ``stopped_early``); exceptions it raises propagate (an
     Optuna objective can raise ``TrialPruned`` from it).
 
-    Raises ``ValueError`` for a bad config and :class:`DivergenceError` when the loss
-    becomes NaN or infinite.
+    Every step is :class:`~motune.hook.SparseTraining`'s (combine, step, prune), so a
+    loop of your own with that hook reproduces this function's numbers.
+
+    .. testcode::
+
+        import torch
+        from torch import nn
+        import motune
+
+        data = motune.load_dataset("digits", limit=200)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        config = motune.TrainConfig(penalise=["1.weight", "3.*"], l1_weight=1e-3, epochs=2)
+        result = motune.train(config, model=net, data=data)
+        assert result.penalised == ["1.weight", "3.weight"] and result.penalised_size == 64 * 32 + 32 * 10
+
+    Raises ``ValueError`` for a bad config (starting with the setting at fault; an
+    :class:`~motune.imports.ImportPathError` for user code) and :class:`DivergenceError`
+    when the loss becomes NaN or infinite.
     """
     cfg = config.validate()
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     if data is None:
-        data = load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit=cfg.limit)
-    data = data.to(device)
-    x_train, y_train = data.x_train, data.y_train
+        data = load_data(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit=cfg.limit, args=cfg.data_args)
+    data = as_data(data)
+    in_memory = isinstance(data, Dataset)
+    if in_memory:
+        data = data.to(device)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
+    if isinstance(model, nn.Module):
+        model_name, model_args = f"{type(model).__module__}:{type(model).__qualname__}", {}
+    else:
+        factory = model
+        model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args, factory=factory)
+        model_name = cfg.model if factory is None else f"{factory.__module__}:{factory.__qualname__}"
+        model_args = dict(cfg.model_args)
+    model = model.to(device)
     penalised = penalised_parameters(model, cfg.penalise)
     weights = list(penalised.values())
     params = list(model.parameters())
@@ -251,19 +299,15 @@ def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCa
     # steps along the combined .grad, a per-objective one takes g1 (.grad), g2 and alpha.
     per_objective = isinstance(optimizer, PerObjectiveOptimizer)
     scheduler = _make_scheduler(cfg.lr_schedule, optimizer, cfg.epochs)
-    if cfg.method == "weighted_sum":
-        combiner: WeightedSum | MultiGradient = WeightedSum(params, weights, cfg.l1_weight)
-    else:
-        # The per-objective step reads alpha on the host anyway: compute it there.
-        combiner = MultiGradient(params, weights, host_alpha=True if per_objective else None)
-    itp = IntraTrainingPruning(weights, cfg.prune_threshold, cfg.prune_policy)
-    itp.before_training()
+    # The per-objective step reads alpha on the host anyway: compute it there.
+    hook = SparseTraining(model, penalised, l1_weight=cfg.l1_weight if cfg.method == "weighted_sum" else 0.0,
+                          method=cfg.method, prune_threshold=cfg.prune_threshold, prune_policy=cfg.prune_policy,
+                          host_alpha=True if per_objective else None)
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    n_train, batch_size = len(x_train), cfg.batch_size
     # Warm-up of the l1 weight over the first l1_ramp of the penalised steps (weighted sums only).
-    ramp_steps = round(cfg.l1_ramp * (cfg.epochs - cfg.finetune_epochs) * math.ceil(n_train / batch_size))
-    ramped = combiner if isinstance(combiner, WeightedSum) and cfg.l1_weight > 0 and ramp_steps > 0 else None
+    ramped = hook if cfg.method == "weighted_sum" and cfg.l1_weight > 0 and cfg.l1_ramp > 0 else None
+    ramp_steps = round(cfg.l1_ramp * (cfg.epochs - cfg.finetune_epochs) * _steps_per_epoch(data, cfg.batch_size)) if ramped else 0
     step = 0
     history: list[EpochRecord] = []
     alpha_total, n_alpha_steps = 0.0, 0  # over multi-gradient steps only
@@ -274,31 +318,27 @@ def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCa
         if epoch == finetune_from and cfg.finetune_epochs:
             # Fine-tuning: cross-entropy only, on the sparsity pattern reached so far
             # (a permanent mask at the same threshold), to recover accuracy at that sparsity.
-            combiner = WeightedSum(params, weights, 0.0)
-            itp = IntraTrainingPruning(weights, cfg.prune_threshold, "permanent" if itp.active else "none")
-            itp.before_training()
+            hook = SparseTraining(model, penalised, prune_threshold=cfg.prune_threshold,
+                                  prune_policy="permanent" if hook.pruning.active else "none")
         t_epoch = time.perf_counter()
-        order = torch.randperm(n_train, generator=generator).to(device)
+        if in_memory:  # the fast path: index the tensors in a seeded order
+            order = torch.randperm(len(data.x_train), generator=generator).to(device)
+            batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = (
+                (data.x_train[idx], data.y_train[idx]) for idx in order.split(cfg.batch_size)
+            )
+        else:
+            batches = _device_batches(data.train, device)
         loss_sum = torch.zeros((), device=device)
         alpha_sum: float | torch.Tensor = 0.0  # stays a float when alpha is one (CPU): no kernel per step
         n_steps = 0
         # --- hot path: forward, backward, combine, step, prune ---
-        for start in range(0, n_train, batch_size):
+        for xb, yb in batches:
             if ramped is not None and step <= ramp_steps:  # during the warm-up only: one float per step
                 ramped.l1_weight = cfg.l1_weight * cubic_ramp(step, ramp_steps)
-            idx = order[start : start + batch_size]
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad()
             loss.backward()
-            if per_objective:
-                alpha = combiner.alpha_()
-                itp.before_step()
-                optimizer.step(alpha, combiner.signs)
-            else:
-                alpha = combiner.combine_()
-                itp.before_step()
-                optimizer.step()
-            itp.after_step(optimizer)
+            alpha = hook.step(optimizer)  # combine g1 and g2, step, prune
             loss_sum += loss.detach()
             if alpha is not None:
                 alpha_sum += alpha
@@ -328,20 +368,20 @@ def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCa
             nonzeros_per_layer=per_layer,
             lr=lr_now,
             seconds=train_seconds,
-            alpha_mean=float(alpha_sum) / n_steps if isinstance(combiner, MultiGradient) else None,
+            alpha_mean=float(alpha_sum) / n_steps if isinstance(hook.combiner, MultiGradient) else None,
         )
-        if isinstance(combiner, MultiGradient):
+        if isinstance(hook.combiner, MultiGradient):
             alpha_total += float(alpha_sum)
             n_alpha_steps += n_steps
         if cfg.eval_every_epoch:
-            record.val_cross_entropy, record.val_accuracy = evaluate(model, data.x_val, data.y_val)
+            record.val_cross_entropy, record.val_accuracy = _evaluate(model, data, "val", device)
         history.append(record)
         if callback is not None and callback(record):
             stopped_early = epoch < cfg.epochs
             break
 
-    cross_entropy, val_accuracy = evaluate(model, data.x_val, data.y_val)
-    test_cross_entropy, test_accuracy = evaluate(model, data.x_test, data.y_test)
+    cross_entropy, val_accuracy = _evaluate(model, data, "val", device)
+    test_cross_entropy, test_accuracy = _evaluate(model, data, "test", device)
     per_layer = nonzeros_per_layer(penalised)
     size = penalised_size(penalised)
     nonzeros = sum(per_layer.values())
@@ -365,12 +405,68 @@ def train(config: TrainConfig, *, data: Dataset | None = None, callback: EpochCa
         num_classes=data.num_classes,
         history=history,
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        model_name=model_name,
+        model_args=model_args,
+        penalised=list(penalised),
     )
 
 
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+def _steps_per_epoch(data: Dataset | Loaders, batch_size: int) -> int:
+    """Optimiser steps in one epoch (a loader without ``len()`` is counted once)."""
+    if isinstance(data, Dataset):
+        return math.ceil(len(data.x_train) / batch_size)
+    try:
+        return len(data.train)  # type: ignore[arg-type]
+    except TypeError:
+        return sum(1 for _ in data.train)
+
+
+def _device_batches(loader: Iterable[Any], device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's ``(x, y)`` batches on ``device`` (non-blocking copies: pinned memory overlaps them)."""
+    for batch in loader:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(f"dataset: a loader yielded a {type(batch).__name__}; it must yield (x, y) pairs")
+        x, y = batch
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, data: Dataset | Loaders, split: str, device: torch.device) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on the ``val`` or ``test`` split (NaN, NaN when loaders have no test)."""
+    if isinstance(data, Dataset):
+        return evaluate(model, getattr(data, f"x_{split}"), getattr(data, f"y_{split}"))
+    loader = getattr(data, split)
+    if loader is None:
+        return math.nan, math.nan
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for x, y in _device_batches(loader, device):
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
+        n += len(y)
+    model.train(was_training)
+    return float(loss_sum) / max(n, 1), float(correct) / max(n, 1)
+
+
+def _user_or_builtin(name: str, value: Any, builtins: tuple[str, ...], args_name: str, args: Any) -> None:
+    """A built-in name (no arguments) or a well-formed import path with a table of keyword arguments (nothing imported)."""
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise ValueError(f"{args_name}: must be a table of keyword arguments, got {args!r}")
+    if isinstance(value, str) and ":" in value:
+        check_import_path(name, value)
+        return
+    _choice(name, value, builtins, " or an import path 'module:callable'")
+    if args:
+        raise ValueError(f"{args_name}: only an import-path {name} takes arguments; built-in {value!r} takes none")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...], more: str = "") -> None:
     if value not in allowed:
-        raise ValueError(f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+        raise ValueError(f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}{more}")
 
 
 def _number(
