@@ -154,6 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         options = ["--artifacts", str(artifact_dir), "--threads", str(threads), "--heartbeat", str(args.heartbeat),
                    "--grace", str(args.grace), "--storage-patience", str(args.storage_patience)]
         options += ["--timeout", str(args.timeout)] if args.timeout is not None else []
+        options += ["--config", str(Path(args.config).resolve())] if config.import_paths() else []
         code = run_local_workers(study, url, args.workers, target, options, args.quiet)
     else:
         print(TABLE_HEAD, flush=True)
@@ -167,6 +168,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def _worker_config(args: argparse.Namespace, stored: StudyConfig, name: str) -> StudyConfig:
+    """The config a worker trains with; refuses to run import paths read from the storage unless trusted.
+
+    Whoever can write the study's stored config in a shared database must not be able to
+    make a worker call arbitrary code (``"subprocess:run"``). A worker calls the stored
+    import paths only when started with the study's config file itself (it must equal the
+    stored config; its folder becomes importable) or with ``--trust-study-config``.
+    """
+    if args.config is not None:
+        local, _ = _load_config(args.config)
+        local.data.data_dir = stored.data.data_dir  # a --data-dir given to `run`/`create` is part of the stored config
+        if local != stored:
+            raise UsageError(f"{args.config} differs from the config stored in study {name!r}; start the worker with "
+                             "the file the study was created from")
+        return stored
+    paths = stored.import_paths()
+    if paths and not args.trust_study_config:
+        named = ", ".join(f"{key} = {value!r}" for key, value in paths.items())
+        raise UsageError(f"study {name!r} names code to run ({named}); a worker runs it only when started with the "
+                         "study's config file (--config FILE.toml) or with --trust-study-config, if you trust everyone "
+                         "who can write to this storage")
+    return stored
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from motune.faults import default_worker_index, host_name
 
@@ -175,7 +200,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _check_run_options(args)
     _set_threads(args)
     study, url = _open_existing_study(args)
-    config = load_study_config(study)
+    config = _worker_config(args, load_study_config(study), study.study_name)
     if args.data_dir is not None:
         config.data.data_dir = args.data_dir
         config.validate()
@@ -307,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker_opts(worker)
     worker.add_argument("--worker-index", type=int, metavar="I",
                         help="seeds this worker's own random stream (default: from host name and process id)")
+    worker.add_argument("--config", metavar="FILE",
+                        help="the study's config file: lets the worker run the import paths it names (its folder "
+                        "becomes importable); it must equal the config stored in the study")
+    worker.add_argument("--trust-study-config", action="store_true",
+                        help="run the import paths of the config stored in the study (code named by whoever can "
+                        "write to the storage); their modules must be importable here")
     worker.set_defaults(func=cmd_worker)
 
     create = sub.add_parser("create", help="create a study (config stored in it) without running trials",

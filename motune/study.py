@@ -22,6 +22,7 @@ storage outages are ridden out by :mod:`motune.patience`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -39,8 +40,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from motune.checkpoint import save_checkpoint
-from motune.config import StudyConfig
-from motune.data import Dataset, load_dataset
+from motune.config import ConfigError, StudyConfig, config_key
+from motune.data import Dataset, Loaders, load_data
 from motune.faults import (
     DEFAULT_GRACE,
     DEFAULT_HEARTBEAT,
@@ -55,6 +56,8 @@ from motune.faults import (
     requeue_interrupted,
     worker_identity,
 )
+from motune.imports import ImportPathError
+from motune.models import build_model, penalised_parameters
 from motune.patience import DEFAULT_PATIENCE, StorageUnavailable, patient
 from motune.sampler import FULL, KneeSampler
 from motune.storage import StudyError, default_artifact_dir
@@ -157,16 +160,49 @@ def load_study_config(study: optuna.Study) -> StudyConfig:
     return StudyConfig.from_dict(stored)
 
 
-_DATA_CACHE: dict[tuple[Any, ...], Dataset] = {}
+_DATA_CACHE: dict[tuple[Any, ...], Dataset | Loaders] = {}
+_NETWORKS_CHECKED: set[tuple[Any, ...]] = set()  # (data, model, model_args, penalise) that built fine
 
 
-def cached_dataset(config: StudyConfig) -> Dataset:
-    """Load the study's data once per process (trials share it)."""
-    d = config.data
-    key = (d.dataset, d.data_dir, d.image_size, d.limit)
+def _config_error(exc: ValueError) -> ConfigError:
+    """A training-layer error ('model_args: ...') as a ConfigError naming the config key ('train.model_args: ...')."""
+    if isinstance(exc, ImportPathError):
+        return ConfigError(f"{config_key(exc.field)}: {exc.detail}")
+    name, _, rest = str(exc).partition(": ")
+    return ConfigError(f"{config_key(name)}: {rest}" if rest else str(exc))
+
+
+def cached_dataset(config: StudyConfig) -> Dataset | Loaders:
+    """Load the study's data once per process (trials share it) and check that the network builds on it.
+
+    Built-in data or the user's (an import path, see :func:`motune.data.load_data`). The
+    first call per data also builds the model once and picks its penalised weights, so a
+    module that does not import, a callable that raises or returns the wrong thing, loaders
+    that yield something other than ``(x, y)``, an unknown ``*_args`` key or a ``penalise``
+    pattern that matches nothing is a :class:`ConfigError` naming the config key, before
+    anything touches a storage. This calls the config's import paths: only for a config
+    the user trusts (their own file, or ``motune worker --trust-study-config``).
+    """
+    d, t = config.data, config.train
+    key = (d.dataset, d.data_dir, d.image_size, d.limit, json.dumps(d.args, sort_keys=True, default=str))
     if key not in _DATA_CACHE:
-        _DATA_CACHE[key] = load_dataset(d.dataset, d.data_dir, image_size=d.image_size, limit=d.limit)
-    return _DATA_CACHE[key]
+        try:
+            data = load_data(d.dataset, d.data_dir, image_size=d.image_size, limit=d.limit, args=d.args)
+            if isinstance(data, Loaders):
+                data.check_train()
+        except ImportPathError as exc:
+            raise _config_error(exc) from None
+        _DATA_CACHE[key] = data
+    data = _DATA_CACHE[key]
+    network = (key, t.model, json.dumps(t.model_args, sort_keys=True, default=str), json.dumps(t.penalise))
+    if network not in _NETWORKS_CHECKED:
+        try:
+            model = build_model(t.model, data.input_shape, data.num_classes, t.model_args)
+            penalised_parameters(model, t.penalise)
+        except ValueError as exc:
+            raise _config_error(exc) from None
+        _NETWORKS_CHECKED.add(network)
+    return data
 
 
 def result_attrs(result: TrainResult, kind: str, fidelity: str) -> dict[str, Any]:
@@ -299,7 +335,9 @@ class Objective:
         try:
             path = save_checkpoint(
                 tmp / f"trial-{trial.number:04d}.pt",
-                model=result.config.model,
+                model=result.model_name,
+                model_args=result.model_args,
+                penalised=result.penalised,
                 input_shape=result.input_shape,
                 num_classes=result.num_classes,
                 state_dict=result.state_dict,
