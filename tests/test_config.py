@@ -102,3 +102,39 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> No
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such config file"):
         StudyConfig.load(tmp_path / "nope.toml")
+
+
+def test_import_paths_parse_without_importing_and_reach_the_train_config() -> None:
+    """A config read from a storage is data: parsing it imports nothing, however it names code."""
+    import sys
+
+    raw = {
+        "data": {"dataset": "never_imported_module:wine", "args": {"batch_size": 16}},
+        "train": {"model": "never_imported_module:make", "model_args": {"hidden": 24},
+                  "penalise": ["body.*.weight", "head.weight"]},
+    }
+    cfg = StudyConfig.from_dict(raw)
+    assert "never_imported_module" not in sys.modules
+    assert cfg.import_paths() == {"data.dataset": "never_imported_module:wine", "train.model": "never_imported_module:make"}
+    assert StudyConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["data"]["args"] == {"batch_size": 16}
+    trial = cfg.train_config(l1_weight=1e-3)
+    assert (trial.data_args, trial.model_args) == ({"batch_size": 16}, {"hidden": 24})
+    assert trial.penalise == ["body.*.weight", "head.weight"]
+    assert StudyConfig().import_paths() == {}
+
+
+@pytest.mark.parametrize(
+    "raw,match",
+    [
+        ({"data": {"args": {"batch_size": 16}}}, r"data\.args: only an import-path dataset takes arguments"),
+        ({"train": {"model_args": {"hidden": 4}}}, r"train\.model_args: only an import-path model takes arguments"),
+        ({"train": {"penalise": 3}}, r"train\.penalise: must be str or list\[str\], got 3"),
+        ({"train": {"penalise": []}}, r"train\.penalise: must be 'dense', 'all' or a non-empty list"),
+        ({"train": {"model": "a:b:c"}}, r"train\.model: 'a:b:c' is not an import path"),
+        ({"data": {"dataset": "m:f", "limit": 10}}, r"data\.limit: applies to built-in datasets only"),
+        ({"data": {"args": [1]}}, r"data\.args: must be a table"),
+    ],
+)
+def test_bad_import_path_settings_name_the_key(raw: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        StudyConfig.from_dict(raw)
