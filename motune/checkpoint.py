@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from motune.imports import ImportPathError, is_import_path
-from motune.models import build_model
+from motune.models import MODELS, build_model
 
 FORMAT = "motune-checkpoint"
 VERSION = 2
@@ -216,6 +216,9 @@ def load_model(
     shape, classes = tuple(payload["input_shape"]), payload["num_classes"]
     if isinstance(model, nn.Module):
         net = model
+    elif model is None and not is_import_path(name) and name not in MODELS:
+        raise CheckpointError(f"checkpoint {path}: its network {name!r} is neither built in nor an import path; "
+                              "pass it: load_model(path, model=your_module_or_factory)")
     elif model is None and is_import_path(name) and not trust:
         raise CheckpointError(
             f"checkpoint {path}: its network is user code ({name!r}) and rebuilding it runs that code; pass the "

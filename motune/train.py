@@ -70,6 +70,11 @@ class TrainConfig:
     default (docs/benchmarks.md §2).
     ``finetune_epochs``: the last epochs train cross-entropy alone with the pruning mask
     frozen.
+
+    ``dataset`` and ``model`` name a built-in or an import path ``"module:callable"``
+    (your own data and network, :mod:`motune.imports`; keyword arguments in
+    ``data_args`` / ``model_args``); ``penalise`` is ``"dense"``, ``"all"`` or a list of
+    glob patterns over parameter names (biases never).
     """
 
     dataset: str = "digits"

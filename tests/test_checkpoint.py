@@ -123,3 +123,12 @@ def test_trained_result_checkpoint_records_the_user_network(tmp_path: Path) -> N
     again = load_model(path, model=Wide((64,), 10, 32))
     _, accuracy = motune.evaluate(again, flat.x_val, flat.y_val)
     assert accuracy == result.val_accuracy
+
+
+def test_network_that_cannot_be_rebuilt_by_name_asks_for_the_model(tmp_path: Path) -> None:
+    net = Wide(hidden=8)
+    path = save_checkpoint(tmp_path / "lambda.pt", model="somewhere:<lambda>", input_shape=(1000,), num_classes=4,
+                           state_dict=net.state_dict())
+    with pytest.raises(CheckpointError, match=r"neither built in nor an import path; pass it: load_model\(path, model="):
+        load_model(path, trust=True)
+    assert load_model(path, model=Wide(hidden=8)).body.out_features == 8
