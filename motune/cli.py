@@ -225,6 +225,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     from motune.study import create_or_load_study
 
     config, source = _load_config(args.config, args.data_dir)
+    if config.import_paths():  # the user's model and data must load here, before a study names them
+        with interruptible():
+            cached_dataset(config)
     name = args.study or config.study.name
     url = args.storage or default_storage_url(name)
     study = create_or_load_study(config, open_storage(url), name)

@@ -116,6 +116,14 @@ def test_bad_user_code_exits_2_naming_the_key_before_any_storage(wine_dir: Path,
     assert not (wine_dir / "wine.db").exists() and not (wine_dir / "wine-artifacts").exists()
 
 
+def test_create_checks_the_users_code_before_the_study_exists(wine_dir: Path, run_motune) -> None:
+    text = (wine_dir / "wine.toml").read_text(encoding="utf-8")
+    (wine_dir / "bad.toml").write_text(text.replace('"winenets:make"', '"winenets:nope"'), encoding="utf-8")
+    code, _, err = run_motune(wine_dir, "create", "bad.toml")
+    assert code == 2 and err.count("\n") == 1 and "train.model: 'winenets:nope'" in err, err
+    assert not list(wine_dir.glob("*.db"))
+
+
 # ----------------------------------------------------------------------------- the worker's trust rule
 
 
