@@ -69,7 +69,6 @@ from typing import Any
 
 import optuna
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
@@ -77,7 +76,7 @@ import motune
 from motune.study import knee_trial, run_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
-from _common import RESULTS, load_average, setup, table, write_json
+from _common import RESULTS, load_average, plain_epochs, setup, table, write_json
 
 STUDY_TOML = Path(__file__).resolve().parent.parent / "studies" / "fashion_mnist_lenet5.toml"
 LR, BATCH = 1e-3, 128
@@ -123,21 +122,13 @@ def new_run(data: motune.Dataset, seed: int) -> Run:
 
 def train_epochs(run: Run, data: motune.Dataset, epochs: int, on_step: Any = None) -> None:
     """``epochs`` epochs of the textbook loop; ``on_step(step)`` after every optimiser step."""
-    x, y = data.x_train, data.y_train
-    run.model.train()
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=run.gen)
-        for start in range(0, len(x), BATCH):
-            idx = order[start : start + BATCH]
-            loss = F.cross_entropy(run.model(x[idx]), y[idx])
-            run.opt.zero_grad()
-            loss.backward()
-            run.opt.step()
-            run.step += 1
-            if on_step is not None:
-                on_step(run.step)
-    run.seconds += time.perf_counter() - t0
+
+    def step() -> None:
+        run.step += 1
+        if on_step is not None:
+            on_step(run.step)
+
+    run.seconds += plain_epochs(run.model, run.opt, data, batch_size=BATCH, epochs=epochs, generator=run.gen, on_step=step)
 
 
 def dense_layers(model: nn.Module) -> list[tuple[nn.Module, str]]:

@@ -30,11 +30,10 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from _common import plain_epochs
 
 import motune
 from motune.data import DEFAULT_DATA_DIRS, DataError
@@ -55,18 +54,7 @@ def plain_epoch(data: motune.Dataset, seed: int) -> float:
     torch.manual_seed(seed)
     model = motune.build_model("lenet5", data.input_shape, data.num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
-    gen = torch.Generator().manual_seed(seed)
-    x, y = data.x_train, data.y_train
-    model.train()
-    t0 = time.perf_counter()
-    order = torch.randperm(len(x), generator=gen)
-    for start in range(0, len(x), BATCH):
-        idx = order[start : start + BATCH]
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return time.perf_counter() - t0
+    return plain_epochs(model, opt, data, batch_size=BATCH, epochs=1, generator=torch.Generator().manual_seed(seed))
 
 
 def motune_epoch(data: motune.Dataset, seed: int, **changes) -> float:
