@@ -113,15 +113,13 @@ def pareto_set(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return sorted((t for t, keep in zip(trials, mask) if keep), key=lambda t: (t.values[0], t.number))
 
 
-def hypervolume_normalised(
-    trials: Sequence[FrozenTrial], bounds: tuple[Sequence[float], Sequence[float]] | None = None
-) -> float:
-    """Hypervolume of ``trials``' values normalised to [0, 1] by ideal and nadir (``bounds``, default theirs).
+def hypervolume_normalised(trials: Sequence[FrozenTrial]) -> float:
+    """Hypervolume of ``trials``' values normalised to [0, 1] by their own ideal and nadir points.
 
     The reference point is :data:`HYPERVOLUME_REFERENCE`, so the extreme points count too.
     """
     if not trials:
         return 0.0
     points = np.array([t.values for t in trials], dtype=float)
-    ideal, nadir = (points.min(axis=0), points.max(axis=0)) if bounds is None else (np.asarray(bounds[0]), np.asarray(bounds[1]))
+    ideal, nadir = points.min(axis=0), points.max(axis=0)
     return float(hypervolume(normalise(points, ideal, nadir), np.array(HYPERVOLUME_REFERENCE)))
