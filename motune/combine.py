@@ -4,7 +4,7 @@ After ``loss.backward()`` every parameter's ``.grad`` holds ``g1``, the minibatc
 cross-entropy gradient. The l1 objective needs no autograd: its subgradient is
 ``g2 = sign(w)`` on penalised weights and 0 elsewhere. A combiner overwrites ``.grad``
 with ``d = alpha * g1 + (1 - alpha) * g2`` and any ``torch.optim`` optimiser takes the step
-(DESIGN.md §4):
+(or a :mod:`motune.optim` optimiser consumes ``g1``, ``g2`` and ``alpha`` separately):
 
 - :class:`WeightedSum`: ``alpha = 1 - l1_weight``, fixed for the whole run (or, with a
   warm-up, ``l1_weight`` scaled by :func:`cubic_ramp` over the first steps);

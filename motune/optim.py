@@ -1,6 +1,7 @@
 """Per-objective optimisers: Adam and RMSprop with separate moments for each objective.
 
-The authors' own optimisers (DESIGN.md §4: ``MAdam`` / ``MRMSprop`` in their Keras code)
+The authors' own optimisers (``MAdam`` / ``MRMSprop`` in the Keras code of Reiners, Klamroth
+& Stiglmayr, ``MultiobjectiveOptimizers.py``)
 keep *separate* moment estimates for the cross-entropy gradient ``g1`` and the l1
 subgradient ``g2 = sign(w)``, and step along a weighted sum of the two *normalised*
 directions::
