@@ -39,7 +39,7 @@ SCHEDULES = {
 
 
 def _reference_adam(params, pen_ids, grads1, alphas, lr, betas, eps, wd):
-    """Per element, in float64, straight from the formula (DESIGN.md §4), one objective at a time."""
+    """Per element, in float64, straight from the formula of motune.optim, one objective at a time."""
     b1, b2 = betas
     w = {id(p): p.detach().double().clone() for p in params}
     state = {(id(p), k): [0, torch.zeros_like(w[id(p)]), torch.zeros_like(w[id(p)])] for p in params for k in (1, 2)}
