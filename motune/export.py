@@ -46,7 +46,17 @@ from optuna.artifacts import download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from motune.checkpoint import CheckpointError, load_checkpoint
-from motune.trials import CHECKPOINT, FIDELITY, KIND, finite_complete, has_finite_values, number_or_none, pareto_set, trial_lambda
+from motune.trials import (
+    CHECKPOINT,
+    CHECKPOINT_BYTES,
+    FIDELITY,
+    KIND,
+    finite_complete,
+    has_finite_values,
+    number_or_none,
+    pareto_set,
+    trial_lambda,
+)
 
 __all__ = [
     "COLUMNS",
@@ -71,6 +81,7 @@ COLUMNS: tuple[str, ...] = (
     "fraction_kept",
     "is_knee",
     "checkpoint",
+    "checkpoint_bytes",
 )
 
 CSV_NAME = "pareto.csv"
@@ -148,6 +159,7 @@ def _row(trial: FrozenTrial, knee_number: int | None) -> dict[str, Any]:
         "fraction_kept": number_or_none(attrs.get("fraction_kept")),
         "is_knee": trial.number == knee_number,
         "checkpoint": checkpoint_name(trial.number) if _has_checkpoint(trial) else None,
+        "checkpoint_bytes": _int_or_none(attrs.get(CHECKPOINT_BYTES)) if _has_checkpoint(trial) else None,
     }
 
 

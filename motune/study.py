@@ -64,6 +64,7 @@ from motune.storage import StudyError, default_artifact_dir
 from motune.train import DivergenceError, EpochRecord, TrainResult, train
 from motune.trials import (
     CHECKPOINT,
+    CHECKPOINT_BYTES,
     CONFIG_ATTR,
     FAIL_REASON,
     FAILURE,
@@ -346,7 +347,8 @@ class Objective:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return TrialOutcome((result.cross_entropy, result.l1), result_attrs(result, kind, fidelity), path)
+        attrs = {**result_attrs(result, kind, fidelity), CHECKPOINT_BYTES: path.stat().st_size}
+        return TrialOutcome((result.cross_entropy, result.l1), attrs, path)
 
 
 def _store(storage: optuna.storages.BaseStorage, trial_id: int, outcome: TrialOutcome, store: AtomicArtifactStore) -> None:

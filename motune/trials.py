@@ -39,6 +39,7 @@ FIDELITY = "fidelity"  # FRONT or FULL (the sampler's own mark is a system attri
 FAIL_REASON = "fail_reason"  # for people: why a FAIL trial failed
 FAILURE = "failure"  # for programs: a Failure value
 CHECKPOINT = "checkpoint"  # artifact id of the pruned network
+CHECKPOINT_BYTES = "checkpoint_bytes"  # its size on disk (sparse storage: it follows the nonzeros)
 # Study user attributes.
 CONFIG_ATTR = "motune:config"  # the StudyConfig the study was created with; its presence marks a finished setup
 ORPHAN_ATTR_PREFIX = "motune:result_of_trial_"  # + N: the result of trial N, failed elsewhere while it trained

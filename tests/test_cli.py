@@ -68,6 +68,8 @@ def test_export_writes_table_and_loadable_checkpoints(finished_run, run_motune) 
     data = json.loads((out_dir / "pareto.json").read_text())
     assert sum(1 for r in data["rows"] if r["is_knee"]) == 1
     knee = next(r for r in data["rows"] if r["is_knee"])
+    for row in data["rows"]:  # each checkpoint's size is reported, and it is the exported file's
+        assert row["checkpoint_bytes"] == (out_dir / row["checkpoint"]).stat().st_size > 0
     model = motune.load_model(out_dir / knee["checkpoint"])
     digits = motune.load_dataset("digits")
     _, accuracy = motune.evaluate(model, digits.x_val, digits.y_val)
