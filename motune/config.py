@@ -2,7 +2,8 @@
 
 A config has four tables::
 
-    [study]      name, n_trials, timeout, knee, start_weights, baselines, seed, full_fidelity
+    [study]      name, n_trials, timeout, knee, start_weights, baselines, seed, full_fidelity,
+                 prune, prune_patience, prune_margin
     [data]       dataset, data_dir, image_size, limit, [data.args]
     [train]      every other field of motune.train.TrainConfig (model, [train.model_args],
                  penalise, optimizer, lr, ..., device), plus front_epochs; epochs is the
@@ -40,6 +41,7 @@ from typing import Any
 
 from motune.imports import is_import_path, make_importable
 from motune.train import TrainConfig
+from motune.trial_pruning import DEFAULT_MARGIN, DEFAULT_PATIENCE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,7 +58,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class StudySection:
-    """How the search runs: trial budget, knee criterion, start weights, baseline trials."""
+    """How the search runs: trial budget, knee criterion, start weights, baseline trials, trial pruning.
+
+    ``prune``: stop a weighted-sum trial early (PRUNED) when its network collapsed or its
+    intermediate objectives are dominated by a margin (:mod:`motune.trial_pruning`, with
+    ``prune_patience`` epochs and ``prune_margin``); it evaluates on the validation data
+    every epoch (about 7% more time per digits trial).
+    """
 
     name: str = "digits"
     n_trials: int = 16
@@ -66,6 +74,9 @@ class StudySection:
     baselines: list[str] = field(default_factory=lambda: ["smgd"])
     seed: int = 0
     full_fidelity: bool = True
+    prune: bool = True
+    prune_patience: int = DEFAULT_PATIENCE
+    prune_margin: float = DEFAULT_MARGIN
 
 
 # TrainConfig fields the study sets for each trial, never from a config table: the trial
@@ -286,6 +297,10 @@ class StudyConfig:
             raise ConfigError(f"study.knee: unknown value {s.knee!r}; allowed: {', '.join(KNEE_CRITERIA)}")
         if len(s.start_weights) < 1 or any(not (0.0 <= w <= 1.0) or math.isnan(w) for w in s.start_weights):
             raise ConfigError(f"study.start_weights: must be a list of numbers in [0, 1], got {s.start_weights!r}")
+        if s.prune_patience < 1:
+            raise ConfigError(f"study.prune_patience: must be a positive integer (epochs), got {s.prune_patience!r}")
+        if not 0.0 <= s.prune_margin < 1.0:
+            raise ConfigError(f"study.prune_margin: must be a number in [0, 1) (of the front's extent), got {s.prune_margin!r}")
         for kind in s.baselines:
             if kind not in BASELINE_KINDS:
                 raise ConfigError(f"study.baselines: unknown kind {kind!r}; allowed: {', '.join(BASELINE_KINDS)}")

@@ -6,6 +6,7 @@ same wherever it is shown. Reads trials through :mod:`motune.trials`' vocabulary
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from motune.config import StudyConfig
 from motune.storage import is_journal_file, mask_url
 from motune.study import knee_trial, summarize
-from motune.trials import FAIL_REASON, FAILURE, FIDELITY, KIND, Failure, trial_lambda
+from motune.trials import FAIL_REASON, FAILURE, FIDELITY, INTERMEDIATES, KIND, PRUNE_REASON, Failure, trial_lambda
 
 
 def dashboard_command(url: str, artifact_dir: Path) -> str:
@@ -46,8 +47,20 @@ TABLE_HEAD = (
 )
 
 
+def pruned_line(t: FrozenTrial) -> str:
+    """A PRUNED trial in the table's columns: its last intermediate (CE, l1, accuracy) and why it stopped."""
+    a = t.user_attrs
+    rows = a.get(INTERMEDIATES) or [[0, math.nan, math.nan, math.nan]]
+    _, ce, l1, acc = rows[-1]
+    return (
+        f" {t.number:>5} {a.get(KIND, '?'):<13} {a.get(FIDELITY, '?'):<6} {fmt_lambda(trial_lambda(t)):>9} "
+        f"{ce:>8.4f} {l1:>10.2f} {100 * acc:>7.2f}%  pruned after {len(rows)} epoch{'s' * (len(rows) != 1)}: "
+        f"{a.get(PRUNE_REASON, 'no reason recorded')}"
+    )
+
+
 def print_summary(study: optuna.Study, config: StudyConfig, out: Any = None) -> None:
-    """Trials by state, the Pareto table (knee starred), hypervolume."""
+    """Trials by state, the Pareto table (knee starred), hypervolume, pruned trials with their reasons."""
     out = out or sys.stdout
     s = summarize(study, config)
     states = ", ".join(f"{n} {k.lower()}" for k, n in s.states.items()) or "no trials"
@@ -61,6 +74,11 @@ def print_summary(study: optuna.Study, config: StudyConfig, out: Any = None) -> 
         print(TABLE_HEAD, file=out)
         for t in sorted(rows, key=lambda t: t.values[0]):
             print(trial_line(t, s.knee), file=out)
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    if pruned:
+        print("pruned trials (stopped early; last epoch's f1, f2, val acc):", file=out)
+        for t in pruned:
+            print(pruned_line(t), file=out)
     if s.knee is not None:
         k = s.knee
         print(
@@ -105,6 +123,8 @@ class Progress:
             knee = knee_trial(study, self.config)
             print(trial_line(trial) + f"  {trial.user_attrs.get('seconds', 0):.1f}s  knee: "
                   + (f"trial {knee.number}" if knee else "-"), flush=True)
+        elif trial.state == TrialState.PRUNED:
+            print(pruned_line(trial), flush=True)
         elif trial.user_attrs.get(FAILURE) != Failure.NOT_RUN:  # not run: another worker filled the budget
             print(fail_line(trial), flush=True)
 
@@ -121,5 +141,7 @@ def print_new_trials(study: optuna.Study, shown: set[int]) -> None:
             shown.add(t.number)
             if t.state == TrialState.COMPLETE:
                 print(trial_line(t), flush=True)
+            elif t.state == TrialState.PRUNED:
+                print(pruned_line(t), flush=True)
             elif t.user_attrs.get(FAILURE) != Failure.NOT_RUN:
                 print(fail_line(t), flush=True)

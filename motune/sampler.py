@@ -52,6 +52,9 @@ __all__ = ["KneeSampler"]
 FIDELITY_ATTR = "knee:fidelity"  # system attribute: the fidelity the sampler asked for
 FRONT = "front"  # a search trial (the paper approximates the front with a third of the epochs)
 FULL = "full"  # the one full-length retrain of the confirmed knee
+# System attribute of a PRUNED trial whose result is the end of the front (e.g. a network
+# with no weights left, stopped early): the objective pair it reached, read as its values.
+FRONT_END_ATTR = "knee:front_end"
 
 _PENDING = (TrialState.RUNNING, TrialState.WAITING)
 _MAX_RETRIES = 5  # re-plans when another worker planned the same λ at the same moment
@@ -67,7 +70,8 @@ class TrialRecord:
     """What the search knows of one trial that trained (or will train) a weight.
 
     ``values`` are both minimised (a maximised objective is negated) and present only
-    for a COMPLETE trial whose two values are finite; ``fidelity`` is :data:`FRONT` or
+    for a COMPLETE trial whose two values are finite, or a PRUNED one marked as the
+    front's end (:data:`FRONT_END_ATTR`); ``fidelity`` is :data:`FRONT` or
     :data:`FULL`. Records are built by :func:`read_trials`, or by hand in tests.
     """
 
@@ -133,8 +137,11 @@ def read_trials(
         if lam is None:
             continue
         values = None
-        if t.state == TrialState.COMPLETE and t.values is not None:
-            v = signs * np.asarray(t.values, dtype=float)
+        raw = t.values if t.state == TrialState.COMPLETE else None
+        if t.state == TrialState.PRUNED:  # stopped at the end of the front: what it reached there
+            raw = t.system_attrs.get(FRONT_END_ATTR)
+        if raw is not None and len(raw) == 2:
+            v = signs * np.asarray(raw, dtype=float)
             if np.all(np.isfinite(v)):
                 values = (float(v[0]), float(v[1]))
         records.append(TrialRecord(t.number, lam, t.state, trial_fidelity(t), values))
@@ -521,7 +528,9 @@ class KneeSampler(BaseSampler):
     ``"knee:fidelity"``); other workers see them and skip that weight while the
     trial runs. If two workers plan the same weight at the same moment, at least one
     of them sees the other on re-reading and plans again. Failed and pruned trials
-    close what they probed; use Optuna's ``RetryFailedTrialCallback`` for transient
+    close what they probed; a pruned trial whose system attribute :data:`FRONT_END_ATTR`
+    holds the objective pair it stopped at (a network that collapsed: the end of the
+    front) counts as a result there; use Optuna's ``RetryFailedTrialCallback`` for transient
     failures (the retry keeps the weight and fidelity). Trials that never suggest
     ``param_name`` (e.g. baselines sharing the study) are not part of the search;
     maximised objectives are negated internally; other parameters are sampled by
@@ -659,6 +668,8 @@ class KneeSampler(BaseSampler):
         front = search_front(records, self._rules)
         if front.knee is None:
             return None
+        if front.records[front.knee].state != TrialState.COMPLETE:
+            return None  # only a front end stopped early so far: no network to hand out
         lam = front.records[front.knee].lam
         full = [
             r.number

@@ -6,7 +6,9 @@ Each trial trains one network with :func:`motune.train` and returns
 baseline trials (SMGD, multi-Adam, multi-RMSprop) are enqueued with a ``kind`` user
 attribute and take no ``λ``. Every trial's pruned weights are kept as an Optuna artifact
 (so optuna-dashboard can offer them), its metrics as user attributes (the schema is
-:mod:`motune.trials`).
+:mod:`motune.trials`). With ``[study] prune`` a weighted-sum trial whose network collapses,
+or whose intermediate objectives are dominated, stops early as PRUNED
+(:mod:`motune.trial_pruning`).
 
 Scale out. Any number of processes, on any machines, run :func:`run_study` on one
 storage; the sampler coordinates through the storage alone. :func:`run_study` counts
@@ -62,6 +64,7 @@ from motune.patience import DEFAULT_PATIENCE, StorageUnavailable, patient
 from motune.sampler import FULL, KneeSampler
 from motune.storage import StudyError, default_artifact_dir
 from motune.train import DivergenceError, EpochRecord, TrainResult, train
+from motune.trial_pruning import TrialMonitor
 from motune.trials import (
     CHECKPOINT,
     CHECKPOINT_BYTES,
@@ -69,6 +72,7 @@ from motune.trials import (
     FAIL_REASON,
     FAILURE,
     FIDELITY,
+    INTERMEDIATES,
     KIND,
     METRIC_NAMES,
     ORPHAN_ATTR_PREFIX,
@@ -324,9 +328,23 @@ class Objective:
         cfg = self.config.train_config(kind, l1_weight=lam or 0.0, full=fidelity == FULL, seed=seed)
         if self.on_start is not None:
             self.on_start(trial, kind, lam, cfg.epochs)
-        hook = (lambda record: self.on_epoch(trial, record, cfg.epochs)) if self.on_epoch else None
+        data = cached_dataset(self.config)
+        s = self.config.study
+        monitor = TrialMonitor.for_trial(trial, fidelity, data.num_classes, cfg.epochs, patience=s.prune_patience,
+                                         margin=s.prune_margin) if s.prune and kind == WEIGHTED_SUM else None
+        cfg = cfg.replace(eval_every_epoch=True) if monitor else cfg  # the pruner reads validation metrics
+
+        def hook(record: EpochRecord) -> None:
+            if self.on_epoch:
+                self.on_epoch(trial, record, cfg.epochs)
+            if monitor:
+                monitor(record)  # raises optuna.TrialPruned
+
         try:
-            result = train(cfg, data=cached_dataset(self.config), callback=hook)
+            result = train(cfg, data=data, callback=hook)
+        except optuna.TrialPruned:
+            monitor.record(trial, {KIND: kind, FIDELITY: fidelity, "epochs": len(monitor.intermediates)})
+            raise
         except DivergenceError as exc:
             trial.set_user_attr(KIND, kind)
             trial.set_user_attr(FAIL_REASON, str(exc))
@@ -348,6 +366,8 @@ class Objective:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         attrs = {**result_attrs(result, kind, fidelity), CHECKPOINT_BYTES: path.stat().st_size}
+        if monitor:
+            attrs[INTERMEDIATES] = monitor.stored()
         return TrialOutcome((result.cross_entropy, result.l1), attrs, path)
 
 
@@ -508,6 +528,11 @@ def _run_one(
                 frozen = record_outcome(study, trial._trial_id, outcome, objective.artifact_store())
             finally:
                 outcome.discard()
+    except optuna.TrialPruned:  # stopped early (motune.trial_pruning): not in the budget, not retried
+        with deferred():
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        _call(callbacks, study, storage.get_trial(trial._trial_id))
+        return True
     except (DivergenceError, BudgetReached) as exc:
         with deferred():
             study.tell(trial, state=TrialState.FAIL)
@@ -554,8 +579,10 @@ def run_study(
     can run this on one storage: a trial is started only while ``completed + running <
     n_trials``; otherwise the process waits for the others (and takes over a trial
     whose worker died, see :class:`WorkerWatch` with ``grace_period``). Diverging trials
-    end as FAIL with their reason and the study goes on. ``join=True`` opens an existing
-    study and never creates one (``config`` is then the stored config, possibly with a
+    end as FAIL with their reason and the study goes on; so do trials stopped early by
+    ``[study] prune`` (:mod:`motune.trial_pruning`), as PRUNED: they do not count towards
+    ``n_trials`` and are not retried (``max(5, n_trials)`` pruned trials end the run).
+    ``join=True`` opens an existing study and never creates one (``config`` is then the stored config, possibly with a
     local ``data_dir``). ``seed`` seeds the sampler's own random stream: give each
     worker a different one (:func:`worker_seed`).
 
@@ -584,9 +611,13 @@ def run_study(
         fails = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         return sum(1 for t in fails if t.user_attrs.get(FAILURE) == Failure.DIVERGED)
 
+    def pruned() -> int:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+
     def done() -> bool:
-        # The budget, convergence, or trials that keep diverging (a broken setup).
-        return len(completed(study)) >= target or sampler.is_converged(study) or diverged() >= max(5, target)
+        # The budget, convergence, or trials that keep diverging or being pruned (a broken setup).
+        return (len(completed(study)) >= target or sampler.is_converged(study) or diverged() >= max(5, target)
+                or pruned() >= max(5, target))
 
     budgeted = _Budgeted(objective, study, target, done)
     current: list[int] = []

@@ -40,6 +40,8 @@ FAIL_REASON = "fail_reason"  # for people: why a FAIL trial failed
 FAILURE = "failure"  # for programs: a Failure value
 CHECKPOINT = "checkpoint"  # artifact id of the pruned network
 CHECKPOINT_BYTES = "checkpoint_bytes"  # its size on disk (sparse storage: it follows the nonzeros)
+INTERMEDIATES = "intermediates"  # [[epoch, val cross-entropy, l1, val accuracy], ...] when trial pruning is on
+PRUNE_REASON = "prune_reason"  # for people: why a PRUNED trial was stopped (motune.trial_pruning)
 # Study user attributes.
 CONFIG_ATTR = "motune:config"  # the StudyConfig the study was created with; its presence marks a finished setup
 ORPHAN_ATTR_PREFIX = "motune:result_of_trial_"  # + N: the result of trial N, failed elsewhere while it trained
