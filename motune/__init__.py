@@ -23,6 +23,7 @@ from motune.sampler import KneeSampler
 from motune.storage import StudyError, open_storage
 from motune.study import create_or_load_study, knee_trial, run_study
 from motune.train import DivergenceError, EpochRecord, TrainConfig, TrainResult, train
+from motune.trial_pruning import FrontPruner, TrialMonitor
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "DivergenceError",
     "EpochRecord",
     "ExportError",
+    "FrontPruner",
     "GradientCombiner",
     "ImportPathError",
     "IntraTrainingPruning",
@@ -50,6 +52,7 @@ __all__ = [
     "StudyError",
     "TrainConfig",
     "TrainResult",
+    "TrialMonitor",
     "WeightedSum",
     "build_model",
     "count_nonzero",

@@ -91,11 +91,11 @@ def chance_level(accuracy: float, num_classes: int) -> bool:
 
 
 def collapse_reason(point: Intermediate, num_classes: int) -> str | None:
-    """``"no penalised weight left"``, ``"chance-level validation accuracy"`` or None (alive)."""
-    if point.l1 <= 0.0:
-        return "no penalised weight left"
+    """``"chance-level validation accuracy"``, ``"no penalised weight left"`` or None (alive)."""
     if chance_level(point.accuracy, num_classes):
         return "chance-level validation accuracy"
+    if point.l1 <= 0.0:
+        return "no penalised weight left"
     return None
 
 
@@ -190,7 +190,7 @@ class FrontPruner:
         span = f"epoch {last.epoch}" if self.patience == 1 else f"epochs {recent[0].epoch}-{last.epoch}"
         why = [collapse_reason(p, num_classes) for p in recent]
         if all(why):
-            kind = why[-1] if len(set(why)) == 1 else "no penalised weight left or chance-level validation accuracy"
+            kind = why[-1] if len(set(why)) == 1 else "chance-level validation accuracy or no penalised weight left"
             detail = f" ({100 * last.accuracy:.1f}%)" if kind.endswith("accuracy") else ""
             return Decision(f"collapsed: {kind}{detail} for {self.patience} epoch{'s' * (self.patience > 1)} ({span})",
                             True, last.epoch)
