@@ -154,7 +154,7 @@ class FrontPruner:
                 0: [Intermediate(1, 1.8, 440.0, 0.74), Intermediate(2, 0.9, 540.0, 0.89)],
                 4: [Intermediate(1, 1.9, 270.0, 0.75), Intermediate(2, 1.2, 220.0, 0.86)],
             }
-            worse = [Intermediate(1, 2.1, 480.0, 0.60), Intermediate(2, 1.5, 560.0, 0.70)]
+            worse = [Intermediate(1, 2.1, 480.0, 0.60), Intermediate(2, 1.0, 600.0, 0.70)]
             decision = FrontPruner(patience=2, margin=0.1).prune(worse, done, num_classes=10, epochs=10)
             assert decision is not None and not decision.collapsed and "completed trial 0" in decision.reason
     """

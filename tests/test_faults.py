@@ -40,6 +40,7 @@ SLOW = """
 name = "{name}"
 n_trials = {n_trials}
 baselines = []
+prune = false              # every trial runs its full length (a collapsing one would end PRUNED early)
 
 [data]
 limit = 400

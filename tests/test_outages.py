@@ -74,7 +74,7 @@ class FlakyStorage:
 
 
 CONFIG = {
-    "study": {"name": "outage", "n_trials": 3, "baselines": []},
+    "study": {"name": "outage", "n_trials": 3, "baselines": [], "prune": False},  # every trial runs its full length
     "data": {"limit": 400},
     "train": {"epochs": 3, "front_epochs": 3},
 }
