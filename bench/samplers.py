@@ -42,6 +42,25 @@ most a third of the trials of the best other method for both. Also counted:
 ``collapsed`` trials, whose network lost every dense weight (λ past the collapse
 threshold: they all land on the same point of the front).
 
+Epochs as well as trials. With trial pruning (``motune.trial_pruning``, the rule a
+study runs with ``[study] prune = true``) a trial may stop early, so each method also runs
+as ``METHOD+prune``: every trial is judged after each epoch against the completed trials
+of the same run (same ``FrontPruner`` defaults as a study); a pruned trial costs the
+epochs it trained; a collapsed one contributes the end of the front it was heading to
+(``trial_pruning.front_end``, also marked for KneeSampler as a study would), a dominated
+one contributes nothing. Training is deterministic, so a trial pruned at epoch e has
+exactly the first e epochs of the full run: one memoised training (with validation every
+epoch) serves both variants. ``epochs_to_95pct_hv`` / ``epochs_to_knee``: the epochs
+spent up to and including the trial that gets there. Target (issue 11): KneeSampler with
+pruning needs at most half the epochs of the best Optuna sampler (TPE, NSGA-II, GP,
+random; with or without pruning, whichever is better) for both.
+
+Calibration of the pruning rule: on every seed's reference sweep, each sweep trial is
+judged against all the other sweep trials (the most references a study could have) for
+patience 1-3 and margins 0-0.2; a prune is *false* when a collapsed-judged network ends
+alive (above chance, weights left) or a dominance-pruned trial's final point is on the
+sweep's front (the JSON lists, per patience, the smallest margin without a false prune).
+
     python bench/samplers.py            # full: 5 seeds, 40 trials per method, 61-point sweep
     python bench/samplers.py --quick    # 2 seeds, 20 trials per method, 31-point sweep
 """
@@ -63,7 +82,9 @@ from optuna.samplers.nsgaii import PolynomialMutation, SBXCrossover
 
 import motune
 from motune import pareto
-from motune.study import PARAM, completed
+from motune.sampler import FRONT_END_ATTR
+from motune.trial_pruning import DEFAULT_MARGIN, DEFAULT_PATIENCE, FrontPruner, Intermediate, collapse_reason, front_end
+from motune.trials import PARAM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _common import (
@@ -84,7 +105,12 @@ KNEE_REACHED = 0.05  # "reached the knee": within this distance in normalised ob
 HV_FRACTION = 0.95
 REFERENCE = np.array([1.1, 1.1])
 METHODS = ("knee", "tpe", "nsga2", "gp", "random", "grid26")
+OPTUNA_SAMPLERS = ("tpe", "nsga2", "gp", "random")
+PRUNE = "+prune"  # suffix of a method run with trial pruning
 TARGET_RATIO = 1 / 3
+TARGET_EPOCH_RATIO = 1 / 2
+NUM_CLASSES = 10
+CALIBRATION = {"patience": (1, 2, 3), "margin": (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)}
 
 
 class CachedObjective:
@@ -101,14 +127,37 @@ class CachedObjective:
         key = (f"{lam:.11e}", seed)
         if key not in self.cache:
             # The digits study's training settings (motune's defaults), at this run's length, on the CPU.
-            cfg = DIGITS.train_config(l1_weight=float(lam), seed=seed).replace(epochs=self.epochs, device="cpu")
+            # Validation every epoch (what a pruned study does): the intermediates the pruner reads.
+            cfg = DIGITS.train_config(l1_weight=float(lam), seed=seed).replace(
+                epochs=self.epochs, device="cpu", eval_every_epoch=True)
             t0 = time.perf_counter()
             r = motune.train(cfg, data=self.data)
             self.train_seconds += time.perf_counter() - t0
             self.trainings += 1
             self.cache[key] = {"lam": float(lam), "f1": r.cross_entropy, "f2": r.l1,
-                               "val_accuracy": r.val_accuracy, "fraction_kept": r.fraction_kept}
+                               "val_accuracy": r.val_accuracy, "fraction_kept": r.fraction_kept,
+                               "history": [Intermediate(h.epoch, h.val_cross_entropy, h.l1, h.val_accuracy)
+                                           for h in r.history]}
         return self.cache[key]
+
+
+def judge(row: dict[str, Any], pruner: FrontPruner | None, reference: dict[int, list[Intermediate]],
+          epochs: int) -> dict[str, Any]:
+    """One trial as a study with (or without) trial pruning would record it.
+
+    Returns ``state`` (complete / collapsed / dominated), the ``epochs`` it trained, and
+    the point it contributes (``f1``, ``f2``; None for a dominated trial).
+    """
+    out = {"lam": row["lam"], "val_accuracy": row["val_accuracy"], "fraction_kept": row["fraction_kept"]}
+    history = row["history"]
+    if pruner is not None:
+        for e in range(1, len(history) + 1):
+            decision = pruner.prune(history[:e], reference, NUM_CLASSES, epochs)
+            if decision is not None:
+                point = front_end(history[e - 1]) if decision.collapsed else (None, None)
+                state = "collapsed" if decision.collapsed else "dominated"
+                return {**out, "state": state, "epochs": e, "f1": point[0], "f2": point[1], "reason": decision.reason}
+    return {**out, "state": "complete", "epochs": len(history), "f1": row["f1"], "f2": row["f2"]}
 
 
 def grid_order(n_log: int) -> list[float]:
@@ -148,47 +197,112 @@ def make_sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def run_method(method: str, seed: int, budget: int, objective: CachedObjective) -> dict[str, Any]:
-    """The λ sequence and objective values of one method on one seed, in trial order."""
+    """The trials of one method on one seed, in order: λ, state, epochs, the point each contributes.
+
+    ``METHOD+prune`` judges every trial with the study's pruning rule (:func:`judge`)
+    against the completed trials of this run so far.
+    """
+    base, prune = method.removesuffix(PRUNE), method.endswith(PRUNE)
+    pruner = FrontPruner(DEFAULT_PATIENCE, DEFAULT_MARGIN) if prune else None
+    reference: dict[int, list[Intermediate]] = {}
     t0, train0 = time.perf_counter(), objective.train_seconds
-    rows: list[dict[str, float]] = []
-    if method == "grid26":
+    rows: list[dict[str, Any]] = []
+
+    def run_trial(lam: float) -> dict[str, Any]:
+        row = judge(objective(lam, seed), pruner, reference, objective.epochs)
+        if row["state"] == "complete":
+            reference[len(rows)] = objective(lam, seed)["history"]
+        rows.append(row)
+        return row
+
+    if base == "grid26":
         for lam in grid_order(25)[:budget]:
-            rows.append(objective(lam, seed))
+            run_trial(lam)
     else:
-        sampler = make_sampler(method, seed)
+        sampler = make_sampler(base, seed)
         study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
-        low = 0.0 if method == "knee" else LOW
-        if method != "knee":
+        if base != "knee":
             for lam in (LOW, HIGH):  # the same two ends KneeSampler starts from
                 study.enqueue_trial({PARAM: lam})
 
         def fn(trial: optuna.Trial) -> tuple[float, float]:
-            if method == "knee":
-                lam = trial.suggest_float(PARAM, low, HIGH)
+            if base == "knee":
+                lam = trial.suggest_float(PARAM, 0.0, HIGH)
             else:
                 lam = trial.suggest_float(PARAM, LOW, HIGH, log=True)
-            r = objective(lam, seed)
-            return r["f1"], r["f2"]
+            row = run_trial(lam)
+            if row["state"] == "collapsed":  # as TrialMonitor.record marks it in a study
+                trial.storage.set_trial_system_attr(trial._trial_id, FRONT_END_ATTR, [row["f1"], row["f2"]])
+            if row["state"] != "complete":
+                raise optuna.TrialPruned(row["reason"])
+            return row["f1"], row["f2"]
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ExperimentalWarning and the like
             study.optimize(fn, n_trials=budget, gc_after_trial=False)
-        rows = [objective(t.params[PARAM], seed) for t in completed(study)]
     wall = time.perf_counter() - t0
     return {"rows": rows, "wall_seconds": wall, "sampler_seconds": wall - (objective.train_seconds - train0)}
 
 
-def curves(points: np.ndarray, ideal: np.ndarray, nadir: np.ndarray, hv_ref: float,
-           knee_ref: np.ndarray, budget: int) -> dict[str, list[float | None]]:
-    """Hypervolume fraction and knee distance after each of the first ``budget`` trials."""
-    norm = pareto.normalise(points, ideal, nadir)
-    hv, dist = [], []
+def points_of(rows: list[dict[str, Any]]) -> np.ndarray:
+    """The points the trials contribute (a dominance-pruned trial contributes none), in trial order."""
+    return np.array([[r["f1"], r["f2"]] for r in rows if r["f1"] is not None], dtype=float).reshape(-1, 2)
+
+
+def curves(rows: list[dict[str, Any]], ideal: np.ndarray, nadir: np.ndarray, hv_ref: float,
+           knee_ref: np.ndarray, budget: int) -> dict[str, list[Any]]:
+    """Hypervolume fraction, knee distance and epochs spent after each of the first ``budget`` trials."""
+    hv: list[float] = []
+    dist: list[float | None] = []
+    spent: list[int] = []
+    total = 0
     for n in range(1, budget + 1):
-        k = min(n, len(points))
-        hv.append(pareto.hypervolume(norm[:k], REFERENCE) / hv_ref)
-        i = pareto.knee_index(points[:k], KNEE_CRITERION, KNEE_TOLERANCE)
+        total += rows[n - 1]["epochs"] if n <= len(rows) else 0
+        spent.append(total)
+        points = points_of(rows[:n])
+        if not len(points):
+            hv.append(0.0)
+            dist.append(None)
+            continue
+        norm = pareto.normalise(points, ideal, nadir)
+        hv.append(pareto.hypervolume(norm, REFERENCE) / hv_ref)
+        i = pareto.knee_index(points, KNEE_CRITERION, KNEE_TOLERANCE)
         dist.append(None if i is None else float(np.linalg.norm(norm[i] - knee_ref)))
-    return {"hv_fraction": hv, "knee_distance": dist}
+    return {"hv_fraction": hv, "knee_distance": dist, "epochs": spent}
+
+
+def epochs_at(n: int | None, spent: list[int]) -> int | None:
+    """Epochs spent up to and including trial ``n`` (None: never reached)."""
+    return None if n is None else spent[n - 1]
+
+
+def calibrate(sweep_rows: list[dict[str, Any]], epochs: int) -> dict[str, dict[str, Any]]:
+    """The pruning rule on one seed's sweep, each trial judged against all the others, per (patience, margin).
+
+    False prunes: a collapse-pruned trial whose final network is alive (above chance,
+    weights left), or a dominance-pruned trial whose final point is on the sweep's front.
+    """
+    finals = np.array([[r["f1"], r["f2"]] for r in sweep_rows])
+    on_front = pareto.nondominated_mask(finals)
+    out: dict[str, dict[str, Any]] = {}
+    for patience in CALIBRATION["patience"]:
+        for margin in CALIBRATION["margin"]:
+            pruner = FrontPruner(patience, margin)
+            counts = {"collapsed": 0, "dominated": 0, "false_collapsed": 0, "false_dominated": 0, "epochs": 0,
+                      "epochs_without_pruning": 0}
+            for i, row in enumerate(sweep_rows):
+                reference = {j: r["history"] for j, r in enumerate(sweep_rows) if j != i}
+                judged = judge(row, pruner, reference, epochs)
+                counts["epochs"] += judged["epochs"]
+                counts["epochs_without_pruning"] += len(row["history"])
+                if judged["state"] == "collapsed":
+                    counts["collapsed"] += 1
+                    counts["false_collapsed"] += collapse_reason(row["history"][-1], NUM_CLASSES) is None
+                elif judged["state"] == "dominated":
+                    counts["dominated"] += 1
+                    counts["false_dominated"] += bool(on_front[i])
+            out[f"patience={patience},margin={margin:g}"] = {"patience": patience, "margin": margin, **counts}
+    return out
 
 
 def first_reached(flags: list[bool]) -> int | None:
@@ -221,8 +335,7 @@ def run_seed(seed: int, methods: tuple[str, ...], budget: int, sweep: list[float
             + (f"  ERROR {runs[method]['error']}" if "error" in runs[method] else ""))
 
     sweep_pts = np.array([[r["f1"], r["f2"]] for r in sweep_rows])
-    union = np.vstack([sweep_pts, *(np.array([[r["f1"], r["f2"]] for r in run["rows"]])
-                                    for run in runs.values() if run.get("rows"))])
+    union = np.vstack([sweep_pts, *(points_of(run["rows"]) for run in runs.values() if run.get("rows"))])
     front = union[pareto.nondominated_mask(union)]
     ideal, nadir = front.min(axis=0), front.max(axis=0)
     sweep_norm = pareto.normalise(sweep_pts, ideal, nadir)
@@ -238,7 +351,7 @@ def run_seed(seed: int, methods: tuple[str, ...], budget: int, sweep: list[float
         "reference_knee": {"lambda": sweep_rows[k]["lam"], "f1": sweep_rows[k]["f1"], "f2": sweep_rows[k]["f2"],
                            "normalised": knee_ref.tolist(), "val_accuracy": sweep_rows[k]["val_accuracy"],
                            "fraction_kept": sweep_rows[k]["fraction_kept"]},
-        "sweep": sweep_rows,
+        "sweep": [{key: v for key, v in r.items() if key != "history"} for r in sweep_rows],
         "methods": {},
     }
     for method, run in runs.items():
@@ -246,30 +359,49 @@ def run_seed(seed: int, methods: tuple[str, ...], budget: int, sweep: list[float
             out["methods"][method] = {"error": run["error"]}
             continue
         rows = run["rows"]
-        pts = np.array([[r["f1"], r["f2"]] for r in rows])
         n_max = min(budget, len(rows))
-        c = curves(pts, ideal, nadir, hv_ref, knee_ref, n_max)
+        c = curves(rows, ideal, nadir, hv_ref, knee_ref, n_max)
         hv_ok = [h >= HV_FRACTION for h in c["hv_fraction"]]
         knee_ok = [d is not None and d <= KNEE_REACHED for d in c["knee_distance"]]
+        n_hv, n_knee, n_stable = first_reached(hv_ok), first_reached(knee_ok), stable_from(knee_ok)
         out["methods"][method] = {
             "trials": len(rows),
             "lambdas": [r["lam"] for r in rows],
-            "values": pts.tolist(),
+            "states": [r["state"] for r in rows],
+            "trial_epochs": [r["epochs"] for r in rows],
+            "values": [[r["f1"], r["f2"]] for r in rows],
             **c,
-            "collapsed_trials": sum(r["fraction_kept"] == 0 for r in rows),  # every dense weight pruned
-            "trials_to_95pct_hv": first_reached(hv_ok),
-            "trials_to_knee": first_reached(knee_ok),
-            "trials_to_knee_stable": stable_from(knee_ok),
+            "collapsed_trials": sum(r["fraction_kept"] == 0 for r in rows),  # every dense weight pruned (full run)
+            "pruned_collapsed": sum(r["state"] == "collapsed" for r in rows),
+            "pruned_dominated": sum(r["state"] == "dominated" for r in rows),
+            "total_epochs": c["epochs"][-1],
+            "trials_to_95pct_hv": n_hv,
+            "trials_to_knee": n_knee,
+            "trials_to_knee_stable": n_stable,
+            "epochs_to_95pct_hv": epochs_at(n_hv, c["epochs"]),
+            "epochs_to_knee": epochs_at(n_knee, c["epochs"]),
+            "epochs_to_knee_stable": epochs_at(n_stable, c["epochs"]),
             "final_hv_fraction": c["hv_fraction"][-1],
             "final_knee_distance": c["knee_distance"][-1],
             "wall_seconds": run["wall_seconds"],
             "sampler_seconds": run["sampler_seconds"],
         }
+    out["calibration"] = calibrate(sweep_rows, objective.epochs)
     return out
 
 
-def summarise(per_seed: list[dict[str, Any]], methods: tuple[str, ...], budget: int) -> dict[str, Any]:
+def on_epoch_grid(values: list[Any], spent: list[int], grid: list[int]) -> list[Any]:
+    """A per-trial curve read at epoch budgets: the value after the last trial that fits in each."""
+    out = []
+    for x in grid:
+        fit = [i for i, e in enumerate(spent) if e <= x]
+        out.append(values[fit[-1]] if fit else None)
+    return out
+
+
+def summarise(per_seed: list[dict[str, Any]], methods: tuple[str, ...], budget: int, epochs: int) -> dict[str, Any]:
     summary: dict[str, Any] = {}
+    grid = list(range(epochs, budget * epochs + 1, epochs))
     for m in methods:
         runs = [s["methods"][m] for s in per_seed if m in s["methods"]]
         errors = [r["error"] for r in runs if "error" in r]
@@ -279,68 +411,118 @@ def summarise(per_seed: list[dict[str, Any]], methods: tuple[str, ...], budget: 
             continue
         n = max(len(r["hv_fraction"]) for r in ok)
 
-        def med_curve(key: str, ok: list[dict[str, Any]] = ok, n: int = n) -> list[float | None]:
+        def median_of(curves: list[list[Any]], n: int) -> list[float | None]:
             out = []
             for i in range(n):
-                vals = [r[key][min(i, len(r[key]) - 1)] for r in ok]
+                vals = [c[min(i, len(c) - 1)] for c in curves]
                 vals = [v for v in vals if v is not None]
                 out.append(float(np.median(vals)) if vals else None)
             return out
 
+        def per_seed_of(key: str, ok: list[dict[str, Any]] = ok) -> list[Any]:
+            return [r[key] for r in ok]
+
         summary[m] = {
-            "trials_to_95pct_hv": median_or_none([r["trials_to_95pct_hv"] for r in ok]),
-            "trials_to_knee": median_or_none([r["trials_to_knee"] for r in ok]),
-            "trials_to_knee_stable": median_or_none([r["trials_to_knee_stable"] for r in ok]),
-            "per_seed_trials_to_95pct_hv": [r["trials_to_95pct_hv"] for r in ok],
-            "per_seed_trials_to_knee": [r["trials_to_knee"] for r in ok],
-            "per_seed_trials_to_knee_stable": [r["trials_to_knee_stable"] for r in ok],
-            "final_hv_fraction": float(np.median([r["final_hv_fraction"] for r in ok])),
-            "collapsed_trials": float(np.median([r["collapsed_trials"] for r in ok])),
-            "final_knee_distance": median_or_none([r["final_knee_distance"] for r in ok]),
+            **{key: median_or_none(per_seed_of(key)) for key in (
+                "trials_to_95pct_hv", "trials_to_knee", "trials_to_knee_stable",
+                "epochs_to_95pct_hv", "epochs_to_knee", "epochs_to_knee_stable")},
+            **{f"per_seed_{key}": per_seed_of(key) for key in (
+                "trials_to_95pct_hv", "trials_to_knee", "trials_to_knee_stable", "epochs_to_95pct_hv", "epochs_to_knee")},
+            "final_hv_fraction": float(np.median(per_seed_of("final_hv_fraction"))),
+            "collapsed_trials": float(np.median(per_seed_of("collapsed_trials"))),
+            "pruned_collapsed": float(np.median(per_seed_of("pruned_collapsed"))),
+            "pruned_dominated": float(np.median(per_seed_of("pruned_dominated"))),
+            "total_epochs": float(np.median(per_seed_of("total_epochs"))),
+            "final_knee_distance": median_or_none(per_seed_of("final_knee_distance")),
             "trials_per_seed": max(r["trials"] for r in ok),
             "sampler_seconds_per_trial": float(np.median([r["sampler_seconds"] / max(r["trials"], 1) for r in ok])),
-            "median_hv_fraction_curve": med_curve("hv_fraction"),
-            "median_knee_distance_curve": med_curve("knee_distance"),
+            "median_hv_fraction_curve": median_of(per_seed_of("hv_fraction"), n),
+            "median_knee_distance_curve": median_of(per_seed_of("knee_distance"), n),
+            "epoch_grid": grid,
+            "median_hv_fraction_by_epochs": median_of([on_epoch_grid(r["hv_fraction"], r["epochs"], grid) for r in ok],
+                                                      len(grid)),
+            "median_knee_distance_by_epochs": median_of(
+                [on_epoch_grid(r["knee_distance"], r["epochs"], grid) for r in ok], len(grid)),
             **({"errors": errors} if errors else {}),
         }
     return summary
 
 
+def _best(summary: dict[str, Any], key: str, candidates: list[str]) -> tuple[str | None, float | None]:
+    reached = {m: summary[m].get(key) for m in candidates if m in summary and "error" not in summary[m]}
+    reached = {m: v for m, v in reached.items() if v is not None}
+    best_m = min(reached, key=reached.get) if reached else None
+    return best_m, reached.get(best_m) if best_m else None
+
+
 def verdict(summary: dict[str, Any], budget: int) -> dict[str, Any]:
-    """KneeSampler's trials against the best other method's, for both measures."""
+    """KneeSampler against the others: trials (no pruning, as before) and epochs (KneeSampler with pruning)."""
     out: dict[str, Any] = {}
-    for key in ("trials_to_95pct_hv", "trials_to_knee"):
-        knee = summary.get("knee", {}).get(key)
-        others = {m: s.get(key) for m, s in summary.items() if m != "knee" and "error" not in s}
-        reached = {m: v for m, v in others.items() if v is not None}
-        best_m = min(reached, key=reached.get) if reached else None
-        best = reached.get(best_m) if best_m else None
+    plain = [m for m in summary if m != "knee" and not m.endswith(PRUNE)]
+    optuna_any = [m for m in summary if m.removesuffix(PRUNE) in OPTUNA_SAMPLERS]
+    checks = [("trials_to_95pct_hv", "knee", plain, TARGET_RATIO), ("trials_to_knee", "knee", plain, TARGET_RATIO),
+              ("epochs_to_95pct_hv", "knee" + PRUNE, optuna_any, TARGET_EPOCH_RATIO),
+              ("epochs_to_knee", "knee" + PRUNE, optuna_any, TARGET_EPOCH_RATIO)]
+    for key, ours, others, target in checks:
+        if ours not in summary or "error" in summary[ours]:
+            continue
+        knee = summary[ours].get(key)
+        best_m, best = _best(summary, key, others)
         ratio = None if knee is None or best is None else knee / best
         # An undefeated knee is 'met' when no other method gets there within the budget.
-        met = knee is not None and (best is None or knee <= TARGET_RATIO * best)
-        out[key] = {"knee": knee, "best_other": best_m, "best_other_trials": best,
-                    "ratio": ratio, "target_ratio": TARGET_RATIO, "met": met,
+        met = knee is not None and (best is None or knee <= target * best)
+        out[key] = {"method": ours, "knee": knee, "best_other": best_m, "best_other_value": best,
+                    "ratio": ratio, "target_ratio": target, "met": met,
                     "note": None if best is not None else f"no other method got there within {budget} trials"}
     return out
+
+
+def calibration_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The calibration counts summed over seeds, and the most aggressive setting without a false prune."""
+    rows: dict[str, dict[str, Any]] = {}
+    for seed in per_seed:
+        for key, c in seed["calibration"].items():
+            agg = rows.setdefault(key, {k: 0 for k in c} | {"patience": c["patience"], "margin": c["margin"]})
+            for k, v in c.items():
+                if k not in ("patience", "margin"):
+                    agg[k] += v
+    for r in rows.values():
+        r["epochs_saved_fraction"] = 1 - r["epochs"] / r["epochs_without_pruning"]
+        r["false_prunes"] = r["false_collapsed"] + r["false_dominated"]
+    safe_margin = {}  # per patience: the smallest margin with no false prune
+    for r in sorted(rows.values(), key=lambda r: (r["patience"], r["margin"])):
+        if r["false_prunes"] == 0:
+            safe_margin.setdefault(r["patience"], r["margin"])
+    return {"settings": list(rows.values()), "smallest_safe_margin": safe_margin,
+            "defaults": {"patience": DEFAULT_PATIENCE, "margin": DEFAULT_MARGIN}}
 
 
 def figure(summary: dict[str, Any], out: Path) -> Path:
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(
-        "hypervolume / reference sweep's (median over seeds)",
-        "distance of the knee to the reference knee (median)"))
+    fig = make_subplots(rows=2, cols=2, subplot_titles=(
+        "hypervolume / reference sweep's (median over seeds)", "distance of the knee to the reference knee (median)",
+        "hypervolume against epochs spent", "knee distance against epochs spent"))
     for m, s in summary.items():
         if "error" in s:
             continue
         x = list(range(1, len(s["median_hv_fraction_curve"]) + 1))
-        fig.add_scatter(x=x, y=s["median_hv_fraction_curve"], name=m, legendgroup=m, row=1, col=1)
-        fig.add_scatter(x=x, y=s["median_knee_distance_curve"], name=m, legendgroup=m, showlegend=False, row=1, col=2)
-    fig.add_hline(y=HV_FRACTION, line_dash="dot", row=1, col=1)
-    fig.add_hline(y=KNEE_REACHED, line_dash="dot", row=1, col=2)
-    fig.update_xaxes(title_text="trials")
-    fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_layout(title="Search efficiency on digits / digits_cnn (bench/samplers.py)")
+        dash = "dot" if m.endswith(PRUNE) else None
+        line = {"dash": dash}
+        fig.add_scatter(x=x, y=s["median_hv_fraction_curve"], name=m, legendgroup=m, line=line, row=1, col=1)
+        fig.add_scatter(x=x, y=s["median_knee_distance_curve"], name=m, legendgroup=m, showlegend=False, line=line,
+                        row=1, col=2)
+        fig.add_scatter(x=s["epoch_grid"], y=s["median_hv_fraction_by_epochs"], name=m, legendgroup=m, showlegend=False,
+                        line=line, row=2, col=1)
+        fig.add_scatter(x=s["epoch_grid"], y=s["median_knee_distance_by_epochs"], name=m, legendgroup=m,
+                        showlegend=False, line=line, row=2, col=2)
+    for row in (1, 2):
+        fig.add_hline(y=HV_FRACTION, line_dash="dot", row=row, col=1)
+        fig.add_hline(y=KNEE_REACHED, line_dash="dot", row=row, col=2)
+        fig.update_yaxes(type="log", row=row, col=2)
+    fig.update_xaxes(title_text="trials", row=1)
+    fig.update_xaxes(title_text="epochs", row=2)
+    fig.update_layout(title="Search efficiency on digits / digits_cnn (bench/samplers.py)", height=900)
     return write_figure(fig, out)
 
 
@@ -352,6 +534,8 @@ def main() -> None:
     parser.add_argument("--sweep", type=int, default=None, help="log-spaced weights of the reference sweep (plus 0)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (front fidelity)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--prune", choices=("both", "on", "off"), default="both",
+                        help="run each method with trial pruning (METHOD+prune), without, or both (default)")
     parser.add_argument("--json", default=str(RESULTS / "samplers.json"), help="where to write the JSON results")
     parser.add_argument("--html", default=None, help="figure path (default: the JSON path with .html)")
     args = parser.parse_args()
@@ -362,6 +546,8 @@ def main() -> None:
     unknown = set(methods) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; allowed: {', '.join(METHODS)}")
+    variants = {"both": ("", PRUNE), "on": (PRUNE,), "off": ("",)}[args.prune]
+    methods = tuple(m + v for m in methods for v in variants)
 
     info = setup(1)
     t_start = time.perf_counter()
@@ -369,8 +555,9 @@ def main() -> None:
     objective = CachedObjective(data, args.epochs)
     sweep = [0.0, *np.logspace(math.log10(LOW), math.log10(HIGH), n_sweep).tolist()]
     per_seed = [run_seed(s, methods, budget, sweep, objective, lambda msg: print(msg, flush=True)) for s in range(seeds)]
-    summary = summarise(per_seed, methods, budget)
+    summary = summarise(per_seed, methods, budget, args.epochs)
     verdicts = verdict(summary, budget)
+    calibration = calibration_summary(per_seed)
     wall = time.perf_counter() - t_start
 
     out = {
@@ -391,14 +578,17 @@ def main() -> None:
             "hypervolume": "normalised by ideal/nadir of the nondominated union (all methods + sweep), "
                            "reference (1.1, 1.1), as a fraction of the sweep's",
             "torch_threads": 1,
+            "trial_pruning": f"METHOD{PRUNE}: FrontPruner(patience={DEFAULT_PATIENCE}, margin={DEFAULT_MARGIN}) after "
+                             "every epoch against the run's completed trials; validation every epoch in all trainings",
         },
         "machine": info,
         "load_average_at_end": load_average(),
         "wall_seconds": wall,
         "trainings": objective.trainings,
         "train_seconds": objective.train_seconds,
-        "targets": {"ratio_vs_best_other": TARGET_RATIO},
+        "targets": {"ratio_vs_best_other": TARGET_RATIO, "epoch_ratio_vs_best_optuna_sampler": TARGET_EPOCH_RATIO},
         "verdict": verdicts,
+        "calibration": calibration,
         "methods": summary,
         "per_seed": per_seed,
     }
@@ -408,18 +598,27 @@ def main() -> None:
     for m in methods:
         s = summary[m]
         if "error" in s:
-            rows.append([m, "error", "", "", "", "", "", ""])
+            rows.append([m, "error"] + [""] * 10)
             continue
-        rows.append([m, s["trials_to_95pct_hv"], s["trials_to_knee"], s["trials_to_knee_stable"],
-                     s["final_hv_fraction"], s["final_knee_distance"], s["collapsed_trials"],
+        rows.append([m, s["trials_to_95pct_hv"], s["epochs_to_95pct_hv"], s["trials_to_knee"], s["epochs_to_knee"],
+                     s["trials_to_knee_stable"], s["final_hv_fraction"], s["final_knee_distance"], s["collapsed_trials"],
+                     f"{s['pruned_collapsed']:g}/{s['pruned_dominated']:g}", s["total_epochs"],
                      s["sampler_seconds_per_trial"]])
-    print(table(rows, ["method", "trials→95% HV", "trials→knee", "knee stable from", "final HV frac",
-                       "final knee dist", "collapsed", "sampler s/trial"]))
+    print(table(rows, ["method", "trials→95% HV", "epochs→95% HV", "trials→knee", "epochs→knee", "knee stable from",
+                       "final HV frac", "final knee dist", "collapsed", "pruned c/d", "epochs", "sampler s/trial"]))
     for key, v in verdicts.items():
         flag = "met" if v["met"] else "MISSED"
         ratio = "-" if v["ratio"] is None else f"{v['ratio']:.2f}"
-        print(f"{key}: knee {v['knee']} vs best other {v['best_other']} {v['best_other_trials']} "
-              f"(ratio {ratio}, target <= {TARGET_RATIO:.2f}) {flag}" + (f" [{v['note']}]" if v["note"] else ""))
+        print(f"{key}: {v['method']} {v['knee']} vs best other {v['best_other']} {v['best_other_value']} "
+              f"(ratio {ratio}, target <= {v['target_ratio']:.2f}) {flag}" + (f" [{v['note']}]" if v["note"] else ""))
+    print(f"\npruning rule on the reference sweeps (each trial against all others; {seeds} seeds summed)")
+    print(table([[r["patience"], r["margin"], r["collapsed"], r["false_collapsed"], r["dominated"], r["false_dominated"],
+                  f"{100 * r['epochs_saved_fraction']:.1f}%"] for r in calibration["settings"]],
+                ["patience", "margin", "collapsed", "false", "dominated", "false", "epochs saved"]))
+    safe = calibration["smallest_safe_margin"]
+    print("smallest margin without a false prune: "
+          + (", ".join(f"patience {p}: {m:g}" for p, m in safe.items()) or "none")
+          + f"; defaults: patience {DEFAULT_PATIENCE}, margin {DEFAULT_MARGIN:g}")
     for m in methods:
         if "error" in summary[m]:
             print(f"{m}: {summary[m]['error']}")

@@ -244,3 +244,13 @@ def test_a_real_trial_on_the_trade_off_is_not_pruned(tmp_path: Path) -> None:
 
 def test_front_end_is_the_collapsed_cross_entropy_at_no_weights() -> None:
     assert front_end(Intermediate(3, 2.31, 17.0, 0.1)) == (2.31, 0.0)
+
+
+def test_a_study_whose_every_trial_is_pruned_ends(tmp_path: Path, monkeypatch) -> None:
+    """A broken setup (every network at chance) must not loop forever: max(5, n_trials) pruned trials end the run."""
+    monkeypatch.setattr("motune.trial_pruning.chance_level", lambda accuracy, num_classes: True)
+    config = StudyConfig.from_dict({**TINY, "train": {"epochs": 4, "front_epochs": 4}})
+    # The timeout only bounds the test if the guard is broken: then far more than 5 trials run and it fails.
+    study = run_study(config, f"sqlite:///{tmp_path / 'all.db'}", artifact_dir=tmp_path / "art", timeout=120)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.PRUNED] * 5, states
