@@ -625,23 +625,30 @@ def speculate(
     the knee candidate, in the order one worker would if the running trials closed
     theirs, and never a segment that finished trials closed. Under fantasies the search
     never goes as far as the full-fidelity retrain, nor past :data:`_SPECULATION_DEPTH`
-    running trials. Before the front has two points there is nothing to predict from: the
-    only guess is the bracket's next weight (:func:`_bracket_guess`).
+    running trials. Before the front has two points there is nothing to predict from:
+    the guesses are the remaining start weights, then the bracket's next weight
+    (:func:`_bracket_guess`).
     """
     read = list(state.records)
     numbers = {r.number for r in read}
     wanted = state.next
+    starts = [_clamp(w, bounds) for w in rules.start_weights]
     for _ in range(_SPECULATION_DEPTH):
         if wanted is None or wanted[1] == FULL:
             return None
         lam = wanted[0]
+        start = rules.near_any(lam, starts)
         at = _unread_at(records, lam, FRONT, rules, numbers)
         if not at:
-            return lam
+            # Without a front only the start weights are certain; past them, the bracket's guess.
+            return lam if start or len(search_front(read, rules).supported) >= 2 else _bracket_guess(records, rules, bounds)
         done = [r for r in at if not r.pending]
         guess = None if done else _fantasy(read, lam, rules)
         if not done and guess is None:
-            return _bracket_guess(records, rules, bounds)
+            if not start:
+                return _bracket_guess(records, rules, bounds)
+            # A start weight's result does not decide the next start weight: any result will do.
+            guess = TrialRecord(-1 - len(read), lam, TrialState.COMPLETE, FRONT)
         read.extend(done or [guess])
         numbers.update(r.number for r in done)
         if _converged(read, rules, bounds):

@@ -842,6 +842,8 @@ def test_idle_workers_split_the_other_knee_segment_then_wait() -> None:
 
 def test_idle_workers_guess_the_bracket_while_the_start_weights_run() -> None:
     rules = SearchRules()
+    # The second start weight does not depend on the first's result: an idle worker takes it.
+    assert plan_weight([TrialRecord(0, 0.0, RUNNING, role=PATH)], rules) == (0.1, FRONT, EXTRA)
     start = [TrialRecord(0, 0.0, RUNNING, role=PATH), TrialRecord(1, 0.1, RUNNING, role=PATH)]
     assert plan_weight(start, rules) == (1.0, FRONT, EXTRA)
     assert plan_weight([*start, TrialRecord(2, 1.0, RUNNING, role=EXTRA)], rules) is None
