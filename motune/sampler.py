@@ -589,6 +589,10 @@ def replay(
 
 
 _SPECULATION_DEPTH = 8  # running trials fantasised in a row before an idle worker waits instead
+# Guesses running at once. bench/parallel.py: a second one in flight rarely shortens the
+# search (the one-worker path is a chain of dependent trials) and a third never did; more
+# only spend trials.
+_MAX_GUESSES = 2
 
 
 def _fantasy(read: Sequence[TrialRecord], lam: float, rules: SearchRules) -> TrialRecord | None:
@@ -666,7 +670,8 @@ def plan_weight(
     """``(λ, fidelity, role)`` for a new trial, or ``None``: better wait for a running result.
 
     The one-worker search's next weight if nobody trains it (:func:`replay`); else a
-    likely-needed guess (:func:`speculate`), an :data:`EXTRA`; else ``None``. Once the
+    likely-needed guess (:func:`speculate`), an :data:`EXTRA`, unless
+    :data:`_MAX_GUESSES` guesses already run; else ``None``. Once the
     search has converged, :func:`choose_weight` over all records refines anywhere
     (:data:`EXTRA`: it no longer moves the confirmed knee).
     """
@@ -675,6 +680,8 @@ def plan_weight(
         return (*choose_weight(records, rules, bounds, rng), EXTRA)
     if state.running is None:
         return (*state.next, PATH)
+    if sum(r.pending and r.role == EXTRA for r in records) >= _MAX_GUESSES:
+        return None
     lam = speculate(records, rules, bounds, state)
     return None if lam is None else (lam, FRONT, EXTRA)
 
