@@ -805,6 +805,12 @@ class KneeSampler(BaseSampler):
             trial's result when no weight is likely needed meanwhile (default 600);
             after that, or with ``0``, or outside ``study.optimize`` (ask-and-tell), it
             takes an ``extra`` weight at once (:func:`choose_weight` over all trials).
+        wait:
+            Whether idle workers wait (see ``idle_wait``): ``None`` (default) only
+            inside ``study.optimize``; ``True`` also in ask-and-tell loops where each
+            thread runs one trial at a time (a worker loop like ``motune worker``'s; a
+            single thread asking twice before telling would wait ``idle_wait`` on itself);
+            ``False`` never.
     """
 
     def __init__(
@@ -820,10 +826,12 @@ class KneeSampler(BaseSampler):
         seed: int | None = None,
         param_name: str = "l1_weight",
         idle_wait: float = 600.0,
+        wait: bool | None = None,
     ) -> None:
         if not (idle_wait >= 0.0 and math.isfinite(idle_wait)):
             raise ValueError(f"idle_wait must be a finite number of seconds >= 0, got {idle_wait}")
         self._idle_wait = float(idle_wait)
+        self._wait = wait
         self._rules = SearchRules(
             start_weights=tuple(float(w) for w in start_weights),
             knee=knee,
@@ -982,7 +990,7 @@ class KneeSampler(BaseSampler):
     def _choose(self, study: Study, number: int) -> tuple[float, str, str]:
         """:func:`plan_weight` for trial ``number``; while it says wait, wait (see ``idle_wait``)."""
         rules = self._rules_for(study)
-        waits = bool(getattr(study._thread_local, "in_optimize_loop", False))  # ask-and-tell: never
+        waits = self._wait if self._wait is not None else bool(getattr(study._thread_local, "in_optimize_loop", False))
         deadline = time.monotonic() + self._idle_wait
         while True:
             trials, records, bounds = self._read(study, exclude=number)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -115,3 +116,28 @@ def test_two_processes_on_one_journal_file(tmp_path: Path) -> None:
     assert sum(KneeSampler.fidelity(t) == "full" for t in study.get_trials(deepcopy=False)) == 1
     sequential, _ = confirmed_knee(SQRT, 1)
     assert sampler.knee_trial(study).values == sequential.tolist()
+
+
+def test_ask_and_tell_worker_threads_that_wait() -> None:
+    """Worker loops of ask and tell (as motune's run_study), with ``wait=True``: the same knee, no repeats."""
+    sampler = KneeSampler(seed=0, wait=True)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+
+    def worker() -> None:
+        for _ in range(20):
+            if sampler.is_converged(study):
+                return
+            trial = study.ask()
+            lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+            time.sleep(0.005)
+            study.tell(trial, tuple(float(v) for v in SQRT(lam)))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sampler.is_converged(study)
+    sequential, _ = confirmed_knee(SQRT, 1)
+    assert sampler.knee_trial(study).values == sequential.tolist()
+    assert_distinct(front_lambdas(study))
