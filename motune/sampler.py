@@ -14,8 +14,13 @@ usable and tested without the one above it:
   with the sampler's settings in :class:`SearchRules`; the geometry comes from
   :mod:`motune.pareto` (:func:`search_front`, :func:`segments`, :func:`bracket`,
   :func:`knee_confirmed` are its steps);
+* **one search, any workers**: :func:`replay` replays the one-worker search from the
+  records (its decisions read only the results it asked for, so the knee does not depend
+  on the number of workers); :func:`speculate` gives idle workers the weights it will
+  likely ask for next, and :func:`plan_weight` combines the two;
 * **coordinating**: :class:`KneeSampler` holds the Optuna hooks, writes each trial's
-  weight to the storage before the trial runs, and resolves races between workers.
+  weight to the storage before the trial runs, lets idle workers wait for a result, and
+  resolves races between workers.
 
 The sampler generalises beyond motune (any objective that suggests the weight and
 returns two values), so its trial vocabulary is its own: :data:`FIDELITY_ATTR`,
