@@ -1,35 +1,47 @@
 """Parallel search: does KneeSampler confirm the same knee, and sooner, with more workers?
 
-Simulation, no training: each trial "trains" by sleeping ``--unit`` seconds and returns
-the weighted-sum optimum of a known front for its λ. KneeSampler (defaults: start weights
-0 and 0.1, angle knee, tolerance 0.02, full-fidelity retrain of the knee) drives a plain
-Optuna study with ``study.optimize(n_jobs=workers)`` threads, stopped once the sampler
-says it has converged (the knee's retrain completed) or after ``--budget`` trials.
+Simulation, no training: each trial "trains" by sleeping ``--unit`` seconds and returns a
+known front's point for its λ. KneeSampler (defaults: start weights 0 and 0.1, angle
+knee, tolerance 0.02, full-fidelity retrain of the knee) drives a plain Optuna study,
+stopped once the sampler says it has converged (the knee's retrain completed) or after
+``--budget`` trials. Two modes: ``threads`` (one process, ``study.optimize(n_jobs=N)``,
+in-memory storage) and ``journal`` (N processes, each ``study.optimize`` on one
+``JournalFileBackend`` file, as ``motune run --workers N`` does).
 
 Fronts: the synthetic fronts of tests/test_sampler.py (``sharp`` polyline, ``smooth``
 (1 - x²)/(1 + 30x), ``flat`` with a long straight stretch, ``short``: the smooth one with
-f2 in [0, 35] so that λ = 0.1 stops inside the front) and issue 12's ``sqrt`` front
-(f1 = 0.3 + 2t, f2 = 3000 (1 - √t)²). Not yet here: a replayed digits front and journal
-processes (see docs/benchmarks.md).
+f2 in [0, 35] so that λ = 0.1 stops inside the front), issue 12's ``sqrt`` front
+(f1 = 0.3 + 2t, f2 = 3000 (1 - √t)²) and ``digits``: a real front replayed, the results
+(validation cross-entropy, l1) of the digits study's network trained at 0 and 48
+log-spaced λ in [1e-6, 1] (front epochs, one seed), cached in bench/digits_sweep.json
+(``python bench/parallel.py --sweep`` trains it again, a few minutes). A trial at λ
+returns the swept result at the nearest swept λ (in log λ): noise, plateaus and the
+collapsed tail as they are.
 
-Per front and worker count: ``trials`` to convergence (the retrain included); ``wall``
-to convergence in units of one trial; ``knee`` (normalised by the front's own ideal and
-nadir); ``dist``: distance of that knee from the 1-worker knee; ``tail``: trials whose
-result lies within 0.02 (normalised) of the front's far end, where the front is flat or
-training has collapsed. Targets (issue 12): the same knee at every worker count (dist <=
-0.02); at 8 workers, wall <= 1/2 of one worker's on fronts that need >= 6 sequential
-trials, and trials <= 2x the sequential count. Thread timing varies from run to run:
-``--repeats`` runs each cell several times and reports the worst distance.
+Per front, mode and worker count (medians over ``--repeats``): ``trials`` to the knee
+(trials that began training before the knee's retrain completed, that one included);
+``wall`` to the knee in units of one trial (first trial's start to the retrain's end);
+``dist``: worst distance of the confirmed knee (normalised by the front's own ideal and
+nadir) from the 1-worker knee; ``extra``: trials idle workers guessed (``knee:role`` = extra),
+``hits``: those of them the one-worker search then asked for (the rest were wasted);
+``tail``: trials whose result lies within 0.02 (normalised) of the front's far end, where
+it is flat or training has collapsed. Targets (issue 12): the same knee at every worker
+count (dist <= 0.02); at 8 workers, wall <= 1/2 of one worker's on fronts that need >= 6
+sequential trials, and trials <= 2x the sequential count.
 
-    python bench/parallel.py --quick     # 1, 2, 4, 8 workers, 20 ms trials, 1 repeat
-    python bench/parallel.py             # 1, 2, 4, 8, 16 workers, 100 ms trials, 3 repeats
+    python bench/parallel.py --quick     # threads + journal, 1..16 workers, 50 ms trials, 1 repeat
+    python bench/parallel.py             # 100 ms trials, 3 repeats
+    python bench/parallel.py --sweep     # retrain the digits sweep (bench/digits_sweep.json)
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import multiprocessing
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,13 +49,17 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _common import RESULTS, machine_info, table, write_json
 
-from motune.sampler import KneeSampler
+from motune.sampler import EXTRA, FULL, KneeSampler, SearchRules, read_trials, replay
 
 Front = Callable[[float], np.ndarray]
+SWEEP = Path(__file__).resolve().parent / "digits_sweep.json"
+SWEEP_LAMBDAS = [0.0, *np.logspace(-6, 0, 48).tolist()]
 
 
 def _dense(f1: np.ndarray, f2: np.ndarray) -> Front:
@@ -55,104 +71,199 @@ def _polyline(vertices: list[tuple[float, float]]) -> Front:
     return lambda lam: v[np.argmin((1 - lam) * v[:, 0] + lam * v[:, 1])]
 
 
+def sweep_digits(path: Path = SWEEP) -> dict[str, Any]:
+    """Train the digits study's network (front epochs, seed 0) at every swept λ; write the results."""
+    from motune.config import StudyConfig
+    from motune.study import cached_dataset
+    from motune.train import train
+
+    config = StudyConfig()
+    rows = []
+    for lam in SWEEP_LAMBDAS:
+        result = train(config.train_config(l1_weight=lam, seed=0), data=cached_dataset(config))
+        rows.append({"lambda": lam, "cross_entropy": round(result.cross_entropy, 6), "l1": round(result.l1, 4),
+                     "val_accuracy": round(result.val_accuracy, 4), "fraction_kept": round(result.fraction_kept, 4)})
+        print(f"λ = {lam:.3g}: {rows[-1]}", flush=True)
+    payload = {"command": "python bench/parallel.py --sweep", "study": "digits (motune defaults), front epochs, seed 0",
+               "points": rows}
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return payload
+
+
+def _replayed(points: list[dict[str, Any]]) -> Front:
+    lams = np.array([p["lambda"] for p in points])
+    values = np.array([[p["cross_entropy"], p["l1"]] for p in points])
+    logs = np.log(np.where(lams > 0, lams, np.nan))
+
+    def front(lam: float) -> np.ndarray:
+        if lam <= 0.0:
+            return values[int(np.argmin(lams))]
+        return values[int(np.nanargmin(np.abs(logs - np.log(lam))))]
+
+    return front
+
+
 def fronts() -> dict[str, Front]:
-    """The synthetic fronts of tests/test_sampler.py, and issue 12's."""
+    """The synthetic fronts of tests/test_sampler.py, issue 12's, and the replayed digits front."""
     x = np.linspace(0.0, 1.0, 200_001)
     y = (1 - x**2) / (1 + 30 * x)
     flat_v = [(0.05, 3000.0), (0.08, 600.0), (0.8, 100.0), (2.3, 0.0)]
     flat = np.concatenate(
         [np.asarray(a) + np.linspace(0, 1, 400)[:, None] * (np.asarray(b) - np.asarray(a)) for a, b in itertools.pairwise(flat_v)]
     )
-    t = np.linspace(0.0, 1.0, 200_001)
+    sweep = json.loads(SWEEP.read_text()) if SWEEP.exists() else sweep_digits()
     return {
         "sharp": _polyline([(0.05, 3000.0), (0.1, 800.0), (0.15, 200.0), (0.4, 60.0), (2.3, 0.0)]),
         "smooth": _dense(0.05 + 2.25 * x, 3000.0 * y),
         "flat": _dense(flat[:, 0], flat[:, 1]),
         "short": _dense(0.05 + 2.25 * x, 35.0 * y),
-        "sqrt": _dense(0.3 + 2 * t, 3000.0 * (1 - np.sqrt(t)) ** 2),
+        "sqrt": _dense(0.3 + 2 * x, 3000.0 * (1 - np.sqrt(x)) ** 2),
+        "digits": _replayed(sweep["points"]),
     }
 
 
-def run(front: Front, workers: int, unit: float, budget: int) -> dict[str, Any]:
-    """One search with ``workers`` threads; the figures of one table cell."""
-    sampler = KneeSampler(seed=0)
-    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+FRONTS: dict[str, Front] = {}  # filled in main(); forked worker processes inherit it
 
+
+def _objective(front: Front, unit: float) -> Callable[[optuna.Trial], tuple[float, float]]:
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+        trial.set_user_attr("began", time.time())
         time.sleep(unit)
         v = front(lam)
+        trial.set_user_attr("ended", time.time())
         return float(v[0]), float(v[1])
 
-    def stop_when_converged(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
-        if sampler.is_converged(study):
+    return objective
+
+
+def _optimize(study: optuna.Study, front: Front, unit: float, budget: int, n_jobs: int) -> None:
+    sampler = study.sampler
+    assert isinstance(sampler, KneeSampler)
+
+    def stop(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+        if sampler.is_converged(study) or len(study.get_trials(deepcopy=False)) >= budget:
             study.stop()
 
-    t0 = time.perf_counter()
-    study.optimize(objective, n_trials=budget, n_jobs=workers, callbacks=[stop_when_converged])
-    wall = time.perf_counter() - t0
+    study.optimize(_objective(front, unit), n_trials=budget, n_jobs=n_jobs, callbacks=[stop])
+
+
+def _journal_worker(path: str, name: str, unit: float, budget: int) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="parallel", storage=JournalStorage(JournalFileBackend(path)),
+                              sampler=KneeSampler(seed=0))
+    _optimize(study, FRONTS[name], unit, budget, 1)
+
+
+def run(name: str, mode: str, workers: int, unit: float, budget: int) -> dict[str, Any]:
+    """One search with ``workers`` threads or journal processes; the figures of one table cell."""
+    front = FRONTS[name]
+    if mode == "threads":
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=KneeSampler(seed=0))
+        _optimize(study, front, unit, budget, workers)
+    else:
+        tmp = tempfile.mkdtemp(prefix="motune-parallel-")
+        path = str(Path(tmp, "study.journal"))
+        storage = JournalStorage(JournalFileBackend(path))
+        study = optuna.create_study(study_name="parallel", storage=storage, directions=["minimize", "minimize"])
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=_journal_worker, args=(path, name, unit, budget)) for _ in range(workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        study = optuna.load_study(study_name="parallel", storage=storage, sampler=KneeSampler(seed=0))
+    return measure(study, front, unit)
+
+
+def measure(study: optuna.Study, front: Front, unit: float) -> dict[str, Any]:
+    """Trials and wall time to the knee, the knee (normalised), extra and tail trials."""
+    sampler = study.sampler
+    assert isinstance(sampler, KneeSampler)
+    trials = [t for t in study.get_trials(deepcopy=False) if "began" in t.user_attrs]
+    full = [t for t in trials if KneeSampler.fidelity(t) == FULL and t.state.is_finished() and t.values is not None]
+    t0 = min(t.user_attrs["began"] for t in trials)
+    last = max(t.user_attrs["ended"] for t in trials if "ended" in t.user_attrs)
+    done_at = min((t.user_attrs["ended"] for t in full), default=last)
+    before = [t for t in trials if t.user_attrs["began"] < done_at]
     ideal, nadir = front(0.0), front(1.0)
     lo, span = np.array([ideal[0], nadir[1]]), np.abs(nadir - ideal)
-    knee = sampler.knee_trial(study)
-    done = [t for t in study.trials if t.values is not None]
     end = (nadir - lo) / span
-    tail = sum(np.hypot(*((np.asarray(t.values) - lo) / span - end)) <= 0.02 for t in done)
+    knee = sampler.knee_trial(study)
+    tail = sum(t.values is not None and np.hypot(*((np.asarray(t.values) - lo) / span - end)) <= 0.02 for t in before)
     return {
-        "workers": workers,
         "converged": sampler.is_converged(study),
-        "trials": len(study.trials),
-        "wall_units": wall / unit,
+        "trials": len(before),
+        "trials_total": len(trials),
+        "wall_units": (done_at - t0) / unit,
         "knee": None if knee is None else ((np.asarray(knee.values) - lo) / span).tolist(),
+        "knee_lambda": None if knee is None else knee.params.get("l1_weight"),
+        "extra": sum(t.system_attrs.get("knee:role") == EXTRA for t in before),
+        "hits": sum(r.role == EXTRA for r in replay(read_trials(trials), SearchRules()).records),
         "tail": int(tail),
-        "lambdas": [t.params.get("l1_weight") for t in study.trials],
+        "lambdas": [t.params.get("l1_weight") for t in before],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1, 2, 4, 8 workers, 20 ms trials, 1 repeat")
-    parser.add_argument("--workers", default=None, help="comma-separated worker counts (default 1,2,4,8,16)")
-    parser.add_argument("--unit", type=float, default=None, help="seconds one trial sleeps (default 0.1)")
-    parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3)")
+    parser.add_argument("--quick", action="store_true", help="50 ms trials, 1 repeat")
+    parser.add_argument("--sweep", action="store_true", help="retrain the digits sweep into bench/digits_sweep.json and exit")
+    parser.add_argument("--workers", default="1,2,4,8,16", help="comma-separated worker counts (default 1,2,4,8,16)")
+    parser.add_argument("--modes", default="threads,journal", help="threads, journal or both (default)")
+    parser.add_argument("--fronts", default=None, help="comma-separated front names (default all)")
+    parser.add_argument("--unit", type=float, default=None, help="seconds one trial sleeps (default 0.1, --quick 0.05)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3, --quick 1)")
     parser.add_argument("--budget", type=int, default=60, help="most trials per run")
     parser.add_argument("--json", default=str(RESULTS / "parallel.json"), help="where to write the JSON results")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    counts = [int(w) for w in (args.workers or ("1,2,4,8" if args.quick else "1,2,4,8,16")).split(",")]
-    unit = args.unit or (0.02 if args.quick else 0.1)
+    if args.sweep:
+        sweep_digits()
+        print(f"wrote {SWEEP}")
+        return
+    FRONTS.update(fronts())
+    names = args.fronts.split(",") if args.fronts else list(FRONTS)
+    counts = [int(w) for w in args.workers.split(",")]
+    modes = args.modes.split(",")
+    unit = args.unit or (0.05 if args.quick else 0.1)
     repeats = args.repeats or (1 if args.quick else 3)
 
-    results: dict[str, list[dict[str, Any]]] = {}
-    rows = []
-    for name, front in fronts().items():
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    rows, verdicts = [], []
+    for name, mode in itertools.product(names, modes):
         cells = []
         for w in counts:
-            runs = [run(front, w, unit, args.budget) for _ in range(repeats)]
+            runs = [run(name, mode, w, unit, args.budget) for _ in range(repeats)]
             cells.append({"workers": w, "runs": runs})
+            print(f"{name} {mode} {w}: {[(r['trials'], round(r['wall_units'], 1)) for r in runs]}", file=sys.stderr, flush=True)
         reference = np.asarray(cells[0]["runs"][0]["knee"])
         for cell in cells:
             dists = [float(np.hypot(*(np.asarray(r["knee"]) - reference))) for r in cell["runs"]]
             cell["worst_dist"] = max(dists)
-            med = {k: float(np.median([r[k] for r in cell["runs"]])) for k in ("trials", "wall_units", "tail")}
-            cell.update(med)
+            keys = ("trials", "wall_units", "extra", "hits", "tail")
+            cell.update({k: float(np.median([r[k] for r in cell["runs"]])) for k in keys})
+            cell["converged"] = all(r["converged"] for r in cell["runs"])
             knee = cell["runs"][0]["knee"]
-            shown = f"({knee[0]:.3f}, {knee[1]:.3f})"
-            rows.append([name, cell["workers"], med["trials"], med["wall_units"], shown, cell["worst_dist"], med["tail"]])
-        results[name] = cells
-    print(table(rows, ["front", "workers", "trials", "wall", "knee (1st run)", "dist", "tail"]))
-    print()
-    for name, cells in results.items():
+            rows.append([name, mode, cell["workers"], cell["trials"], cell["wall_units"], f"({knee[0]:.3f}, {knee[1]:.3f})",
+                         cell["worst_dist"], cell["extra"], cell["hits"], cell["tail"], "yes" if cell["converged"] else "NO"])
+        results.setdefault(name, {})[mode] = cells
         one = cells[0]
         same = all(c["worst_dist"] <= 0.02 for c in cells)
-        line = f"{name}: same knee at every worker count: {'yes' if same else 'NO'}"
+        line = f"{name} / {mode}: same knee at every worker count: {'yes' if same else 'NO'}"
         eight = next((c for c in cells if c["workers"] == 8), None)
         if eight is not None and one["trials"] >= 6:
-            line += (
-                f"; 8 workers: wall {eight['wall_units'] / one['wall_units']:.2f}x one worker's (target <= 0.5),"
-                f" trials {eight['trials'] / one['trials']:.2f}x (target <= 2)"
-            )
-        print(line)
-    out = write_json(args.json, {"machine": machine_info(), "unit_s": unit, "repeats": repeats, "fronts": results})
+            wall, trials = eight["wall_units"] / one["wall_units"], eight["trials"] / one["trials"]
+            line += (f"; 8 workers: wall {wall:.2f}x one worker's (target <= 0.5: {'met' if wall <= 0.5 else 'MISSED'}),"
+                     f" trials {trials:.2f}x (target <= 2: {'met' if trials <= 2 else 'MISSED'})")
+        verdicts.append(line)
+    head = ["front", "mode", "workers", "trials", "wall", "knee (1st run)", "dist", "extra", "hits", "tail", "converged"]
+    print(table(rows, head))
+    print()
+    print("\n".join(verdicts))
+    info = machine_info()
+    out = write_json(args.json, {"benchmark": "parallel", "machine": info, "unit_s": unit, "repeats": repeats,
+                                 "verdicts": verdicts, "fronts": results})
     print(f"wrote {out}")
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "nondominated_mask",
     "normal_weight",
     "normalise",
+    "predict",
     "supported_points",
     "weights_tie",
 ]
@@ -192,6 +193,29 @@ def normal_weight(a: np.ndarray, b: np.ndarray) -> float:
             f"got {a!r}, {b!r}"
         )
     return d1 / (d1 + d2)
+
+
+def predict(vertices: np.ndarray, lam: float) -> np.ndarray:
+    """The point of the polyline through ``vertices`` that the weighted sum with ``lam`` picks.
+
+    ``vertices`` are supported points sorted by f1 (a convex front). The minimiser of
+    ``(1 - λ) f1 + λ f2`` over the polyline is one of its vertices, or, when ``λ`` is a
+    segment's normal weight, the whole segment: then its midpoint. This is what the
+    front found so far *predicts* a trial with ``λ`` returns; the sampler uses it as a
+    fantasy result for running trials (a point on the front adds no vertex and closes
+    the segment it lies on).
+
+    >>> predict(np.array([[0.0, 4.0], [1.0, 1.0], [3.0, 0.0]]), 0.25).tolist()
+    [0.5, 2.5]
+    >>> predict(np.array([[0.0, 4.0], [1.0, 1.0], [3.0, 0.0]]), 0.9).tolist()
+    [3.0, 0.0]
+    """
+    pts = _as_points(vertices)
+    if len(pts) == 0:
+        raise ValueError("predict needs at least one vertex")
+    scores = (1.0 - lam) * pts[:, 0] + lam * pts[:, 1]
+    best = np.flatnonzero(scores <= scores.min() + 1e-12 * max(1.0, abs(float(scores.min()))))
+    return pts[best].mean(axis=0) if len(best) > 1 else pts[best[0]].copy()
 
 
 def _lower_hull(norm: np.ndarray, order: np.ndarray) -> list[int]:

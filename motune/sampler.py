@@ -14,8 +14,13 @@ usable and tested without the one above it:
   with the sampler's settings in :class:`SearchRules`; the geometry comes from
   :mod:`motune.pareto` (:func:`search_front`, :func:`segments`, :func:`bracket`,
   :func:`knee_confirmed` are its steps);
+* **one search, any workers**: :func:`replay` replays the one-worker search from the
+  records (its decisions read only the results it asked for, so the knee does not depend
+  on the number of workers); :func:`speculate` gives idle workers the weights it will
+  likely ask for next, and :func:`plan_weight` combines the two;
 * **coordinating**: :class:`KneeSampler` holds the Optuna hooks, writes each trial's
-  weight to the storage before the trial runs, and resolves races between workers.
+  weight to the storage before the trial runs, lets idle workers wait for a result, and
+  resolves races between workers.
 
 The sampler generalises beyond motune (any objective that suggests the weight and
 returns two values), so its trial vocabulary is its own: :data:`FIDELITY_ATTR`,
@@ -55,9 +60,12 @@ FULL = "full"  # the one full-length retrain of the confirmed knee
 # System attribute of a PRUNED trial whose result is the end of the front (e.g. a network
 # with no weights left, stopped early): the objective pair it reached, read as its values.
 FRONT_END_ATTR = "knee:front_end"
+ROLE_ATTR = "knee:role"  # system attribute: PATH or EXTRA for a weight the sampler planned
+PATH = "path"  # the weight the one-worker search asked for (see replay())
+EXTRA = "extra"  # an idle worker's guess, or a weight after convergence
 
 _PENDING = (TrialState.RUNNING, TrialState.WAITING)
-_MAX_RETRIES = 5  # re-plans when another worker planned the same λ at the same moment
+_MAX_RETRIES = 8  # re-plans when another worker planned the same λ at the same moment
 _ATOL = 1e-12  # weights closer than this are the same weight whatever their ratio
 _MIN_GAP_RATIO = 1.05  # narrower λ gaps are bisected last (see _bisect_farthest_gap)
 
@@ -72,7 +80,10 @@ class TrialRecord:
     ``values`` are both minimised (a maximised objective is negated) and present only
     for a COMPLETE trial whose two values are finite, or a PRUNED one marked as the
     front's end (:data:`FRONT_END_ATTR`); ``fidelity`` is :data:`FRONT` or
-    :data:`FULL`. Records are built by :func:`read_trials`, or by hand in tests.
+    :data:`FULL`; ``role`` says who chose the weight (:data:`ROLE_ATTR`): the one-worker
+    search (:data:`PATH`), an idle worker (:data:`EXTRA`) or the user (``None``: enqueued
+    or added), see :func:`replay`. Records are built by :func:`read_trials`, or by hand
+    in tests.
     """
 
     number: int
@@ -80,6 +91,7 @@ class TrialRecord:
     state: TrialState
     fidelity: str = FRONT
     values: tuple[float, float] | None = None
+    role: str | None = None  # PATH, EXTRA, or None: the user's (enqueued, added); see replay()
 
     @property
     def pending(self) -> bool:
@@ -144,7 +156,8 @@ def read_trials(
             v = signs * np.asarray(raw, dtype=float)
             if np.all(np.isfinite(v)):
                 values = (float(v[0]), float(v[1]))
-        records.append(TrialRecord(t.number, lam, t.state, trial_fidelity(t), values))
+        role = (t.system_attrs or {}).get(ROLE_ATTR)
+        records.append(TrialRecord(t.number, lam, t.state, trial_fidelity(t), values, role))
     return records
 
 
@@ -485,6 +498,24 @@ def _bisect_farthest_gap(
     return None if best is None else best[1]
 
 
+def _wait_for_a_result(study: Study, trials: Sequence[FrozenTrial], deadline: float) -> None:
+    """Sleep until a trial of ``study`` finishes beyond those in ``trials``, or until ``deadline``.
+
+    Polls the storage at a tenth of the finished trials' median duration (2 ms .. 0.5 s),
+    so the wait costs little next to a trial and ends soon after a result lands.
+    """
+    finished = [t for t in trials if t.state.is_finished()]
+    spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in finished
+             if t.datetime_complete is not None and t.datetime_start is not None]
+    poll = min(max(0.1 * float(np.median(spans)), 0.002), 0.5) if spans else 0.01
+    while (now := time.monotonic()) < deadline:
+        time.sleep(min(poll, deadline - now))
+        if sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)) != len(finished):
+            # Workers woken by the same result would all plan the same weight: stagger them.
+            time.sleep(float(np.random.default_rng().uniform(0.0, poll)))
+            return
+
+
 def _to_distribution(lam: float, dist: FloatDistribution) -> float:
     """``lam`` clamped to the distribution's range and rounded to its step."""
     lam = min(max(lam, dist.low), dist.high)
@@ -492,6 +523,179 @@ def _to_distribution(lam: float, dist: FloatDistribution) -> float:
         lam = dist.low + round((lam - dist.low) / dist.step) * dist.step
         lam = min(max(lam, dist.low), dist.high)
     return lam
+
+
+# ------------------------------------------------------------ parallel: one search, any workers
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Where the one-worker search stands, replayed from the records of any number of workers.
+
+    ``records``: the finished records it has read; ``next``: the ``(λ, fidelity)`` it
+    asks for now, ``None`` once it has converged; ``running``: the pending record that
+    already trains ``next`` (the search waits on it), ``None`` if nobody does.
+    """
+
+    records: tuple[TrialRecord, ...]
+    next: tuple[float, str] | None
+    running: TrialRecord | None
+
+
+def _converged(records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float]) -> bool:
+    if rules.full_fidelity:
+        return any(r.fidelity == FULL and r.state == TrialState.COMPLETE for r in records)
+    return is_confirmed(records, rules, bounds)
+
+
+def _unread_at(
+    records: Sequence[TrialRecord], lam: float, fidelity: str, rules: SearchRules, read: set[int]
+) -> list[TrialRecord]:
+    return [r for r in records if r.fidelity == fidelity and r.number not in read and rules.same(r.lam, lam)]
+
+
+def replay(
+    records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float] = (0.0, 1.0)
+) -> Replay:
+    """The search one worker would have run, replayed from the records of any number of workers.
+
+    It starts from the user's finished records (``role`` None: enqueued or added), asks
+    :func:`choose_weight` for the next weight *from what it has read*, and reads the
+    finished records at that weight (an :data:`EXTRA` one too: an idle worker guessed
+    right) as if it had just asked for them; it stops at a weight nobody has finished,
+    or once converged. Results it never asks for do not enter its decisions, so its
+    knee, and the moment it is confirmed, are those of one worker given the same
+    results, however many workers ran, in what order their results came, and whatever
+    they guessed. Deterministic (gap filling, a last resort, uses a fixed seed).
+
+    Example:
+
+        .. testcode::
+
+            from optuna.trial import TrialState
+            from motune.sampler import SearchRules, TrialRecord, replay
+
+            done, running = TrialState.COMPLETE, TrialState.RUNNING
+            records = [
+                TrialRecord(0, 0.0, done, values=(0.05, 3000.0)),
+                TrialRecord(1, 0.5, done, values=(1.0, 10.0), role="extra"),  # not asked for
+                TrialRecord(2, 0.1, running),
+            ]
+            state = replay(records, SearchRules())
+            assert [r.number for r in state.records] == [0]
+            assert state.next == (0.1, "front") and state.running.number == 2
+    """
+    read = [r for r in records if r.role is None and not r.pending]
+    numbers = {r.number for r in read}
+    while not _converged(read, rules, bounds):
+        lam, fidelity = choose_weight(read, rules, bounds, np.random.RandomState(0))
+        at = _unread_at(records, lam, fidelity, rules, numbers)
+        done = [r for r in at if not r.pending]
+        running = [r for r in at if r.pending]
+        if not any(r.values is not None for r in done) and (running or not done):
+            # Nothing there yet, or only failures while a retry runs: wait for it.
+            return Replay(tuple(read), (lam, fidelity), running[0] if running else None)
+        read.extend(done)
+        numbers.update(r.number for r in done)
+    return Replay(tuple(read), None, None)
+
+
+_SPECULATION_DEPTH = 8  # running trials fantasised in a row before an idle worker waits instead
+# Guesses running at once. bench/parallel.py: a second one in flight rarely shortens the
+# search (the one-worker path is a chain of dependent trials) and a third never did; more
+# only spend trials.
+_MAX_GUESSES = 2
+
+
+def _fantasy(read: Sequence[TrialRecord], lam: float, rules: SearchRules) -> TrialRecord | None:
+    """A running trial's assumed result: the point the front of ``read`` predicts for ``lam``."""
+    front = search_front(read, rules)
+    if len(front.supported) < 2:
+        return None  # no front to predict from
+    v = pareto.predict(front.points[front.supported], lam)
+    return TrialRecord(-1 - len(read), lam, TrialState.COMPLETE, FRONT, (float(v[0]), float(v[1])))
+
+
+def _bracket_guess(records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float]) -> float | None:
+    """Ten times the largest weight while the search's own trial there runs (the bracket's likely next step)."""
+    lams = [r.lam for r in records if r.fidelity == FRONT]
+    if not lams:
+        return None
+    top = max(lams)
+    if not all(r.pending and r.role != EXTRA for r in records if r.fidelity == FRONT and rules.same(r.lam, top)):
+        return None  # known already, or itself a guess: one step ahead at most
+    lam = _clamp(10.0 * top, bounds)
+    return lam if lam > top and not rules.near_any(lam, lams) else None
+
+
+def speculate(
+    records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float], state: Replay
+) -> float | None:
+    """A weight for an idle worker while the one-worker search waits; ``None``: nothing likely needed.
+
+    Fantasy results ("constant liar"): each running trial the search waits on is assumed
+    to return the point the front found so far predicts for its λ
+    (:func:`motune.pareto.predict`: a point on the front, which closes the segment it
+    probes), and the replay goes on from there; the first weight it then asks for that
+    nobody trains is returned. Idle workers so split the other open segments next to
+    the knee candidate, in the order one worker would if the running trials closed
+    theirs, and never a segment that finished trials closed. Under fantasies the search
+    never goes as far as the full-fidelity retrain, nor past :data:`_SPECULATION_DEPTH`
+    running trials. Before the front has two points there is nothing to predict from:
+    the guesses are the remaining start weights, then the bracket's next weight
+    (:func:`_bracket_guess`).
+    """
+    read = list(state.records)
+    numbers = {r.number for r in read}
+    wanted = state.next
+    starts = [_clamp(w, bounds) for w in rules.start_weights]
+    for _ in range(_SPECULATION_DEPTH):
+        if wanted is None or wanted[1] == FULL:
+            return None
+        lam = wanted[0]
+        start = rules.near_any(lam, starts)
+        at = _unread_at(records, lam, FRONT, rules, numbers)
+        if not at:
+            # Without a front only the start weights are certain; past them, the bracket's guess.
+            return lam if start or len(search_front(read, rules).supported) >= 2 else _bracket_guess(records, rules, bounds)
+        done = [r for r in at if not r.pending]
+        guess = None if done else _fantasy(read, lam, rules)
+        if not done and guess is None:
+            if not start:
+                return _bracket_guess(records, rules, bounds)
+            # A start weight's result does not decide the next start weight: any result will do.
+            guess = TrialRecord(-1 - len(read), lam, TrialState.COMPLETE, FRONT)
+        read.extend(done or [guess])
+        numbers.update(r.number for r in done)
+        if _converged(read, rules, bounds):
+            return None
+        wanted = choose_weight(read, rules, bounds, np.random.RandomState(0))
+    return None
+
+
+def plan_weight(
+    records: Sequence[TrialRecord],
+    rules: SearchRules,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    rng: np.random.RandomState | None = None,
+) -> tuple[float, str, str] | None:
+    """``(λ, fidelity, role)`` for a new trial, or ``None``: better wait for a running result.
+
+    The one-worker search's next weight if nobody trains it (:func:`replay`); else a
+    likely-needed guess (:func:`speculate`), an :data:`EXTRA`, unless
+    :data:`_MAX_GUESSES` guesses already run; else ``None``. Once the
+    search has converged, :func:`choose_weight` over all records refines anywhere
+    (:data:`EXTRA`: it no longer moves the confirmed knee).
+    """
+    state = replay(records, rules, bounds)
+    if state.next is None:
+        return (*choose_weight(records, rules, bounds, rng), EXTRA)
+    if state.running is None:
+        return (*state.next, PATH)
+    if sum(r.pending and r.role == EXTRA for r in records) >= _MAX_GUESSES:
+        return None
+    lam = speculate(records, rules, bounds, state)
+    return None if lam is None else (lam, FRONT, EXTRA)
 
 
 # ------------------------------------------------------------------------ coordinating
@@ -523,7 +727,13 @@ class KneeSampler(BaseSampler):
 
     The sampler keeps no search state: every decision is derived from
     ``study.get_trials()`` each time, so any number of processes can share one
-    storage. The chosen weight and the fidelity are written to the new trial's
+    storage. With several workers the steps above are the *one-worker* search,
+    replayed from the trials (:func:`replay`): its decisions read only the results
+    it asked for, so the confirmed knee does not depend on the number of workers.
+    Idle workers meanwhile train weights that search will likely ask for next,
+    assuming each running trial returns what the front predicts (:func:`speculate`,
+    marked ``"knee:role" = "extra"``), or wait for a result (``idle_wait``).
+    The chosen weight and the fidelity are written to the new trial's
     system attributes in :meth:`before_trial` (``"knee:<param_name>"`` and
     ``"knee:fidelity"``); other workers see them and skip that weight while the
     trial runs. If two workers plan the same weight at the same moment, at least one
@@ -604,6 +814,17 @@ class KneeSampler(BaseSampler):
             trials.
         param_name:
             Name of the weight parameter, default ``"l1_weight"``.
+        idle_wait:
+            Most seconds a worker inside ``study.optimize`` waits for a running
+            trial's result when no weight is likely needed meanwhile (default 600);
+            after that, or with ``0``, or outside ``study.optimize`` (ask-and-tell), it
+            takes an ``extra`` weight at once (:func:`choose_weight` over all trials).
+        wait:
+            Whether idle workers wait (see ``idle_wait``): ``None`` (default) only
+            inside ``study.optimize``; ``True`` also in ask-and-tell loops where each
+            thread runs one trial at a time (a worker loop like ``motune worker``'s; a
+            single thread asking twice before telling would wait ``idle_wait`` on itself);
+            ``False`` never.
     """
 
     def __init__(
@@ -618,7 +839,13 @@ class KneeSampler(BaseSampler):
         independent_sampler: BaseSampler | None = None,
         seed: int | None = None,
         param_name: str = "l1_weight",
+        idle_wait: float = 600.0,
+        wait: bool | None = None,
     ) -> None:
+        if not (idle_wait >= 0.0 and math.isfinite(idle_wait)):
+            raise ValueError(f"idle_wait must be a finite number of seconds >= 0, got {idle_wait}")
+        self._idle_wait = float(idle_wait)
+        self._wait = wait
         self._rules = SearchRules(
             start_weights=tuple(float(w) for w in start_weights),
             knee=knee,
@@ -648,24 +875,23 @@ class KneeSampler(BaseSampler):
         """Whether the search has done its job.
 
         With ``full_fidelity``: a full-fidelity retrain of a confirmed knee has
-        completed (this stays true; later trials may still move the knee, see
-        :meth:`knee_trial`). Without: the current knee is confirmed, i.e. both
-        segments next to it are closed (derived from the current trials, so a
-        later trial that moves the knee can make it false again).
+        completed. Without: the one-worker search's knee is confirmed, i.e. both
+        segments next to it are closed by finished trials. Either stays true: later
+        trials are ``extra`` and do not move the knee (see :func:`replay`).
         """
         _, records, bounds = self._read(study)
-        if self._rules.full_fidelity:
-            return any(r.fidelity == FULL and r.state == TrialState.COMPLETE for r in records)
-        return is_confirmed(records, self._rules_for(study), bounds)
+        return replay(records, self._rules_for(study), bounds).next is None
 
     def knee_trial(self, study: Study) -> FrozenTrial | None:
-        """The trial at the current knee of the search front (``None`` before any).
+        """The trial at the knee of the one-worker search's front (``None`` before any).
 
+        That front holds the results the search asked for (:func:`replay`), not the
+        extra ones idle workers or later trials added, so the confirmed knee stays put.
         If a completed full-fidelity trial retrained the knee's weight, that trial
         (the latest such) is returned instead.
         """
-        trials, records, _ = self._read(study)
-        front = search_front(records, self._rules)
+        trials, records, bounds = self._read(study)
+        front = search_front(replay(records, self._rules_for(study), bounds).records, self._rules)
         if front.knee is None:
             return None
         if front.records[front.knee].state != TrialState.COMPLETE:
@@ -756,19 +982,40 @@ class KneeSampler(BaseSampler):
         """Choose (λ, fidelity) for ``trial``, store them, resolve races with others."""
         storage = study._storage
         for attempt in range(_MAX_RETRIES):
-            _, records, bounds = self._read(study, exclude=trial.number)
-            lam, fidelity = choose_weight(records, self._rules_for(study), bounds, self._rng.rng)
-            storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, lam)
+            if attempt < _MAX_RETRIES - 1:
+                lam, fidelity, role = self._choose(study, trial.number)
+            else:  # still in step with others: a weight nobody has, off the path
+                _, records, bounds = self._read(study, exclude=trial.number)
+                lam, fidelity = choose_weight(records, self._rules_for(study), bounds, np.random.RandomState())
+                role = EXTRA
             storage.set_trial_system_attr(trial._trial_id, FIDELITY_ATTR, fidelity)
+            storage.set_trial_system_attr(trial._trial_id, ROLE_ATTR, role)
+            storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, lam)  # last: now a record
             # Write, then re-read: of two workers that planned the same λ concurrently,
             # the later reader sees the other. Yield on *any* conflict (not only with
             # a lower-numbered trial): a worker that re-read before the other wrote
             # keeps its λ, so the one that sees the conflict must move.
-            if not self._conflicts(study, trial.number, lam, fidelity):
+            if not self._conflicts(study, trial.number, lam, fidelity) or attempt == _MAX_RETRIES - 1:
                 break
-            # Random back-off, so two workers stuck in step do not re-plan in step.
+            # Unplanned while re-planning, so that no worker waits on this trial's λ
+            # (it may not keep it); random back-off, so two workers do not re-plan in step.
+            storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, None)
             time.sleep(float(np.random.default_rng().uniform(0.0, 0.02 * (attempt + 1))))
         return lam, fidelity
+
+    def _choose(self, study: Study, number: int) -> tuple[float, str, str]:
+        """:func:`plan_weight` for trial ``number``; while it says wait, wait (see ``idle_wait``)."""
+        rules = self._rules_for(study)
+        waits = self._wait if self._wait is not None else bool(getattr(study._thread_local, "in_optimize_loop", False))
+        deadline = time.monotonic() + self._idle_wait
+        while True:
+            trials, records, bounds = self._read(study, exclude=number)
+            plan = plan_weight(records, rules, bounds, self._rng.rng)
+            if plan is not None:
+                return plan
+            if not waits or time.monotonic() >= deadline:
+                return (*choose_weight(records, rules, bounds, self._rng.rng), EXTRA)
+            _wait_for_a_result(study, trials, deadline)
 
     def _conflicts(self, study: Study, number: int, lam: float, fidelity: str) -> bool:
         """Whether another trial of the same fidelity has (or plans) the same weight."""

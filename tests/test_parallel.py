@@ -1,51 +1,143 @@
-"""Several workers (threads) confirm the same knee as one (issue 12), on fronts where they do today.
+"""Several workers confirm the same knee as one (issue 12): threads, and processes on one journal file.
 
-The objective waits on a barrier of all workers instead of sleeping a fixed time, so the
-trials overlap however fast the machine is; a broken barrier (at the end of the run,
-when fewer trials than workers are left) lets the rest through. Only the polyline-like
-fronts are here: on smooth fronts the angle knee still moves with the points sampled
-(see docs/benchmarks.md, "Parallel search").
+The trials sleep a few milliseconds so that workers overlap on most machines, but nothing
+here depends on it: the knee must equal the one-worker knee however the trials interleave
+(the sampler replays the one-worker search from the trials, see motune.sampler.replay).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from motune.sampler import KneeSampler
-from tests.test_sampler import FLAT, FLAT_KNEE, SHARP, SHARP_KNEE, Front
+from tests.test_sampler import FLAT, SHARP, SMOOTH, Front, assert_distinct, front_lambdas
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+# Issue 12's front: f1 = 0.3 + 2t, f2 = 3000 (1 - sqrt t)^2; its angle knee moves with the points sampled.
+_T = np.linspace(0.0, 1.0, 200_001)
+_SQRT_F1, _SQRT_F2 = 0.3 + 2 * _T, 3000.0 * (1 - np.sqrt(_T)) ** 2
 
-def confirmed_knee(front: Front, workers: int) -> np.ndarray:
+
+def SQRT(lam: float) -> np.ndarray:
+    i = int(np.argmin((1 - lam) * _SQRT_F1 + lam * _SQRT_F2))
+    return np.array([_SQRT_F1[i], _SQRT_F2[i]])
+
+
+FRONTS = {"sharp": SHARP, "flat": FLAT, "smooth": SMOOTH, "sqrt": SQRT}
+
+
+def confirmed_knee(front: Front, workers: int) -> tuple[np.ndarray, optuna.Study]:
     sampler = KneeSampler(seed=0)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
-    barrier = threading.Barrier(workers)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         lam = trial.suggest_float("l1_weight", 0.0, 1.0)
-        try:
-            barrier.wait(timeout=30)
-        except threading.BrokenBarrierError:
-            pass  # the last trials of the run, or a stopped study: no partner comes
+        time.sleep(0.005)
         v = front(lam)
         return float(v[0]), float(v[1])
 
     def stop(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         if sampler.is_converged(study):
             study.stop()
-            barrier.abort()
 
-    study.optimize(objective, n_trials=60, n_jobs=workers, callbacks=[stop])
+    study.optimize(objective, n_trials=80, n_jobs=workers, callbacks=[stop])
     assert sampler.is_converged(study)
-    return np.asarray(sampler.knee_trial(study).values)
+    return np.asarray(sampler.knee_trial(study).values), study
 
 
-@pytest.mark.parametrize("workers", [1, 2, 4, 8])
-@pytest.mark.parametrize(("front", "knee"), [(SHARP, SHARP_KNEE), (FLAT, FLAT_KNEE)], ids=["sharp", "flat"])
-def test_same_knee_with_more_workers(front: Front, knee: np.ndarray, workers: int) -> None:
-    assert confirmed_knee(front, workers) == pytest.approx(knee)
+@pytest.mark.parametrize("workers", [2, 4, 8])
+@pytest.mark.parametrize("name", list(FRONTS))
+def test_same_knee_with_more_workers(name: str, workers: int) -> None:
+    sequential, _ = confirmed_knee(FRONTS[name], 1)
+    knee, study = confirmed_knee(FRONTS[name], workers)
+    assert knee.tolist() == sequential.tolist()
+    assert_distinct(front_lambdas(study))
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from motune.sampler import KneeSampler
+    from tests.test_parallel import SQRT
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(sys.argv[1]))
+    sampler = KneeSampler(seed=0)
+    study = optuna.load_study(study_name="knee", storage=storage, sampler=sampler)
+
+    def objective(trial):
+        lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+        time.sleep(0.02)
+        v = SQRT(lam)
+        return float(v[0]), float(v[1])
+
+    def stop(study, _):
+        if sampler.is_converged(study):
+            study.stop()
+
+    study.optimize(objective, n_trials=40, callbacks=[stop])
+    """
+)
+
+
+def test_two_processes_on_one_journal_file(tmp_path: Path) -> None:
+    """No λ trained twice, and the knee one process finds (issue 12's sqrt front)."""
+    path = str(tmp_path / "study.journal")
+    storage = JournalStorage(JournalFileBackend(path))
+    optuna.create_study(study_name="knee", storage=storage, directions=["minimize", "minimize"])
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), *sys.path]))
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, path], env=env, cwd=root) for _ in range(2)]
+    assert [w.wait(timeout=300) for w in workers] == [0, 0]
+
+    study = optuna.load_study(study_name="knee", storage=storage)
+    sampler = KneeSampler(seed=0)
+    assert sampler.is_converged(study)
+    assert all(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    assert_distinct(front_lambdas(study))
+    assert sum(KneeSampler.fidelity(t) == "full" for t in study.get_trials(deepcopy=False)) == 1
+    sequential, _ = confirmed_knee(SQRT, 1)
+    assert sampler.knee_trial(study).values == sequential.tolist()
+
+
+def test_ask_and_tell_worker_threads_that_wait() -> None:
+    """Worker loops of ask and tell (as motune's run_study), with ``wait=True``: the same knee, no repeats."""
+    sampler = KneeSampler(seed=0, wait=True)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+
+    def worker() -> None:
+        for _ in range(20):
+            if sampler.is_converged(study):
+                return
+            trial = study.ask()
+            lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+            time.sleep(0.005)
+            study.tell(trial, tuple(float(v) for v in SQRT(lam)))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sampler.is_converged(study)
+    sequential, _ = confirmed_knee(SQRT, 1)
+    assert sampler.knee_trial(study).values == sequential.tolist()
+    assert_distinct(front_lambdas(study))

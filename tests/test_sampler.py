@@ -29,15 +29,19 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from motune.sampler import (
+    EXTRA,
     FRONT,
     FULL,
+    PATH,
     KneeSampler,
     SearchRules,
     TrialRecord,
     bracket,
     choose_weight,
     is_confirmed,
+    plan_weight,
     read_trials,
+    replay,
     search_front,
     segments,
 )
@@ -451,6 +455,7 @@ def test_empty_study_and_constructor_validation() -> None:
         {"knee": "curvature"},
         {"tolerance": -0.1},
         {"min_lambda_gap": 0.0},
+        {"idle_wait": -1.0},
     ):
         with pytest.raises(ValueError):
             KneeSampler(**kwargs)
@@ -786,3 +791,72 @@ def test_search_rules_validation() -> None:
     with pytest.raises(ValueError, match="f2_floor"):
         SearchRules(f2_floor=math.inf)
     assert SearchRules(min_lambda_gap=0.01).same(1.0, 1.009)
+
+
+# ------------------------------------------------------ several workers, on records
+
+
+def sharp_path() -> list[TrialRecord]:
+    """The one-worker search of the sharp front up to its knee's retrain, as PATH records."""
+    rules, recs = SearchRules(), []
+    while (choice := choose_weight(recs, rules))[1] == FRONT:
+        recs.append(TrialRecord(len(recs), choice[0], DONE, FRONT, tuple(float(v) for v in SHARP(choice[0])), PATH))
+    return recs
+
+
+def test_replay_reads_only_what_the_one_worker_search_asks_for() -> None:
+    path = sharp_path()
+    rules = SearchRules()
+    n = len(path)
+    # An idle worker's guess nobody asked for: not read, the knee and next step unchanged.
+    stray = TrialRecord(n, 0.05, DONE, FRONT, tuple(float(v) for v in SHARP(0.05)), EXTRA)
+    state = replay([*path, stray], rules)
+    assert [r.number for r in state.records] == list(range(n))
+    assert state.next == choose_weight(path, rules) and state.next[1] == FULL and state.running is None
+    # A guess at the weight the search asks for next is read as if it had asked for it.
+    hit = TrialRecord(n, path[-1].lam, DONE, FRONT, path[-1].values, EXTRA)
+    assert [r.number for r in replay([*path[:-1], hit], rules).records] == [*range(n - 1), n]
+    # A PATH trial the search would not ask for (a lost race) is not read either.
+    lost = TrialRecord(n, 0.05, DONE, FRONT, stray.values, PATH)
+    assert [r.number for r in replay([*path, lost], rules).records] == list(range(n))
+    # The user's trials (enqueued, added: no role) are read from the start.
+    user = TrialRecord(n, 0.05, DONE, FRONT, stray.values)
+    assert n in [r.number for r in replay([*path, user], rules).records]
+
+
+def test_idle_workers_split_the_other_knee_segment_then_wait() -> None:
+    rules = SearchRules()
+    recs = [dataclasses.replace(r, role=PATH) for r in sharp_records(0.0, 0.1, EXTREMES_NORMAL)]
+    segs = segments(search_front(recs, rules), recs, rules)
+    first = choose_weight(recs, rules)
+    assert first == (max(segs, key=lambda s: s.length).lam, FRONT)
+    assert plan_weight(recs, rules) == (*first, PATH)
+    running = [*recs, TrialRecord(3, first[0], RUNNING, role=PATH)]
+    # Fantasy: the running trial closes its segment; the search would then split the other.
+    other = next(s.lam for s in segs if s.lam != first[0])
+    assert plan_weight(running, rules) == (other, FRONT, EXTRA)
+    # Both knee segments running: the next step is the knee's retrain, which waits for real results.
+    both = [*running, TrialRecord(4, other, RUNNING, role=EXTRA)]
+    assert plan_weight(both, rules) is None
+
+
+def test_idle_workers_guess_the_bracket_while_the_start_weights_run() -> None:
+    rules = SearchRules()
+    # The second start weight does not depend on the first's result: an idle worker takes it.
+    assert plan_weight([TrialRecord(0, 0.0, RUNNING, role=PATH)], rules) == (0.1, FRONT, EXTRA)
+    start = [TrialRecord(0, 0.0, RUNNING, role=PATH), TrialRecord(1, 0.1, RUNNING, role=PATH)]
+    assert plan_weight(start, rules) == (1.0, FRONT, EXTRA)
+    assert plan_weight([*start, TrialRecord(2, 1.0, RUNNING, role=EXTRA)], rules) is None
+
+
+def test_confirmed_knee_stays_put_as_more_points_arrive() -> None:
+    """Trials after convergence refine the front but do not move the confirmed knee (issue 12's sqrt front)."""
+    t = np.linspace(0.0, 1.0, 200_001)
+    front = dense(0.3 + 2 * t, 3000.0 * (1 - np.sqrt(t)) ** 2)
+    sampler = KneeSampler(seed=0)
+    study = new_study(sampler)
+    run_until_converged(study, make_objective(front), 20)
+    knee = sampler.knee_trial(study).values
+    study.optimize(make_objective(front), n_trials=15)
+    assert sampler.is_converged(study) and sampler.knee_trial(study).values == knee
+    assert len(front_lambdas(study)) >= 24  # 15 more weights on the front
