@@ -345,7 +345,7 @@ def train(
             if ramped is not None and step <= ramp_steps:  # during the warm-up only: one float per step
                 ramped.l1_weight = cfg.l1_weight * cubic_ramp(step, ramp_steps)
             loss = F.cross_entropy(model(xb), yb)
-            optimizer.zero_grad()
+            hook.zero_grad(optimizer)  # optimizer.zero_grad(); multi-gradient: keeps .grad views of its flat buffer
             loss.backward()
             alpha = hook.step(optimizer)  # combine g1 and g2, step, prune
             loss_sum += loss.detach()
