@@ -70,6 +70,14 @@ def test_multi_gradient_matches_a_plain_loop_with_optimizer_zero_grad_bit_for_bi
     assert result.nonzeros == hook.nonzeros() < result.penalised_size
 
 
+def test_a_device_this_machine_lacks_is_a_valid_setting_that_train_refuses(digits) -> None:
+    """The device is a local choice: a config naming cuda:99 validates anywhere (a study made on a
+    GPU box is read on a laptop); train() says the machine lacks it, before any work."""
+    cfg = TrainConfig(**FAST, device="cuda:99").validate()
+    with pytest.raises(ValueError, match=r"^device: 'cuda:99' requested but (CUDA is not available|this machine has)"):
+        train(cfg, data=digits)
+
+
 def test_same_seed_same_numbers_and_other_seed_differs(digits) -> None:
     cfg = TrainConfig(**FAST, l1_weight=1e-3, seed=3)
     a, b = train(cfg, data=digits), train(cfg, data=digits)
