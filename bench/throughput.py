@@ -29,7 +29,8 @@ holds each. A fixed per-step cost weighs more on a faster (multi-threaded) step.
 
     python bench/throughput.py            # full: 50k samples/epoch, 7 repeats
     python bench/throughput.py --quick    # 10k samples/epoch, 3 repeats
-    python bench/throughput.py --device cuda --threads 1   # on a GPU (bench/gpu_check.sh)
+    python bench/throughput.py --device cuda   # on a GPU (bench/gpu_check.sh)
+    python bench/throughput.py --quick --smgd-steps 40   # + SMGD's step before/after the views
 """
 
 from __future__ import annotations
@@ -166,12 +167,57 @@ def measure(data: motune.Dataset, repeats: int, device: torch.device) -> dict:
     }
 
 
+def smgd_steps(data: motune.Dataset, blocks: int, steps: int = 20) -> dict:
+    """SMGD's hot loop before and after the ``.grad`` views, side by side: µs per step, interleaved blocks.
+
+    ``before``: ``optimizer.zero_grad()`` (``.grad`` set to None, ``g1`` copied into the flat
+    buffer every step, the loop at 01a31d3); ``now``: ``SparseTraining.zero_grad`` (one
+    memset, backward writes into the flat buffer), what ``motune.train`` runs. Three
+    LeNet-5s on the same batches; medians over blocks of ``steps`` steps.
+    """
+    from motune.hook import SparseTraining
+
+    cpu = torch.device("cpu")
+    batches = list(zip(data.x_train.split(BATCH), data.y_train.split(BATCH)))
+    runs = {}
+    for name in ("plain", "before", "now"):
+        model, opt = _plain_model(data, 0, cpu)
+        runs[name] = (model, opt, None if name == "plain" else SparseTraining(model, "dense", method="multi_gradient"))
+
+    def block(name: str, start: int) -> float:
+        model, opt, hook = runs[name]
+        t0 = time.perf_counter()
+        for j in range(steps):
+            xb, yb = batches[(start + j) % len(batches)]
+            loss = F.cross_entropy(model(xb), yb)
+            if hook is not None and name == "now":
+                hook.zero_grad(opt)
+            else:
+                opt.zero_grad()
+            loss.backward()
+            opt.step() if hook is None else hook.step(opt)
+        return (time.perf_counter() - t0) / steps * 1e6
+
+    us: dict[str, list[float]] = {name: [] for name in runs}
+    for b in range(blocks + 1):
+        for name in runs:
+            t = block(name, b * steps)
+            if b:  # the first block warms up
+                us[name].append(t)
+    plain = us["plain"]
+    return {name: {"us_per_step": statistics.median(v),
+                   "overhead_us": statistics.median([a - p for a, p in zip(v, plain)]),
+                   "ratio": statistics.median([p / a for a, p in zip(v, plain)])} for name, v in us.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10k samples per epoch, 3 repeats")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, nargs="+", default=None, help="intra-op thread settings (default: 1, all cores)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--smgd-steps", type=int, metavar="BLOCKS", default=0,
+                        help="also time SMGD's step before/after the .grad views, BLOCKS interleaved blocks (CPU)")
     parser.add_argument("--json", default="bench/results/throughput.json", help="where to write the JSON results")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -185,6 +231,8 @@ def main() -> None:
     for t in threads:
         torch.set_num_threads(t)
         by_threads[t] = measure(data, repeats, device)
+        if args.smgd_steps:
+            by_threads[t]["smgd_steps"] = smgd_steps(data, args.smgd_steps)
     targets = {"weighted_sum_itp_ratio": 0.97, "smgd_itp_ratio": 0.95, "dataloader_itp_ratio": 0.95}
     out = {
         "data": source,
@@ -214,6 +262,9 @@ def main() -> None:
             else:
                 line += f"{1.0:>9.3f}"
             print(line)
+        for name, r in res.get("smgd_steps", {}).items():
+            print(f"{t:<8}{'step: smgd ' + name if name != 'plain' else 'step: plain':<20}{r['us_per_step']:>9.0f} us"
+                  f"{r['ratio']:>9.3f}  (+{r['overhead_us']:.0f} us)")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
