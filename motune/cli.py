@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -98,6 +99,30 @@ def _check_run_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--grace: must be longer than --heartbeat ({args.heartbeat} s), got {args.grace}")
     if not args.storage_patience >= 0:
         raise UsageError(f"--storage-patience: must be seconds >= 0, got {args.storage_patience}")
+    if args.device is not None:
+        from motune.train import check_device
+
+        try:
+            check_device(args.device)
+        except ValueError as exc:
+            raise UsageError(f"--{exc}") from None
+
+
+def _local_device(args: argparse.Namespace, config: StudyConfig) -> str:
+    """The device this process's training uses: ``--device``, else the config's; exit 2 when this machine lacks it."""
+    from motune.train import resolve_device
+
+    device = args.device if args.device is not None else config.train.device
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        raise UsageError(f"--{exc}" if args.device is not None else f"train.{exc}, or pass --device DEV") from None
+    return device
+
+
+def _on_device(config: StudyConfig, device: str) -> StudyConfig:
+    """A copy of ``config`` that trains on ``device``: the device is a local choice, the stored config keeps its own."""
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, device=device))
 
 
 def _set_threads(args: argparse.Namespace) -> None:
@@ -137,6 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config, source = _load_config(args.config, args.data_dir)
     _check_run_options(args)
+    device = _local_device(args, config)
     _set_threads(args)
     name = args.study or config.study.name
     url = args.storage or (default_journal_url(name) if args.workers > 1 else default_storage_url(name))
@@ -155,10 +181,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                    "--grace", str(args.grace), "--storage-patience", str(args.storage_patience)]
         options += ["--timeout", str(args.timeout)] if args.timeout is not None else []
         options += ["--config", str(Path(args.config).resolve())] if config.import_paths() else []
-        code = run_local_workers(study, url, args.workers, target, options, args.quiet)
+        code = run_local_workers(study, url, args.workers, target, options, args.quiet, device=device)
     else:
         print(TABLE_HEAD, flush=True)
-        study = _work(args, config, study, artifact_dir, target, worker_index=0)
+        study = _work(args, _on_device(config, device), study, artifact_dir, target, worker_index=0)
         code = 0
     print()
     print_summary(study, config)
@@ -179,10 +205,10 @@ def _worker_config(args: argparse.Namespace, stored: StudyConfig, name: str) -> 
     if args.config is not None:
         local, _ = _load_config(args.config)
         local.data.data_dir = stored.data.data_dir  # a --data-dir given to `run`/`create` is part of the stored config
-        if local != stored:
+        if _on_device(local, stored.train.device) != stored:  # the device is the file's local choice
             raise UsageError(f"{args.config} differs from the config stored in study {name!r}; start the worker with "
                              "the file the study was created from")
-        return stored
+        return _on_device(stored, local.train.device)
     paths = stored.import_paths()
     if paths and not args.trust_study_config:
         named = ", ".join(f"{key} = {value!r}" for key, value in paths.items())
@@ -204,6 +230,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         config.data.data_dir = args.data_dir
         config.validate()
+    config = _on_device(config, _local_device(args, config))
     with interruptible():
         cached_dataset(config)
     name = study.study_name
@@ -309,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
         p.add_argument("--threads", type=int, metavar="N", help="torch threads per process (default: torch's; "
                        "with --workers: CPU cores / workers)")
+        p.add_argument("--device", metavar="DEV",
+                       help="train on auto, cpu, cuda or cuda:N (default: the config's [train] device; a local choice, "
+                       "the study's stored config keeps its own; with --workers, auto or cuda give worker i "
+                       "cuda:(i mod number of GPUs))")
         p.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT, metavar="SECONDS",
                        help=f"a running trial proves its worker alive this often (default {DEFAULT_HEARTBEAT}; 0: off, "
                        "then only a dead process on the same host is noticed)")

@@ -142,8 +142,8 @@ class MultiGradient(GradientCombiner):
     a view of the flat result (no copy back). A step costs about 8 kernels whatever the
     number of tensors, against ~30 small per-tensor ones before (LeNet-5: 10 tensors);
     the price is one copy of ``g1`` and two buffers the size of the parameters. If the
-    loop keeps the ``.grad`` views (``zero_grad(set_to_none=False)``), backward
-    accumulates into them and the copy is skipped. All parameters must share one dtype
+    loop keeps the ``.grad`` views (:meth:`zero_grad_`, or ``zero_grad(set_to_none=False)``),
+    backward accumulates into them and the copy is skipped. All parameters must share one dtype
     and device.
     """
 
@@ -158,6 +158,7 @@ class MultiGradient(GradientCombiner):
         trainable = {id(p) for p in self.params}
         if any(id(w) not in trainable for w in self.penalised):
             raise ValueError("MultiGradient: every penalised weight must be a trainable parameter")
+        self.param_ids = frozenset(id(p) for p in self.params)
         self._order = self.penalised + self.others  # the flat layout: penalised prefix first
         sizes = [p.numel() for p in self._order]
         n_pen = sum(sizes[: len(self.penalised)])
@@ -188,6 +189,20 @@ class MultiGradient(GradientCombiner):
         if self.host_alpha or (self.host_alpha is None and products.device.type == "cpu"):
             return min_norm_alpha(*products.tolist())
         return min_norm_alpha(products[0], products[1], products[2])  # device tensor: no host sync
+
+    @torch.no_grad()
+    def zero_grad_(self) -> bool:
+        """Before ``backward()``: zero ``g1`` in place, keeping every ``.grad`` a view of the flat buffer.
+
+        One memset; backward then accumulates this step's ``g1`` straight into the flat
+        buffer (``0 + g1 = g1``, the same numbers) and :meth:`alpha_` skips its copy. Returns
+        False and does nothing when some ``.grad`` is not a view (before the first
+        :meth:`combine_`, or after ``zero_grad(set_to_none=True)``): clear them as usual then.
+        """
+        if not all(p.grad is v for p, v in zip(self._order, self._grad_views)):
+            return False
+        self._flat_grad.zero_()
+        return True
 
     @torch.no_grad()
     def combine_(self) -> Scalar:

@@ -75,6 +75,9 @@ class TrainConfig:
     (your own data and network, :mod:`motune.imports`; keyword arguments in
     ``data_args`` / ``model_args``); ``penalise`` is ``"dense"``, ``"all"`` or a list of
     glob patterns over parameter names (biases never).
+
+    ``device``: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or
+    ``"cuda:N"``; checked for its form here and against the machine by :func:`train`.
     """
 
     dataset: str = "digits"
@@ -134,7 +137,7 @@ class TrainConfig:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed: must be an integer, got {self.seed!r}")
-        resolve_device(self.device)
+        check_device(self.device)  # the form only: whether this machine has it is train()'s question
         return self
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -187,16 +190,38 @@ class TrainResult:
     penalised: list[str] = field(default_factory=list)  # names of the penalised weights
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; otherwise a device torch accepts and has."""
+def check_device(device: str) -> torch.device | None:
+    """The form of a device setting, without looking at this machine's hardware: ``"auto"``
+    -> None, otherwise the ``torch.device`` it names (``"cpu"``, ``"cuda"``, ``"cuda:N"``).
+
+    The device is a local choice: a config that names ``"cuda:1"`` is valid on a machine
+    without one (a study created on a GPU box is inspected on a laptop);
+    :func:`resolve_device` checks the hardware where training runs.
+    """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
-        dev = torch.device(device)
+        return torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device: unknown device {device!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; otherwise a device torch accepts and this machine has.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    dev = check_device(device)
+    if dev is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} requested but CUDA is not available on this machine; use 'auto' or 'cpu'")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device: {device!r} requested but this machine has {count} CUDA device(s): "
+                             f"cuda:0 to cuda:{count - 1}")
     return dev
 
 
@@ -345,7 +370,7 @@ def train(
             if ramped is not None and step <= ramp_steps:  # during the warm-up only: one float per step
                 ramped.l1_weight = cfg.l1_weight * cubic_ramp(step, ramp_steps)
             loss = F.cross_entropy(model(xb), yb)
-            optimizer.zero_grad()
+            hook.zero_grad(optimizer)  # optimizer.zero_grad(); multi-gradient: keeps .grad views of its flat buffer
             loss.backward()
             alpha = hook.step(optimizer)  # combine g1 and g2, step, prune
             loss_sum += loss.detach()

@@ -24,10 +24,36 @@ STORAGE_ENV = "MOTUNE_STORAGE"  # the default --storage; how workers get the URL
 PARENT_ENV = "MOTUNE_PARENT"  # set in workers started by `run --workers`: the parent reports interrupts
 
 
-def run_local_workers(study: optuna.Study, url: str, n: int, target: int, worker_options: Sequence[str], quiet: bool) -> int:
+def worker_device(device: str, index: int, n_gpus: int) -> str:
+    """The device of local worker ``index`` when the config (or ``--device``) says ``device``.
+
+    ``"auto"`` or ``"cuda"`` on a machine with ``n_gpus`` GPUs spreads the workers over
+    them round robin, ``cuda:(index mod n_gpus)``; anything else (``"cpu"``, an explicit
+    ``"cuda:N"``, ``"auto"`` without a GPU) is every worker's device as it is.
+
+    >>> [worker_device("auto", i, 2) for i in range(3)], worker_device("cuda:1", 0, 2), worker_device("auto", 0, 0)
+    (['cuda:0', 'cuda:1', 'cuda:0'], 'cuda:1', 'auto')
+    """
+    if device in ("auto", "cuda") and n_gpus > 0:
+        return f"cuda:{index % n_gpus}"
+    return device
+
+
+def local_gpu_count() -> int:
+    """CUDA devices this process can use (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_local_workers(
+    study: optuna.Study, url: str, n: int, target: int, worker_options: Sequence[str], quiet: bool, device: str = "auto"
+) -> int:
     """Start ``n`` ``motune worker`` processes on the study, print their trials, wait for them.
 
-    ``worker_options`` are passed on to each worker (``--artifacts``, ``--heartbeat``, …).
+    ``worker_options`` are passed on to each worker (``--artifacts``, ``--heartbeat``, …);
+    worker ``i`` gets ``--device`` :func:`worker_device` of ``device`` (the config's or
+    ``run --device``), so ``"auto"`` spreads them over this machine's GPUs.
     The storage URL reaches the workers through ``$MOTUNE_STORAGE`` (not their command
     lines, which ``ps`` shows). Each runs in its own session, so a Ctrl-C reaches this
     process only and is forwarded exactly once. Returns 0 when the study is done (or
@@ -37,11 +63,13 @@ def run_local_workers(study: optuna.Study, url: str, n: int, target: int, worker
                *worker_options, "--quiet"]
     env = {**os.environ, STORAGE_ENV: url, PARENT_ENV: str(os.getpid())}
     shown = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    n_gpus = local_gpu_count()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with interruptible():
             for i in range(n):
-                procs.append(subprocess.Popen([*command, "--worker-index", str(i)], env=env, start_new_session=True))
+                own = ["--worker-index", str(i), "--device", worker_device(device, i, n_gpus)]
+                procs.append(subprocess.Popen([*command, *own], env=env, start_new_session=True))
         if not quiet:
             print(TABLE_HEAD, flush=True)
         while True:

@@ -165,3 +165,30 @@ def test_multi_gradient_refuses_mixed_dtypes() -> None:
     a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="dtype"):
         MultiGradient([a, b], [a])
+
+
+def test_multi_gradient_zero_grad_keeps_views_and_gives_the_same_steps() -> None:
+    """zero_grad_ (one memset of the flat buffer) steps exactly as optimizer.zero_grad() does."""
+    nets, opts, combiners = [], [], []
+    for _ in range(2):
+        torch.manual_seed(5)
+        net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
+        params = list(net.parameters())
+        nets.append(net)
+        opts.append(torch.optim.SGD(params, lr=0.1, momentum=0.9))
+        combiners.append(MultiGradient(params, [net[2].weight, net[4].weight]))
+    assert combiners[1].zero_grad_() is False  # no views before the first combine_: nothing done
+    for step in range(5):
+        x = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(step))
+        opts[0].zero_grad()
+        if not combiners[1].zero_grad_():
+            opts[1].zero_grad()
+        for net, opt, combiner in zip(nets, opts, combiners):
+            net(x).square().sum().backward()
+            combiner.combine_()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)
+    flat = combiners[1]._flat_grad.untyped_storage().data_ptr()
+    assert all(p.grad.untyped_storage().data_ptr() == flat for p in nets[1].parameters())  # backward wrote there
+    assert combiners[1].zero_grad_() is True and not combiners[1]._flat_grad.any()

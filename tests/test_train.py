@@ -45,6 +45,39 @@ def test_weighted_sum_zero_without_pruning_matches_plain_loop_bit_for_bit(digits
         assert torch.equal(result.state_dict[name], tensor), name
 
 
+@pytest.mark.parametrize("prune_policy", ["soft", "permanent"])
+def test_multi_gradient_matches_a_plain_loop_with_optimizer_zero_grad_bit_for_bit(digits, prune_policy: str) -> None:
+    """train's hot loop keeps .grad as views of the combiner's flat buffer (hook.zero_grad); a loop that
+    clears gradients the usual way (set to None, g1 copied every step) gives the same weights."""
+    from motune.hook import SparseTraining
+
+    cfg = TrainConfig(**SGD, method="multi_gradient", prune_policy=prune_policy, seed=5)
+    result = train(cfg, data=digits)
+    torch.manual_seed(5)
+    model = build_model("digits_cnn", digits.input_shape, digits.num_classes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    hook = SparseTraining(model, "dense", method="multi_gradient", prune_policy=prune_policy)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        order = torch.randperm(len(digits.x_train), generator=gen)
+        for idx in order.split(64):
+            loss = F.cross_entropy(model(digits.x_train[idx]), digits.y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            hook.step(opt)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(result.state_dict[name], tensor), name
+    assert result.nonzeros == hook.nonzeros() < result.penalised_size
+
+
+def test_a_device_this_machine_lacks_is_a_valid_setting_that_train_refuses(digits) -> None:
+    """The device is a local choice: a config naming cuda:99 validates anywhere (a study made on a
+    GPU box is read on a laptop); train() says the machine lacks it, before any work."""
+    cfg = TrainConfig(**FAST, device="cuda:99").validate()
+    with pytest.raises(ValueError, match=r"^device: 'cuda:99' requested but (CUDA is not available|this machine has)"):
+        train(cfg, data=digits)
+
+
 def test_same_seed_same_numbers_and_other_seed_differs(digits) -> None:
     cfg = TrainConfig(**FAST, l1_weight=1e-3, seed=3)
     a, b = train(cfg, data=digits), train(cfg, data=digits)

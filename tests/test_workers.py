@@ -23,6 +23,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+import motune.workers
 from motune.config import StudyConfig
 from motune.faults import (
     HEARTBEAT_ATTR,
@@ -39,6 +40,7 @@ from motune.faults import (
 from motune.sampler import FIDELITY_ATTR, KneeSampler
 from motune.storage import mask_secrets, mask_url, open_storage
 from motune.study import BudgetReached, _Budgeted, create_or_load_study
+from motune.workers import local_gpu_count, run_local_workers, worker_device
 
 TINY = """
 [study]
@@ -213,6 +215,84 @@ def test_passwords_are_masked_and_worker_seeds_differ() -> None:
     text = "could not connect: postgresql://u:s3cret@db/x and redis://:pw@h:6379/0"
     assert "s3cret" not in mask_secrets(text) and "pw@" not in mask_secrets(text)
     assert len({worker_seed(0, i) for i in range(8)}) == 8 and worker_seed(0, 1) == worker_seed(0, 1)
+
+
+# ----------------------------------------------------------------------------- devices (no GPU needed)
+
+
+def fake_gpus(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Make torch report ``n`` CUDA devices (only for code that counts them, never for training)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
+
+@pytest.mark.parametrize("device,n_gpus,expected", [
+    ("auto", 2, ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]),
+    ("cuda", 3, ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]),
+    ("auto", 0, ["auto"] * 5),  # no GPU: auto stays auto (the CPU)
+    ("cpu", 4, ["cpu"] * 5),
+    ("cuda:1", 4, ["cuda:1"] * 5),  # an explicit device is every worker's
+])
+def test_worker_device_spreads_auto_and_cuda_over_the_gpus(device: str, n_gpus: int, expected: list[str]) -> None:
+    assert [worker_device(device, i, n_gpus) for i in range(5)] == expected
+
+
+def test_run_local_workers_gives_worker_i_gpu_i_mod_n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_gpus(monkeypatch, 3)
+    assert local_gpu_count() == 3
+    commands: list[list[str]] = []
+
+    class Done:  # a worker process that has already exited cleanly
+        returncode = 0
+
+        def __init__(self, command: list[str], **_: object) -> None:
+            commands.append(command)
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.setattr(motune.workers.subprocess, "Popen", Done)
+    study = journal_study(tmp_path)
+    assert run_local_workers(study, "journal:x", 4, 4, ["--threads", "1"], quiet=True, device="cuda") == 0
+    devices = [c[c.index("--device") + 1] for c in commands]
+    indices = [c[c.index("--worker-index") + 1] for c in commands]
+    assert devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:0"] and indices == ["0", "1", "2", "3"]
+    fake_gpus(monkeypatch, 0)
+    commands.clear()
+    run_local_workers(study, "journal:x", 2, 4, [], quiet=True, device="auto")
+    assert [c[c.index("--device") + 1] for c in commands] == ["auto", "auto"]
+
+
+def test_worker_device_is_a_local_choice_and_bad_devices_exit_2(tmp_path: Path, run_motune,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study whose stored config names a GPU (created elsewhere) is joined here with --device cpu;
+    the stored config keeps its device; bad or absent devices exit 2 with one line, nothing stored."""
+    fake_gpus(monkeypatch, 0)
+    cfg = tmp_path / "gpu.toml"
+    cfg.write_text(TINY.format(name="gpu", n_trials=1, baselines="") + 'device = "cuda:1"\n')
+    url = f"journal:{tmp_path / 'gpu.journal'}"
+    code, _, err = run_motune(tmp_path, "run", str(cfg), "--storage", url, "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "train.device: 'cuda:1' requested but CUDA is not available" in err
+    assert not (tmp_path / "gpu.journal").exists()  # refused before the storage was touched
+    assert run_motune(tmp_path, "create", str(cfg), "--storage", url).code == 0  # no training: no device needed
+    stored = optuna.load_study(study_name="gpu", storage=open_storage(url)).user_attrs["motune:config"]
+    for bad, message in (("tpu:0", "--device: unknown device 'tpu:0'"),
+                         ("cuda", "--device: 'cuda' requested but CUDA is not available")):
+        code, _, err = run_motune(tmp_path, "worker", "--storage", url, "--device", bad, "--quiet")
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+    code, _, err = run_motune(tmp_path, "worker", "--storage", url, "--quiet")  # the stored cuda:1 is not here
+    assert code == 2 and "train.device: 'cuda:1'" in err and "--device" in err
+    code, _, err = run_motune(tmp_path, "worker", "--storage", url, "--device", "cpu", "--quiet", "--heartbeat", "0")
+    assert code == 0, err
+    study = optuna.load_study(study_name="gpu", storage=open_storage(url))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+    assert study.user_attrs["motune:config"] == stored and stored["train"]["device"] == "cuda:1"
+    # The study's own file with another device is still the study's file (a local choice).
+    cfg.write_text(cfg.read_text().replace('device = "cuda:1"', 'device = "cpu"'))
+    code, _, err = run_motune(tmp_path, "worker", "--storage", url, "--config", str(cfg), "--quiet", "--heartbeat", "0")
+    assert code == 0, err
 
 
 # ----------------------------------------------------------------------------- worker processes
