@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import os
 import shutil
@@ -120,11 +119,6 @@ def _local_device(args: argparse.Namespace, config: StudyConfig) -> str:
     return device
 
 
-def _on_device(config: StudyConfig, device: str) -> StudyConfig:
-    """A copy of ``config`` that trains on ``device``: the device is a local choice, the stored config keeps its own."""
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, device=device))
-
-
 def _set_threads(args: argparse.Namespace) -> None:
     if args.threads is not None:
         import torch
@@ -184,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = run_local_workers(study, url, args.workers, target, options, args.quiet, device=device)
     else:
         print(TABLE_HEAD, flush=True)
-        study = _work(args, _on_device(config, device), study, artifact_dir, target, worker_index=0)
+        study = _work(args, config.on_device(device), study, artifact_dir, target, worker_index=0)
         code = 0
     print()
     print_summary(study, config)
@@ -205,10 +199,10 @@ def _worker_config(args: argparse.Namespace, stored: StudyConfig, name: str) -> 
     if args.config is not None:
         local, _ = _load_config(args.config)
         local.data.data_dir = stored.data.data_dir  # a --data-dir given to `run`/`create` is part of the stored config
-        if _on_device(local, stored.train.device) != stored:  # the device is the file's local choice
+        if local.on_device(stored.train.device) != stored:  # the device is the file's local choice
             raise UsageError(f"{args.config} differs from the config stored in study {name!r}; start the worker with "
                              "the file the study was created from")
-        return _on_device(stored, local.train.device)
+        return stored.on_device(local.train.device)
     paths = stored.import_paths()
     if paths and not args.trust_study_config:
         named = ", ".join(f"{key} = {value!r}" for key, value in paths.items())
@@ -230,7 +224,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         config.data.data_dir = args.data_dir
         config.validate()
-    config = _on_device(config, _local_device(args, config))
+    config = config.on_device(_local_device(args, config))
     with interruptible():
         cached_dataset(config)
     name = study.study_name

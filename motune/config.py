@@ -224,6 +224,12 @@ class StudyConfig:
     train: TrainSection = field(default_factory=TrainSection)
     baselines: dict[str, BaselineSection] = field(default_factory=default_baselines)
 
+    def on_device(self, device: str) -> StudyConfig:
+        """A copy that trains on ``device``. The device is a local choice of each process (a
+        study created on a CPU is joined by GPU workers), so it never makes two configs differ:
+        compare ``a.on_device(b.train.device) == b``."""
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, device=device))
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> StudyConfig:
         """Read and check a TOML config file."""

@@ -122,7 +122,7 @@ def create_or_load_study(
         )
     stored = study.user_attrs.get(CONFIG_ATTR)
     if stored is not None:
-        if StudyConfig.from_dict(stored) != config:
+        if StudyConfig.from_dict(stored).on_device(config.train.device) != config:  # the device is local
             raise StudyError(
                 f"study {name!r} exists in this storage with a different config; "
                 "resume it with the config it was created with, or pass --study NEWNAME"

@@ -138,3 +138,20 @@ def test_import_paths_parse_without_importing_and_reach_the_train_config() -> No
 def test_bad_import_path_settings_name_the_key(raw: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         StudyConfig.from_dict(raw)
+
+
+def test_the_device_is_local_a_study_resumes_on_another_device() -> None:
+    import optuna
+
+    from motune.storage import StudyError
+    from motune.study import create_or_load_study
+
+    storage = optuna.storages.InMemoryStorage()
+    config = StudyConfig()
+    create_or_load_study(config, storage)
+    on_gpu = config.on_device("cuda:1")
+    assert on_gpu != config and on_gpu.on_device(config.train.device) == config
+    create_or_load_study(on_gpu, storage)  # same study: no "different config" error
+    other = dataclasses.replace(config, train=dataclasses.replace(config.train, lr=0.5))
+    with pytest.raises(StudyError, match="different config"):
+        create_or_load_study(other.on_device("cuda:1"), storage)
