@@ -73,6 +73,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 import motune
+from motune.gmp import GMPSchedule
 from motune.study import knee_trial, run_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
@@ -178,26 +179,15 @@ def dense_and_magnitude(data: motune.Dataset, epochs: int, fraction: float, seed
 
 
 def gmp(data: motune.Dataset, epochs: int, fraction: float, seed: int) -> dict[str, Any]:
-    """(c) gradual magnitude pruning with Zhu & Gupta's cubic schedule."""
-    run = new_run(data, seed)
-    steps_per_epoch = -(-len(data.x_train) // BATCH)
-    total = epochs * steps_per_epoch
-    t0 = steps_per_epoch
-    dt = max(1, steps_per_epoch // 4)
-    n = max(1, (2 * total // 3 - t0) // dt)
-    size = sum(m.weight.numel() for m, _ in dense_layers(run.model))
-    if t0 + n * dt > total:  # tiny budgets (--quick): prune over the first two thirds instead
-        t0, n = 1, max(1, (2 * total // 3) // dt)
-    s_i, s_f = 0.0, 1.0 - fraction
-
-    def on_step(step: int) -> None:
-        if step >= t0 and (step - t0) % dt == 0 and step <= t0 + n * dt:
-            s_t = s_f + (s_i - s_f) * (1 - (step - t0) / (n * dt)) ** 3
-            prune_to(run.model, round(s_t * size))
-
-    train_epochs(run, data, epochs, on_step)
-    return {**measure(run, data), "schedule": {"t0": t0, "delta_t": dt, "n": n, "end_step": t0 + n * dt,
-                                                "total_steps": total}}
+    """(c) gradual magnitude pruning with Zhu & Gupta's cubic schedule: :func:`motune.gmp.train_gmp`, the GMP
+    of a study's ``baselines = ["gmp"]`` trial, with this benchmark's LeNet-5 / Adam / batch settings."""
+    config = motune.TrainConfig(dataset="fashion-mnist", model="lenet5", optimizer="adam", lr=LR, batch_size=BATCH,
+                                epochs=epochs, seed=seed, device="cpu")
+    r = motune.train_gmp(config, fraction_kept=fraction, data=data)
+    s = GMPSchedule.for_run(-(-len(data.x_train) // BATCH), epochs)
+    return {"test_accuracy": r.test_accuracy, "fraction_kept": r.fraction_kept, "nonzeros": r.nonzeros,
+            "penalised_size": r.penalised_size, "train_seconds": r.train_seconds,
+            "schedule": {"t0": s.t0, "delta_t": s.dt, "n": s.n, "end_step": s.end, "total_steps": s.total}}
 
 
 def knee_finetune(config: motune.StudyConfig, lam: float, data: motune.Dataset, epochs: int, seed: int) -> dict[str, Any]:

@@ -50,7 +50,8 @@ RETRY_HISTORY = "retry_history"
 
 WEIGHTED_SUM = "weighted_sum"
 BASELINE_KINDS: tuple[str, ...] = ("smgd", "multi_adam", "multi_rmsprop")  # multi-gradient runs, no λ
-KINDS: tuple[str, ...] = (WEIGHTED_SUM, *BASELINE_KINDS)
+GMP = "gmp"  # gradual magnitude pruning to the knee's sparsity, queued once the knee is final (motune.gmp)
+KINDS: tuple[str, ...] = (WEIGHTED_SUM, *BASELINE_KINDS, GMP)
 
 METRIC_NAMES = ["cross_entropy", "l1"]
 HYPERVOLUME_REFERENCE: tuple[float, float] = (1.1, 1.1)  # in normalised objectives: a little beyond the nadir
