@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 
 __all__ = [
+    "collapsed_mask",
     "front_scale",
     "hull_segments",
     "hypervolume",
@@ -280,10 +281,31 @@ def supported_points(points: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
     return np.asarray([hull[i] for i in sorted(keep)], dtype=int)
 
 
+def collapsed_mask(points: np.ndarray, floor: float, tolerance: float = 0.0) -> np.ndarray:
+    """Boolean mask of the *collapsed* rows of ``points``: the end of the front reached by collapse.
+
+    A row is collapsed when its f2 is at or below ``floor`` (an l1 norm of 0: no weights
+    left), or when its f1 is no better than such a row's by more than ``tolerance`` times
+    the front's f1 extent (:func:`front_scale`): a network as bad as an empty one, at
+    chance level. Without a row at the floor nothing is collapsed.
+
+    >>> collapsed_mask(np.array([[0.1, 800.0], [1.0, 20.0], [2.29, 0.4], [2.3, 0.0]]), 0.0, 0.02).tolist()
+    [False, False, True, True]
+    """
+    pts = _as_points(points)
+    finite = np.all(np.isfinite(pts), axis=1)
+    dead = finite & (pts[:, 1] <= floor)
+    if not dead.any():
+        return dead
+    worst = float(pts[dead, 0].min()) - tolerance * float(front_scale(pts[finite])[0])
+    return dead | (finite & (pts[:, 0] >= worst))
+
+
 def knee_index(
     points: np.ndarray,
     criterion: Literal["angle", "distance"] = "angle",
     tolerance: float = 0.0,
+    floor: float | None = None,
 ) -> int | None:
     """Index (into ``points``) of the front's knee; ``None`` without finite points.
 
@@ -301,15 +323,28 @@ def knee_index(
     distance to the extremes' line is zero. With one or two supported points there is
     no knee in this sense; the first (smallest f1, most accurate) point is returned so
     that callers always get a point to refine around. Ties go to the smaller f1.
+
+    ``floor`` (e.g. 0 for an l1 norm): collapsed points (:func:`collapsed_mask`, networks
+    with nothing left or no better than that) neither set the nadir nor are knees: the
+    knee is chosen among the other supported points, normalised by their own ideal and
+    nadir (see docs/benchmarks.md §1 for why). While fewer than three supported points are
+    alive (no interior one to be a knee) the collapsed ones count as usual.
     """
     if criterion not in ("angle", "distance"):
         raise ValueError(f"criterion must be 'angle' or 'distance', got {criterion!r}")
-    sup = supported_points(points, tolerance)
+    pts = _as_points(points)
+    sup = supported_points(pts, tolerance)
+    live = np.ones(len(pts), dtype=bool) if floor is None else ~collapsed_mask(pts, floor, tolerance)
+    if floor is not None and np.count_nonzero(live[sup]) >= 3:
+        sup = sup[live[sup]]  # the hull's vertices up to the collapse, normalised by themselves below
+    else:
+        live[:] = True
     if len(sup) == 0:
         return None
     if len(sup) <= 2:
         return int(sup[0])
-    norm = normalise(_as_points(points))[sup]
+    front = pts[live][nondominated_mask(pts[live])]
+    norm = normalise(pts, front.min(axis=0), front.max(axis=0))[sup]
     if criterion == "angle":
         weights = [normal_weight(norm[i], norm[i + 1]) for i in range(len(sup) - 1)]
         widths = np.diff(weights)  # cone width of interior point i + 1

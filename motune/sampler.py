@@ -196,6 +196,7 @@ class SearchRules:
     min_lambda_gap: float = 1e-3
     f2_floor: float | None = 0.0
     full_fidelity: bool = True
+    collapsed_nadir: bool = True  # False: results at f2_floor do not set the knee's nadir
 
     def __post_init__(self) -> None:
         weights = list(self.start_weights)
@@ -256,7 +257,12 @@ class Segment:
 
 
 def search_front(records: Sequence[TrialRecord], rules: SearchRules) -> SearchFront:
-    """The front the search has found: supported points and knee with ``rules.tolerance``."""
+    """The front the search has found: supported points and knee with ``rules.tolerance``.
+
+    Without ``rules.collapsed_nadir``, collapsed results (f2 at ``rules.f2_floor``, or no
+    better in f1) end the front but do not set the knee's nadir
+    (:func:`motune.pareto.knee_index` with ``floor``).
+    """
     found = tuple(r for r in records if r.fidelity == FRONT and r.values is not None)
     points = np.array([r.values for r in found], dtype=float).reshape(-1, 2)
     return SearchFront(
@@ -264,7 +270,8 @@ def search_front(records: Sequence[TrialRecord], rules: SearchRules) -> SearchFr
         points=points,
         scale=pareto.front_scale(points),
         supported=pareto.supported_points(points, rules.tolerance),
-        knee=pareto.knee_index(points, rules.knee, rules.tolerance),
+        knee=pareto.knee_index(points, rules.knee, rules.tolerance,
+                               floor=None if rules.collapsed_nadir else rules.f2_floor),
     )
 
 
@@ -806,6 +813,13 @@ class KneeSampler(BaseSampler):
         full_fidelity:
             Retrain the confirmed knee's weight once as a ``"full"`` trial (the paper
             approximates the front with a third of the epochs). Default ``True``.
+        collapsed_nadir:
+            Whether collapsed results (f2 at ``f2_floor``, or no better in f1 than
+            one that is: a network with no weights left, at chance level) may set the
+            nadir the knee is measured by. Default ``True`` (any front); motune's
+            studies pass ``False``: a collapsed network's f1 (ln of the number of
+            classes) squeezes the live front and drags the knee to the last network
+            before the collapse (docs/benchmarks.md, ``bench/knee_nadir.py``).
         independent_sampler:
             Sampler for all other parameters; default ``RandomSampler(seed)``.
         seed:
@@ -836,6 +850,7 @@ class KneeSampler(BaseSampler):
         min_lambda_gap: float = 1e-3,
         f2_floor: float | None = 0.0,
         full_fidelity: bool = True,
+        collapsed_nadir: bool = True,
         independent_sampler: BaseSampler | None = None,
         seed: int | None = None,
         param_name: str = "l1_weight",
@@ -853,6 +868,7 @@ class KneeSampler(BaseSampler):
             min_lambda_gap=float(min_lambda_gap),
             f2_floor=None if f2_floor is None else float(f2_floor),
             full_fidelity=bool(full_fidelity),
+            collapsed_nadir=bool(collapsed_nadir),
         )
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         self._rng = LazyRandomState(seed)

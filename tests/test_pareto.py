@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from motune.pareto import (
     _hypervolume_2d,
+    collapsed_mask,
     front_scale,
     hull_segments,
     hypervolume,
@@ -278,3 +279,21 @@ def test_weights_tie_matches_the_weighted_sum(lam: float, tol: float, s1: float,
     length = np.hypot((1 - lam) * s1, lam * s2)
     expected = abs(f) <= tol * length
     assert weights_tie(a, b, np.array([lam]), scale, tol).tolist() == [expected]
+
+
+def test_collapsed_points_do_not_set_the_knee_nadir() -> None:
+    """The digits sweep's shape: a live front, then a cliff to networks with nothing left (f1 = ln 10, f2 = 0).
+
+    With the collapsed end in the normalisation the live front is squeezed near f1 = 0 and
+    the widest cone sits at the last network before the cliff; with ``floor`` it does not.
+    """
+    live = np.array([[0.14, 820.0], [0.18, 307.0], [0.26, 195.0], [0.45, 94.0], [1.04, 24.0]])
+    dead = np.array([[2.3028, 0.01], [2.3027, 0.0], [2.3027, 0.0]])
+    points = np.vstack([live, dead])
+    assert collapsed_mask(points, 0.0, 0.02).tolist() == [False] * 5 + [True] * 3
+    assert knee_index(points, "angle", 0.02) == 3  # the last network before the collapse but one
+    assert knee_index(points, "angle", 0.02, floor=0.0) == 1
+    assert knee_index(points, "angle", 0.02, floor=0.0) == knee_index(live, "angle", 0.02)
+    # Fewer than three live supported points: nothing interior to be a knee, the collapsed end counts.
+    assert knee_index(points[[0, 3, 6]], "angle", floor=0.0) == knee_index(points[[0, 3, 6]], "angle") == 1
+    assert collapsed_mask(live, 0.0).tolist() == [False] * 5  # no point at the floor: nothing collapsed
