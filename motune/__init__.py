@@ -10,7 +10,8 @@ from motune.checkpoint import CheckpointError, load_checkpoint, load_model, save
 from motune.combine import GradientCombiner, MultiGradient, WeightedSum, min_norm_alpha
 from motune.config import ConfigError, StudyConfig
 from motune.data import DATASETS, DataError, Dataset, Loaders, load_data, load_dataset
-from motune.export import ExportError, export_pareto, pareto_rows
+from motune.export import ExportError, export_pareto, export_selected, pareto_rows
+from motune.gmp import train_gmp
 from motune.hook import SparseTraining
 from motune.imports import ImportPathError
 from motune.models import MODELS, build_model, penalised_parameters
@@ -20,6 +21,7 @@ from motune.pareto import hypervolume, knee_index, nondominated_mask, supported_
 from motune.plots import write_plots
 from motune.pruning import IntraTrainingPruning, count_nonzero, prune_below_threshold_
 from motune.sampler import KneeSampler
+from motune.select import NothingFits, SelectionError, select
 from motune.storage import StudyError, open_storage
 from motune.study import create_or_load_study, knee_trial, run_study
 from motune.train import DivergenceError, EpochRecord, TrainConfig, TrainResult, train
@@ -44,9 +46,11 @@ __all__ = [
     "KneeSampler",
     "Loaders",
     "MultiGradient",
+    "NothingFits",
     "PerObjectiveAdam",
     "PerObjectiveOptimizer",
     "PerObjectiveRMSprop",
+    "SelectionError",
     "SparseTraining",
     "StudyConfig",
     "StudyError",
@@ -59,6 +63,7 @@ __all__ = [
     "create_or_load_study",
     "evaluate",
     "export_pareto",
+    "export_selected",
     "hypervolume",
     "knee_index",
     "knee_trial",
@@ -76,7 +81,9 @@ __all__ = [
     "prune_below_threshold_",
     "run_study",
     "save_checkpoint",
+    "select",
     "supported_points",
     "train",
+    "train_gmp",
     "write_plots",
 ]

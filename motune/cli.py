@@ -264,14 +264,52 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selection(args: argparse.Namespace, study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, str, str]:
+    """The trial ``--max-accuracy-drop`` / ``--max-nonzeros`` / ``--max-fraction`` (or the knee) picks,
+    what the rule asks in words, and the options that repeat it; exit 2 with the option named."""
+    from motune.select import SelectionError, rule_from, select
+
+    keys = ("max_accuracy_drop", "max_nonzeros", "max_fraction")
+    given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    try:
+        rule = rule_from(**given)
+        chosen = select(study, rule)
+    except SelectionError as exc:
+        raise UsageError(f"--{exc.option.replace('_', '-')}: {exc.detail}") from None
+    options = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in given.items())
+    return chosen, rule.describe(), options
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from motune.report import selection_lines
+
+    if args.config is not None and args.study is None:
+        args.study = _load_config(args.config)[0].study.name
+    study, url = _open_existing_study(args)
+    chosen, rule, options = _selection(args, study)
+    artifact_dir = _artifact_dir(args, url, study.study_name)
+    for line in selection_lines(chosen, rule, artifact_dir):
+        print(line)
+    rule_options = f" {options}" if options else ""
+    print(f"export it:   motune export --storage {mask_url(url)} --study {study.study_name} --select{rule_options} "
+          f"--out {study.study_name}-selected")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from optuna.artifacts import FileSystemArtifactStore
 
-    from motune.export import export_pareto
+    from motune.export import export_pareto, export_selected
     from motune.study import knee_trial
 
     study, url = _open_existing_study(args)
     artifact_dir = _artifact_dir(args, url, study.study_name)
+    if args.select or any(getattr(args, k) is not None for k in ("max_accuracy_drop", "max_nonzeros", "max_fraction")):
+        chosen, rule, _ = _selection(args, study)
+        summary = export_selected(study, Path(args.out), FileSystemArtifactStore(str(artifact_dir)), chosen, rule)
+        print(f"exported trial {chosen.number} of study {study.study_name!r} ({rule}) to {args.out} "
+              f"(selected.json, {summary.checkpoints[0].relative_to(summary.out_dir)})")
+        return 0
     knee = knee_trial(study, load_study_config(study))
     summary = export_pareto(study, Path(args.out), FileSystemArtifactStore(str(artifact_dir)), knee)
     print(f"exported {summary.rows} Pareto trials of study {study.study_name!r} to {args.out} "
@@ -380,10 +418,31 @@ def build_parser() -> argparse.ArgumentParser:
     storage_opts(status)
     status.set_defaults(func=cmd_status)
 
+    def rule_opts(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("selection rule (one at most; none: the knee; accuracy is validation accuracy)")
+        g.add_argument("--max-accuracy-drop", type=float, metavar="X",
+                       help="the sparsest network within X of the best validation accuracy (0.01 = 1 percentage point)")
+        g.add_argument("--max-nonzeros", type=int, metavar="N",
+                       help="the most accurate network with at most N nonzero penalised weights")
+        g.add_argument("--max-fraction", type=float, metavar="F",
+                       help="the most accurate network keeping at most the fraction F of the penalised weights")
+
+    select = sub.add_parser("select", help="pick one network of the front by a rule (knee, accuracy drop, size budget)",
+                            description="Print the trial a selection rule picks: its number, lambda, accuracies, "
+                            "nonzeros and checkpoint.")
+    select.add_argument("config", nargs="?", help="study config TOML: its study name is the default --study")
+    storage_opts(select)
+    rule_opts(select)
+    select.set_defaults(func=cmd_select)
+
     export = sub.add_parser("export", help="write the Pareto set: pareto.csv, pareto.json, pruned checkpoints",
-                            description="Export the Pareto set as a table and pruned checkpoints.")
+                            description="Export the Pareto set as a table and pruned checkpoints; with --select, only "
+                            "the network a selection rule picks (selected.json and its checkpoint).")
     storage_opts(export)
     export.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    export.add_argument("--select", action="store_true",
+                        help="export only the network the rule below picks (default rule: the knee)")
+    rule_opts(export)
     export.set_defaults(func=cmd_export)
 
     plot = sub.add_parser("plot", help="plotly HTML figures of the study", description="Write plotly HTML figures.")

@@ -42,6 +42,7 @@ from typing import Any
 from motune.imports import is_import_path, make_importable
 from motune.train import TrainConfig
 from motune.trial_pruning import DEFAULT_MARGIN, DEFAULT_PATIENCE
+from motune.trials import GMP
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,6 +65,10 @@ class StudySection:
     intermediate objectives are dominated by a margin (:mod:`motune.trial_pruning`, with
     ``prune_patience`` epochs and ``prune_margin``); it evaluates on the validation data
     every epoch (about 7% more time per digits trial).
+
+    ``baselines``: multi-gradient trials queued at the start (``smgd``, ``multi_adam``,
+    ``multi_rmsprop``) and ``gmp``: gradual magnitude pruning to the knee's sparsity with
+    the knee's epochs and seed, queued once the knee is final (:mod:`motune.gmp`).
     """
 
     name: str = "digits"
@@ -308,8 +313,8 @@ class StudyConfig:
         if not 0.0 <= s.prune_margin < 1.0:
             raise ConfigError(f"study.prune_margin: must be a number in [0, 1) (of the front's extent), got {s.prune_margin!r}")
         for kind in s.baselines:
-            if kind not in BASELINE_KINDS:
-                raise ConfigError(f"study.baselines: unknown kind {kind!r}; allowed: {', '.join(BASELINE_KINDS)}")
+            if kind not in (*BASELINE_KINDS, GMP):
+                raise ConfigError(f"study.baselines: unknown kind {kind!r}; allowed: {', '.join((*BASELINE_KINDS, GMP))}")
         if self.train.front_epochs < 1 or self.train.front_epochs > self.train.epochs:
             raise ConfigError(
                 f"train.front_epochs: must be between 1 and train.epochs ({self.train.epochs}), got {self.train.front_epochs!r}"
@@ -336,7 +341,9 @@ class StudyConfig:
             l1_weight=l1_weight,
             seed=self.study.seed if seed is None else seed,
         )
-        if kind != "weighted_sum":
+        if kind == GMP:  # gradual magnitude pruning (motune.gmp): cross-entropy alone, at the knee's fidelity
+            cfg = cfg.replace(l1_weight=0.0, finetune_epochs=0)
+        elif kind != "weighted_sum":
             base = self.baselines[kind]
             # A baseline finds one point with no preference: it trains at full length.
             cfg = cfg.replace(method="multi_gradient", optimizer=base.optimizer, lr=base.lr, momentum=base.momentum,

@@ -14,10 +14,22 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from motune import gmp
 from motune.config import StudyConfig
 from motune.storage import is_journal_file, mask_url
 from motune.study import knee_trial, summarize
-from motune.trials import FAIL_REASON, FAILURE, FIDELITY, INTERMEDIATES, KIND, PRUNE_REASON, Failure, trial_lambda
+from motune.trials import (
+    CHECKPOINT,
+    FAIL_REASON,
+    FAILURE,
+    FIDELITY,
+    GMP,
+    INTERMEDIATES,
+    KIND,
+    PRUNE_REASON,
+    Failure,
+    trial_lambda,
+)
 
 
 def dashboard_command(url: str, artifact_dir: Path) -> str:
@@ -88,8 +100,40 @@ def print_summary(study: optuna.Study, config: StudyConfig, out: Any = None) -> 
             f"({100 * k.user_attrs['fraction_kept']:.2f}%)",
             file=out,
         )
+        print(gmp_line(study, k, config), file=out)
     else:
         print("knee: none yet", file=out)
+
+
+def gmp_line(study: optuna.Study, knee: FrozenTrial, config: StudyConfig) -> str:
+    """``knee vs GMP at the same sparsity: Δ accuracy ...``: the knee against its GMP trial (:mod:`motune.gmp`)."""
+    head = "knee vs GMP at the same sparsity:"
+    if GMP not in config.study.baselines:
+        return f"{head} not measured; add \"gmp\" to [study] baselines to train GMP to the knee's sparsity"
+    g = gmp.comparison(study, knee)
+    if g is None:
+        return f"{head} not run yet (the GMP trial runs once the search has converged)"
+    k, a = knee.user_attrs, g.user_attrs
+
+    def pp(key: str) -> str:
+        return f"{100 * (k[key] - a[key]):+.2f} pp"
+
+    return (f"{head} Δ accuracy (knee − GMP) {pp('val_accuracy')} val, {pp('test_accuracy')} test (GMP trial {g.number}: "
+            f"val {100 * a['val_accuracy']:.2f}%, test {100 * a['test_accuracy']:.2f}%, {a['nonzeros']} of "
+            f"{a['penalised_size']} weights kept, {a.get('epochs')} epochs)")
+
+
+def selection_lines(t: FrozenTrial, rule: str, artifact_dir: Path) -> list[str]:
+    """What ``motune select`` prints: the rule, then the chosen trial (λ, accuracies, nonzeros) and its checkpoint."""
+    a = t.user_attrs
+    checkpoint = a.get(CHECKPOINT)
+    return [
+        f"rule: {rule}",
+        f"selected: trial {t.number} ({a.get(KIND)}, {a.get(FIDELITY)} fidelity, lambda {fmt_lambda(trial_lambda(t))}): "
+        f"val accuracy {100 * a['val_accuracy']:.2f}%, test accuracy {100 * a.get('test_accuracy', math.nan):.2f}%, "
+        f"{a['nonzeros']} of {a.get('penalised_size', '?')} penalised weights kept ({100 * a['fraction_kept']:.2f}%)",
+        f"checkpoint: {artifact_dir / checkpoint if isinstance(checkpoint, str) else 'none stored'}",
+    ]
 
 
 class Progress:

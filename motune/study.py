@@ -41,6 +41,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from motune import gmp
 from motune.checkpoint import save_checkpoint
 from motune.config import ConfigError, StudyConfig, config_key
 from motune.data import Dataset, Loaders, load_data
@@ -72,6 +73,7 @@ from motune.trials import (
     FAIL_REASON,
     FAILURE,
     FIDELITY,
+    GMP,
     INTERMEDIATES,
     KIND,
     METRIC_NAMES,
@@ -93,9 +95,14 @@ _log = logging.getLogger(__name__)
 
 
 def make_sampler(config: StudyConfig, seed: int | None = None) -> KneeSampler:
-    """The study's :class:`KneeSampler` from the ``[study]`` table."""
+    """The study's :class:`KneeSampler` from the ``[study]`` table.
+
+    Collapsed networks (no weights left, chance level) do not set the knee's nadir
+    (``collapsed_nadir=False``; measured in ``bench/knee_nadir.py``, docs/benchmarks.md).
+    """
     s = config.study
-    return KneeSampler(start_weights=s.start_weights, knee=s.knee, full_fidelity=s.full_fidelity, seed=seed)
+    return KneeSampler(start_weights=s.start_weights, knee=s.knee, full_fidelity=s.full_fidelity, seed=seed,
+                       collapsed_nadir=False)
 
 
 def create_or_load_study(
@@ -134,6 +141,8 @@ def create_or_load_study(
         raise StudyError(f"study {name!r} exists in this storage and was not created by motune; pass --study NEWNAME")
     have = [trial_kind(t) for t in queued]
     for kind in config.study.baselines:
+        if kind == GMP:
+            continue  # queued once the knee is final (run_study)
         if kind in have:
             have.remove(kind)
         else:
@@ -325,6 +334,9 @@ class Objective:
         fidelity = KneeSampler.fidelity(trial) if kind == WEIGHTED_SUM else FULL
         lam = trial.suggest_float(PARAM, 0.0, 1.0) if kind == WEIGHTED_SUM else None
         seed = self.config.study.seed + trial.number
+        target = gmp.Target.of(trial) if kind == GMP else None  # the knee's sparsity, fidelity and seed
+        if target:
+            fidelity, seed = target.fidelity, target.seed if target.seed is not None else seed
         cfg = self.config.train_config(kind, l1_weight=lam or 0.0, full=fidelity == FULL, seed=seed)
         if self.on_start is not None:
             self.on_start(trial, kind, lam, cfg.epochs)
@@ -341,7 +353,10 @@ class Objective:
                 monitor(record)  # raises optuna.TrialPruned
 
         try:
-            result = train(cfg, data=data, callback=hook)
+            if target:
+                result = gmp.train_gmp(cfg, nonzeros=target.nonzeros, data=data, callback=hook)
+            else:
+                result = train(cfg, data=data, callback=hook)
         except optuna.TrialPruned:
             monitor.record(trial, {KIND: kind, FIDELITY: fidelity, "epochs": len(monitor.intermediates)})
             raise
@@ -368,6 +383,8 @@ class Objective:
         attrs = {**result_attrs(result, kind, fidelity), CHECKPOINT_BYTES: path.stat().st_size}
         if monitor:
             attrs[INTERMEDIATES] = monitor.stored()
+        if target:
+            attrs.update(target.attrs)
         return TrialOutcome((result.cross_entropy, result.l1), attrs, path)
 
 
@@ -473,6 +490,11 @@ class BudgetReached(Exception):
     """A trial was started after other workers had already filled the study's budget."""
 
 
+def _in_budget(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that count towards ``n_trials``: all but the GMP trial, which runs on top once the knee is final."""
+    return [t for t in trials if trial_kind(t) != GMP]
+
+
 def _queued(trial: FrozenTrial) -> bool:
     """Whether a trial came from the queue (a baseline or a retry), not from the sampler alone."""
     return KIND in trial.user_attrs or RETRY_HISTORY in trial.system_attrs or "fixed_params" in trial.system_attrs
@@ -489,9 +511,17 @@ class _Budgeted:
 
     def check(self, trial: optuna.Trial) -> None:
         """Raise :class:`BudgetReached` (trial marked ``not_run``, a queued one put back) if the budget is full."""
+        if trial_kind(trial) == GMP:  # outside the budget; one per knee (motune.gmp.duplicate_of)
+            first = gmp.duplicate_of(self.study, trial)
+            if first is None:
+                return
+            trial.set_user_attr(FAIL_REASON, f"not run: trial {first} is the GMP trial of the same knee")
+            trial.set_user_attr(FAILURE, Failure.NOT_RUN.value)
+            raise BudgetReached()
         # Trials started before this one by other workers count: with them the budget may be full.
-        ahead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < trial.number]
-        if len(completed(self.study)) + len(ahead) >= self.target or self.done():
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        ahead = _in_budget([t for t in running if t.number < trial.number])
+        if len(_in_budget(completed(self.study))) + len(ahead) >= self.target or self.done():
             frozen = self.study._storage.get_trial(trial._trial_id)
             if _queued(frozen):  # a baseline or retry popped from the queue: put it back
                 RetryTrial()(self.study, frozen, limited=False)
@@ -582,6 +612,9 @@ def run_study(
     end as FAIL with their reason and the study goes on; so do trials stopped early by
     ``[study] prune`` (:mod:`motune.trial_pruning`), as PRUNED: they do not count towards
     ``n_trials`` and are not retried (``max(5, n_trials)`` pruned trials end the run).
+    With ``gmp`` in ``[study] baselines``, once the search has converged its knee's GMP
+    trial (:mod:`motune.gmp`) is queued and run before the study ends, on top of
+    ``n_trials`` (exactly one per knee, whichever worker runs it).
     ``join=True`` opens an existing study and never creates one (``config`` is then the stored config, possibly with a
     local ``data_dir``). ``seed`` seeds the sampler's own random stream: give each
     worker a different one (:func:`worker_seed`).
@@ -616,8 +649,12 @@ def run_study(
 
     def done() -> bool:
         # The budget, convergence, or trials that keep diverging or being pruned (a broken setup).
-        return (len(completed(study)) >= target or sampler.is_converged(study) or diverged() >= max(5, target)
-                or pruned() >= max(5, target))
+        return (len(_in_budget(completed(study))) >= target or sampler.is_converged(study)
+                or diverged() >= max(5, target) or pruned() >= max(5, target))
+
+    def gmp_waiting() -> bool:
+        # Once the search has converged its knee is final: queue the knee's GMP trial, if the config asks for one.
+        return GMP in config.study.baselines and sampler.is_converged(study) and gmp.enqueue_due(study, sampler.knee_trial(study))
 
     budgeted = _Budgeted(objective, study, target, done)
     current: list[int] = []
@@ -625,10 +662,11 @@ def run_study(
         with interruptible():  # a signal stops whatever runs, except a storage call in flight
             while True:
                 watch.sweep(study)
-                if done() or (deadline is not None and time.monotonic() >= deadline):
+                waiting = gmp_waiting()  # the GMP trial runs on top of the budget
+                if (done() and not waiting) or (deadline is not None and time.monotonic() >= deadline):
                     break
-                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-                if len(completed(study)) + running >= target:
+                running = len(_in_budget(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))))
+                if len(_in_budget(completed(study))) + running >= target and not waiting:
                     time.sleep(poll_interval)  # the rest of the budget is in other workers' hands: wait
                     continue
                 current.clear()
