@@ -14,6 +14,7 @@ users select traces by name):
   kinds and fidelities), joined by a line in objective order;
 * ``"SMGD / multi-gradient"``: trials of the multi-gradient kinds (SMGD, multi-Adam,
   multi-RMSprop), diamonds;
+* ``"GMP at the knee's sparsity"``: the GMP baseline trial (:mod:`motune.gmp`), a cross;
 * ``"full fidelity"``: trials retrained at full length, open squares;
 * ``"knee"``: the knee trial, a star.
 
@@ -41,6 +42,7 @@ from plotly.offline import get_plotlyjs
 from motune.pareto import hypervolume, nondominated_mask, normalise
 from motune.trials import (
     FIDELITY,
+    GMP,
     HYPERVOLUME_REFERENCE,
     KIND,
     WEIGHTED_SUM,
@@ -68,6 +70,7 @@ DEFAULT_REFERENCE = HYPERVOLUME_REFERENCE  # in normalised objectives: see motun
 _GREY = "rgba(150, 150, 150, 0.55)"
 _FRONT = "#1f77b4"
 _SMGD = "#2ca02c"
+_GMP = "#ff7f0e"
 _FULL = "#9467bd"
 _KNEE = "#d62728"
 
@@ -78,7 +81,7 @@ def _complete(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _is_multi_gradient(trial: FrozenTrial) -> bool:
-    return isinstance(trial.user_attrs.get(KIND), str) and trial_kind(trial) != WEIGHTED_SUM
+    return isinstance(trial.user_attrs.get(KIND), str) and trial_kind(trial) not in (WEIGHTED_SUM, GMP)
 
 
 _number = number_or_none
@@ -94,7 +97,7 @@ def hover_text(trial: FrozenTrial) -> str:
     attrs = trial.user_attrs
     kind = attrs.get(KIND, "?")
     fidelity = attrs.get(FIDELITY, "?")
-    if _is_multi_gradient(trial):
+    if _is_multi_gradient(trial) or trial_kind(trial) == GMP:
         lam = "-"
         alpha = _number(attrs.get("alpha_mean"))
         if alpha is not None:
@@ -159,6 +162,9 @@ def _marked_figure(
         fig.add_trace(
             _scatter(multi, xy, "SMGD / multi-gradient", {"color": _SMGD, "size": 12, "symbol": "diamond", "line": {"width": 1}})
         )
+    gmp = [t for t in trials if trial_kind(t) == GMP]
+    if gmp:  # gradual magnitude pruning to the knee's sparsity (motune.gmp)
+        fig.add_trace(_scatter(gmp, xy, "GMP at the knee's sparsity", {"color": _GMP, "size": 12, "symbol": "x"}))
     full = [t for t in trials if is_full(t)]
     if full:
         fig.add_trace(

@@ -100,19 +100,24 @@ def print_summary(study: optuna.Study, config: StudyConfig, out: Any = None) -> 
             f"({100 * k.user_attrs['fraction_kept']:.2f}%)",
             file=out,
         )
-        print(gmp_line(study, k, config), file=out)
+        print(gmp_line(study, k, config, s.converged), file=out)
     else:
         print("knee: none yet", file=out)
 
 
-def gmp_line(study: optuna.Study, knee: FrozenTrial, config: StudyConfig) -> str:
+def gmp_line(study: optuna.Study, knee: FrozenTrial, config: StudyConfig, converged: bool = True) -> str:
     """``knee vs GMP at the same sparsity: Δ accuracy ...``: the knee against its GMP trial (:mod:`motune.gmp`)."""
     head = "knee vs GMP at the same sparsity:"
     if GMP not in config.study.baselines:
         return f"{head} not measured; add \"gmp\" to [study] baselines to train GMP to the knee's sparsity"
     g = gmp.comparison(study, knee)
     if g is None:
-        return f"{head} not run yet (the GMP trial runs once the search has converged)"
+        pending = [t for t in gmp.gmp_trials(study.get_trials(deepcopy=False), knee) if not t.state.is_finished()]
+        if pending:
+            return f"{head} GMP trial {pending[0].number} is {pending[0].state.name.lower()}"
+        if converged:
+            return f"{head} not run yet (the next `motune run` or worker on this study trains it)"
+        return f"{head} not run yet (it runs once the search has converged; a study that ran out of n_trials first needs more)"
     k, a = knee.user_attrs, g.user_attrs
 
     def pp(key: str) -> str:

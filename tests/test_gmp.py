@@ -135,7 +135,7 @@ def test_status_prints_the_knee_against_gmp(gmp_run, run_motune) -> None:
     assert f"(GMP trial {g.number}:" in out
 
 
-def test_export_includes_the_gmp_trial(gmp_run, run_motune) -> None:
+def test_export_and_plots_show_the_gmp_trial(gmp_run, run_motune) -> None:
     import json
 
     work, _, study = gmp_run
@@ -143,6 +143,21 @@ def test_export_includes_the_gmp_trial(gmp_run, run_motune) -> None:
     assert code == 0, err
     rows = json.loads((work / "exported" / "pareto.json").read_text())["rows"]
     assert [r["trial"] for r in rows if r["kind"] == "gmp"] == [gmp.comparison(study, motune.knee_trial(study)).number]
+    code, _, err = run_motune(work, "plot", "--storage", "sqlite:///gmpstudy.db", "--out", "plots")
+    assert code == 0, err
+    assert "GMP at the knee's sparsity" in (work / "plots" / "front.html").read_text()
+
+
+def test_two_workers_train_one_gmp_trial(tmp_path: Path, run_motune) -> None:
+    # A larger budget: with two workers the guesses of the idle one count too; the search must converge within it.
+    (tmp_path / "gmp.toml").write_text(SMALL_GMP.replace("n_trials = 10", "n_trials = 30"))
+    code, _, err = run_motune(tmp_path, "run", "gmp.toml", "--workers", "2", "--quiet")
+    assert code == 0, err
+    study = optuna.load_study(study_name="gmpstudy", storage=motune.open_storage(f"journal:{tmp_path / 'gmpstudy.journal'}"))
+    knee = motune.knee_trial(study)
+    runs = [t for t in study.get_trials() if trial_kind(t) == GMP and t.state == TrialState.COMPLETE]
+    assert len(runs) == 1 and runs[0].user_attrs[gmp.KNEE_TRIAL] == knee.number
+    assert runs[0].user_attrs["nonzeros"] == knee.user_attrs["nonzeros"]
 
 
 def test_a_second_gmp_trial_for_the_same_knee_does_not_run(gmp_run, run_motune) -> None:
@@ -162,4 +177,6 @@ def test_without_the_baseline_status_says_how_to_get_it(tiny_study) -> None:
     study = tiny_study.study
     knee = next(t for t in study.get_trials() if t.number == study.user_attrs["tiny_study"]["knee_trial"])
     assert 'add "gmp" to [study] baselines' in gmp_line(study, knee, StudyConfig())
-    assert "not run yet" in gmp_line(study, knee, StudyConfig.from_dict({"study": {"baselines": ["gmp"]}}))
+    with_gmp = StudyConfig.from_dict({"study": {"baselines": ["gmp"]}})
+    assert "the next `motune run` or worker" in gmp_line(study, knee, with_gmp)
+    assert "runs once the search has converged" in gmp_line(study, knee, with_gmp, converged=False)
