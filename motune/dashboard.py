@@ -225,7 +225,7 @@ class DashboardCallback:
     A callback of :func:`motune.study.run_study` (``callbacks=[DashboardCallback()]``) or
     of ``study.optimize``. ``config`` gives the knee rule (default: the config stored in
     the study; a study without one gets the figures without a knee); ``artifact_dir``, the
-    checkpoint directory, is named in the notes. Never raises: a
+    checkpoint directory, is named in the notes (as an absolute path). Never raises: a
     failed dashboard write is logged as a warning and the study goes on.
 
     >>> import optuna
@@ -238,7 +238,7 @@ class DashboardCallback:
 
     def __init__(self, config: StudyConfig | None = None, artifact_dir: str | os.PathLike[str] | None = None) -> None:
         self.config = config
-        self.artifact_dir = None if artifact_dir is None else str(artifact_dir)
+        self.artifact_dir = None if artifact_dir is None else os.path.abspath(artifact_dir)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
