@@ -42,6 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from motune import pareto
 from motune.plots import front_figure
 from motune.study import PARAM, completed, run_study, summarize, trial_kind
+from motune.trials import CHECKPOINT, HISTORY, LEGACY_HISTORY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _common import RESULTS, load_average, setup, study_config, table, write_figure, write_json
@@ -81,8 +82,8 @@ def distance_to_polyline(p: np.ndarray, poly: np.ndarray) -> float:
 
 
 def trial_row(t: FrozenTrial, on_front: bool) -> dict[str, Any]:
-    """λ, both objectives and the result attributes motune stored (minus per-epoch history and checkpoint id)."""
-    attrs = {k: v for k, v in t.user_attrs.items() if k not in ("history", "checkpoint")}
+    """λ, both objectives and the result attributes motune stored (minus per-epoch history and artifact ids)."""
+    attrs = {k: v for k, v in t.user_attrs.items() if k not in (LEGACY_HISTORY, HISTORY, CHECKPOINT)}
     return {"trial": t.number, "l1_weight": t.params.get(PARAM), "cross_entropy": t.values[0], "l1": t.values[1],
             **attrs, "pareto": on_front}
 

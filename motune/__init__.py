@@ -9,6 +9,7 @@ See README.md for the whole path and docs/architecture.md for where each piece l
 from motune.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from motune.combine import GradientCombiner, MultiGradient, WeightedSum, min_norm_alpha
 from motune.config import ConfigError, StudyConfig
+from motune.dashboard import DashboardCallback
 from motune.data import DATASETS, DataError, Dataset, Loaders, load_data, load_dataset
 from motune.export import ExportError, export_pareto, pareto_rows
 from motune.hook import SparseTraining
@@ -24,6 +25,7 @@ from motune.storage import StudyError, open_storage
 from motune.study import create_or_load_study, knee_trial, run_study
 from motune.train import DivergenceError, EpochRecord, TrainConfig, TrainResult, train
 from motune.trial_pruning import FrontPruner, TrialMonitor
+from motune.trials import trial_history
 
 __version__ = "0.1.0"
 
@@ -32,6 +34,7 @@ __all__ = [
     "MODELS",
     "CheckpointError",
     "ConfigError",
+    "DashboardCallback",
     "DataError",
     "Dataset",
     "DivergenceError",
@@ -78,5 +81,6 @@ __all__ = [
     "save_checkpoint",
     "supported_points",
     "train",
+    "trial_history",
     "write_plots",
 ]

@@ -137,6 +137,7 @@ def _work(
     args: argparse.Namespace, config: StudyConfig, study: optuna.Study, artifact_dir: Path, target: int, worker_index: int
 ) -> optuna.Study:
     """Train the study's trials in this process (``run`` with one worker, and ``worker``) with progress output."""
+    from motune.dashboard import dashboard_callbacks
     from motune.faults import worker_seed
     from motune.study import Objective, run_study
 
@@ -145,7 +146,8 @@ def _work(
                           heartbeat_interval=args.heartbeat or None)
     return run_study(
         config, study._storage, study_name=study.study_name, join=True, n_trials=target, timeout=args.timeout,
-        artifact_dir=artifact_dir, objective=objective, callbacks=[progress.after_trial],
+        artifact_dir=artifact_dir, objective=objective,
+        callbacks=[*dashboard_callbacks(config, artifact_dir), progress.after_trial],  # notes and figures, if installed
         seed=worker_seed(config.study.seed, worker_index), grace_period=args.grace if args.heartbeat else None,
         storage_patience=args.storage_patience,
     )
@@ -280,18 +282,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from optuna.artifacts import FileSystemArtifactStore
+
     from motune.plots import write_plots
     from motune.study import knee_trial
 
-    study, _ = _open_existing_study(args)
+    study, url = _open_existing_study(args)
     knee = knee_trial(study, load_study_config(study))
-    paths = write_plots(study, Path(args.out), knee)
+    store = FileSystemArtifactStore(str(_artifact_dir(args, url, study.study_name)))  # the knee's history artifact
+    paths = write_plots(study, Path(args.out), knee, store)
     for p in paths:
         print(p)
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from motune.dashboard import DashboardCallback
+
     study, url = _open_existing_study(args)
     artifact_dir = _artifact_dir(args, url, study.study_name)
     exe = shutil.which("optuna-dashboard")
@@ -299,6 +306,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         print("motune: optuna-dashboard is not installed; install it with\n  pip install 'motune[dashboard]'\n"
               f"then run:\n  {dashboard_command(url, artifact_dir)}", file=sys.stderr)
         return 1
+    DashboardCallback().refresh_figures(study)  # current (and whole) figures, also for a study run without them
     target = url.removeprefix("journal:") if is_journal_file(url) else url
     cmd = [exe, target, "--artifact-dir", str(artifact_dir), "--host", args.host, "--port", str(args.port)]
     print("running: " + " ".join(cmd).replace(target, mask_url(target)), flush=True)

@@ -48,6 +48,7 @@ from motune.trials import (
     is_full,
     number_or_none,
     pareto_set,
+    trial_history,
     trial_kind,
     trial_lambda,
 )
@@ -267,14 +268,21 @@ def hypervolume_history_figure(study: optuna.Study, reference: Sequence[float] |
     return fig
 
 
-def pruning_history_figure(trial: FrozenTrial) -> go.Figure:
-    """Nonzero weights of each penalised layer at the end of every epoch (``history`` attr).
+def pruning_history_figure(trial: FrozenTrial, artifact_store: Any = None) -> go.Figure:
+    """Nonzero weights of each penalised layer at the end of every epoch (the trial's history).
 
-    One line per layer plus a dashed ``"total"`` line. A trial without a recorded
-    history gives an empty figure with a note instead of an error.
+    The history is the trial's JSON artifact, read from ``artifact_store`` (the store the
+    checkpoints are in), or the ``history`` user attribute of a study made by an older
+    motune (see :func:`motune.trials.trial_history`). One line per layer plus a dashed
+    ``"total"`` line. A trial without a readable history gives an empty figure with a
+    note saying why instead of an error.
     """
-    history = trial.user_attrs.get("history") or []
-    records = [r for r in history if isinstance(r, dict) and isinstance(r.get("nonzeros_per_layer"), dict)]
+    try:
+        history = trial_history(trial, artifact_store)
+        missing = f"trial {trial.number} has no pruning history"
+    except ValueError as exc:
+        history, missing = [], str(exc)
+    records = [r for r in history if isinstance(r.get("nonzeros_per_layer"), dict)]
     epochs = [r.get("epoch", i + 1) for i, r in enumerate(records)]
     layers: list[str] = []
     for r in records:
@@ -302,9 +310,7 @@ def pruning_history_figure(trial: FrozenTrial) -> go.Figure:
             )
         )
     else:
-        fig.add_annotation(
-            text=f"trial {trial.number} has no pruning history", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5
-        )
+        fig.add_annotation(text=missing, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
     lam = _fmt(trial_lambda(trial), ".1e", default="-")
     fig.update_layout(
         template="plotly_white",
@@ -342,12 +348,15 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_plots(study: optuna.Study, out_dir: str | os.PathLike[str], knee: FrozenTrial | None = None) -> list[Path]:
+def write_plots(
+    study: optuna.Study, out_dir: str | os.PathLike[str], knee: FrozenTrial | None = None, artifact_store: Any = None
+) -> list[Path]:
     """Write the study's figures as HTML into ``out_dir``; return the HTML paths written.
 
     Files: ``front.html``, ``accuracy_vs_nonzeros.html``, ``hypervolume.html`` and, when
-    a knee is given, ``pruning_history.html`` of the knee trial (without a knee it is
-    skipped with a ``UserWarning``). ``plotly.min.js`` is written beside them once
+    a knee is given, ``pruning_history.html`` of the knee trial (its history is read from
+    ``artifact_store``, see :func:`pruning_history_figure`; without a knee it is skipped
+    with a ``UserWarning``). ``plotly.min.js`` is written beside them once
     (offline use, see the module docstring); it is not in the returned list. Each file
     is written to a temporary name and renamed into place.
     """
@@ -360,7 +369,7 @@ def write_plots(study: optuna.Study, out_dir: str | os.PathLike[str], knee: Froz
     ]
     if knee is not None:
         own = [t for t in study.get_trials(deepcopy=False) if t.number == knee.number]
-        figures.append(("pruning_history.html", pruning_history_figure(own[0] if own else knee)))
+        figures.append(("pruning_history.html", pruning_history_figure(own[0] if own else knee, artifact_store)))
     else:
         warnings.warn("no knee trial: pruning_history.html not written", UserWarning, stacklevel=2)
 

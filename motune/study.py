@@ -72,6 +72,7 @@ from motune.trials import (
     FAIL_REASON,
     FAILURE,
     FIDELITY,
+    HISTORY,
     INTERMEDIATES,
     KIND,
     METRIC_NAMES,
@@ -225,19 +226,27 @@ def result_attrs(result: TrainResult, kind: str, fidelity: str) -> dict[str, Any
         "seconds": round(result.seconds, 3),
         "seed": result.config.seed,
         "alpha_mean": result.alpha_mean,
-        "history": [
-            {
-                "epoch": r.epoch,
-                "nonzeros": r.nonzeros,
-                "nonzeros_per_layer": r.nonzeros_per_layer,
-                "l1": r.l1,
-                "val_accuracy": r.val_accuracy,
-                "val_cross_entropy": r.val_cross_entropy,
-                "alpha_mean": r.alpha_mean,
-            }
-            for r in result.history
-        ],
     }
+
+
+def history_records(result: TrainResult) -> list[dict[str, Any]]:
+    """The per-epoch history as JSON records: stored as the trial's history artifact (``trials.HISTORY``).
+
+    Kept out of the user attributes so that the trial's page in optuna-dashboard stays
+    readable; read it back with :func:`motune.trials.trial_history`.
+    """
+    return [
+        {
+            "epoch": r.epoch,
+            "nonzeros": r.nonzeros,
+            "nonzeros_per_layer": r.nonzeros_per_layer,
+            "l1": r.l1,
+            "val_accuracy": r.val_accuracy,
+            "val_cross_entropy": r.val_cross_entropy,
+            "alpha_mean": r.alpha_mean,
+        }
+        for r in result.history
+    ]
 
 
 # ----------------------------------------------------------------------------- objective
@@ -278,6 +287,7 @@ class TrialOutcome:
     values: tuple[float, float]
     attrs: dict[str, Any]
     checkpoint: Path  # a file in a private temporary directory; :meth:`discard` removes it
+    history: list[dict[str, Any]] = field(default_factory=list)  # history_records: stored as an artifact
 
     def discard(self) -> None:
         shutil.rmtree(self.checkpoint.parent, ignore_errors=True)
@@ -368,15 +378,21 @@ class Objective:
         attrs = {**result_attrs(result, kind, fidelity), CHECKPOINT_BYTES: path.stat().st_size}
         if monitor:
             attrs[INTERMEDIATES] = monitor.stored()
-        return TrialOutcome((result.cross_entropy, result.l1), attrs, path)
+        return TrialOutcome((result.cross_entropy, result.l1), attrs, path, history_records(result))
 
 
 def _store(storage: optuna.storages.BaseStorage, trial_id: int, outcome: TrialOutcome, store: AtomicArtifactStore) -> None:
-    """Write ``outcome``'s attributes and checkpoint to a RUNNING trial (each write retried through outages)."""
+    """Write ``outcome``'s attributes, checkpoint and history to a RUNNING trial (each write retried through outages)."""
     for key, value in outcome.attrs.items():
         storage.set_trial_user_attr(trial_id, key, value)
     frozen = storage.get_trial(trial_id)
     artifact_id = upload_artifact(artifact_store=store, file_path=str(outcome.checkpoint), study_or_trial=frozen, storage=storage)
+    if outcome.history:
+        path = outcome.checkpoint.with_name(f"history-trial-{frozen.number:04d}.json")
+        path.write_text(json.dumps(outcome.history), encoding="utf-8")
+        history_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=frozen, storage=storage,
+                                     mimetype="application/json")
+        storage.set_trial_user_attr(trial_id, HISTORY, history_id)
     storage.set_trial_user_attr(trial_id, CHECKPOINT, artifact_id)
 
 
@@ -415,7 +431,7 @@ def record_outcome(study: optuna.Study, trial_id: int, outcome: TrialOutcome, st
                      frozen.number, frozen.user_attrs.get(FAIL_REASON, "no reason given"), retry.number)
         return record_outcome(study, retry._trial_id, outcome, store)
     artifact_id = upload_artifact(artifact_store=store, file_path=str(outcome.checkpoint), study_or_trial=study)
-    kept = {k: v for k, v in outcome.attrs.items() if k != "history"}
+    kept = dict(outcome.attrs)
     kept.update({"values": list(outcome.values), CHECKPOINT: artifact_id})
     study.set_user_attr(f"{ORPHAN_ATTR_PREFIX}{frozen.number}", kept)
     _log.warning("motune: trial %d was failed elsewhere while it trained and its retry is already taken; "
