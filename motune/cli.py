@@ -273,7 +273,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     study, _ = _open_existing_study(args)
     t = _selected(args, study)
     a = t.user_attrs
-    print(f"selected by {_rule_text(args)} (ranked by validation accuracy; test accuracy is not used to choose):")
+    print(f"selected by {_rule_text(args)} (on validation metrics; the test split is not used to choose):")
     print(f"trial {t.number} ({trial_kind(t)}, {a.get(FIDELITY)}, lambda {fmt_lambda(trial_lambda(t))}): "
           f"val accuracy {100 * a['val_accuracy']:.2f}%, test accuracy {100 * a.get('test_accuracy', float('nan')):.2f}%, "
           f"{a['nonzeros']} of {a.get('penalised_size', '?')} penalised weights kept ({100 * a['fraction_kept']:.2f}%); "

@@ -15,6 +15,14 @@ exactly the requested share (what a comparison at equal sparsity needs).
 :func:`motune.train`; ``l1_weight`` is ignored) and returns a
 :class:`~motune.train.TrainResult`, so a study's ``gmp`` baseline trial records what
 every trial records. ``bench/pruning.py`` uses the same function.
+
+In a study (``baselines = ["gmp"]``) the GMP trial can only run once the knee is known:
+:func:`enqueue_for_knee` queues it when the knee's full-fidelity retrain completes, with
+the knee's ``fraction_kept`` as its target and the knee's number (user attributes
+``gmp_target_fraction``, ``gmp_of_trial``); it trains ``train.epochs`` epochs, as the
+retrain did, with the weighted sum's optimiser and suggests no λ (the sampler ignores
+it, as it ignores the SMGD baseline). It runs on top of ``n_trials`` and after
+convergence, so the study ends with it. ``motune status`` prints the comparison.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +41,7 @@ from torch.nn.utils import prune
 from motune.data import Dataset, Loaders, as_data, load_data
 from motune.models import build_model, penalised_parameters
 from motune.objectives import l1_norm, nonzeros_per_layer, penalised_size
+from motune.sampler import FULL
 from motune.train import (
     EpochRecord,
     TrainConfig,
@@ -42,8 +52,9 @@ from motune.train import (
     make_optimizer,
     resolve_device,
 )
+from motune.trials import FIDELITY, GMP, GMP_OF, GMP_TARGET, KIND, is_full, number_or_none, trial_kind
 
-__all__ = ["GMPSchedule", "prune_to", "train_gmp"]
+__all__ = ["GMPSchedule", "enqueue_for_knee", "gmp_trials", "prune_to", "train_gmp"]
 
 
 @dataclass(frozen=True)
@@ -200,3 +211,25 @@ def train_gmp(
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         model_name=cfg.model, model_args=dict(cfg.model_args), penalised=names,
     )
+
+
+def gmp_trials(study: optuna.Study, knee_number: int | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The study's gmp trials (any state), or those compared with knee trial ``knee_number``."""
+    return [t for t in study.get_trials(deepcopy=False) if trial_kind(t) == GMP
+            and (knee_number is None or t.user_attrs.get(GMP_OF) == knee_number)]
+
+
+def enqueue_for_knee(study: optuna.Study, knee: optuna.trial.FrozenTrial | None) -> bool:
+    """Queue the GMP trial for ``knee`` if it is a completed full-fidelity retrain without one yet; True if queued.
+
+    Called by the worker that completed the trial (so, with several workers, once): a
+    retried knee or a resumed study finds the existing gmp trial and queues none.
+    """
+    if knee is None or knee.state != optuna.trial.TrialState.COMPLETE or not is_full(knee):
+        return False
+    fraction = number_or_none(knee.user_attrs.get("fraction_kept"))
+    if fraction is None or gmp_trials(study, knee.number):
+        return False
+    study.enqueue_trial({}, user_attrs={KIND: GMP, FIDELITY: FULL, GMP_TARGET: fraction, GMP_OF: knee.number},
+                        skip_if_exists=False)
+    return True
