@@ -4,7 +4,9 @@ Each trial trains one network with :func:`motune.train` and returns
 ``(cross_entropy, l1)``; weighted-sum trials take ``λ`` from
 ``trial.suggest_float("l1_weight", 0, 1)`` (chosen by :class:`~motune.sampler.KneeSampler`),
 baseline trials (SMGD, multi-Adam, multi-RMSprop) are enqueued with a ``kind`` user
-attribute and take no ``λ``. Every trial's pruned weights are kept as an Optuna artifact
+attribute and take no ``λ``; so does the GMP baseline (``baselines = ["gmp"]``,
+:mod:`motune.gmp`), queued once the knee's full-fidelity retrain completes and run on
+top of ``n_trials``. Every trial's pruned weights are kept as an Optuna artifact
 (so optuna-dashboard can offer them), its metrics as user attributes (the schema is
 :mod:`motune.trials`). With ``[study] prune`` a weighted-sum trial whose network collapses,
 or whose intermediate objectives are dominated, stops early as PRUNED
