@@ -20,7 +20,8 @@ In a study (``baselines = ["gmp"]``) the GMP trial can only run once the knee is
 :func:`enqueue_for_knee` queues it when the knee's full-fidelity retrain completes, with
 the knee's ``fraction_kept`` as its target and the knee's number (user attributes
 ``gmp_target_fraction``, ``gmp_of_trial``); it trains ``train.epochs`` epochs, as the
-retrain did, with the weighted sum's optimiser and suggests no λ (the sampler ignores
+retrain did, with the weighted sum's optimiser and the knee's seed (``gmp_seed``: the same
+initial weights and batch order, a paired comparison), and suggests no λ (the sampler ignores
 it, as it ignores the SMGD baseline). It runs on top of ``n_trials`` and after
 convergence, so the study ends with it. ``motune status`` prints the comparison.
 """
@@ -52,7 +53,7 @@ from motune.train import (
     make_optimizer,
     resolve_device,
 )
-from motune.trials import FIDELITY, GMP, GMP_OF, GMP_TARGET, KIND, is_full, number_or_none, trial_kind
+from motune.trials import FIDELITY, GMP, GMP_OF, GMP_SEED, GMP_TARGET, KIND, is_full, number_or_none, trial_kind
 
 __all__ = ["GMPSchedule", "enqueue_for_knee", "gmp_trials", "prune_to", "train_gmp"]
 
@@ -230,6 +231,9 @@ def enqueue_for_knee(study: optuna.Study, knee: optuna.trial.FrozenTrial | None)
     fraction = number_or_none(knee.user_attrs.get("fraction_kept"))
     if fraction is None or gmp_trials(study, knee.number):
         return False
-    study.enqueue_trial({}, user_attrs={KIND: GMP, FIDELITY: FULL, GMP_TARGET: fraction, GMP_OF: knee.number},
-                        skip_if_exists=False)
+    attrs = {KIND: GMP, FIDELITY: FULL, GMP_TARGET: fraction, GMP_OF: knee.number}
+    seed = number_or_none(knee.user_attrs.get("seed"))
+    if seed is not None:
+        attrs[GMP_SEED] = int(seed)
+    study.enqueue_trial({}, user_attrs=attrs, skip_if_exists=False)
     return True

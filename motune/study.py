@@ -76,6 +76,7 @@ from motune.trials import (
     FAILURE,
     FIDELITY,
     GMP,
+    GMP_SEED,
     GMP_TARGET,
     INTERMEDIATES,
     KIND,
@@ -330,6 +331,8 @@ class Objective:
         fidelity = KneeSampler.fidelity(trial) if kind == WEIGHTED_SUM else FULL
         lam = trial.suggest_float(PARAM, 0.0, 1.0) if kind == WEIGHTED_SUM else None
         seed = self.config.study.seed + trial.number
+        if kind == GMP:  # the knee's seed: same initial weights and batch order, a paired comparison
+            seed = int(trial.user_attrs.get(GMP_SEED, seed))
         cfg = self.config.train_config(kind, l1_weight=lam or 0.0, full=fidelity == FULL, seed=seed)
         if self.on_start is not None:
             self.on_start(trial, kind, lam, cfg.epochs)

@@ -53,6 +53,7 @@ BASELINE_KINDS: tuple[str, ...] = ("smgd", "multi_adam", "multi_rmsprop")  # mul
 GMP = "gmp"  # gradual magnitude pruning to the knee's sparsity (motune.gmp), enqueued once the knee is retrained
 GMP_TARGET = "gmp_target_fraction"  # on a gmp trial: the fraction of penalised weights it keeps (the knee's)
 GMP_OF = "gmp_of_trial"  # on a gmp trial: the number of the knee trial it is compared with
+GMP_SEED = "gmp_seed"  # on a gmp trial: the knee's seed, which it trains with (same init and batch order)
 KINDS: tuple[str, ...] = (WEIGHTED_SUM, *BASELINE_KINDS, GMP)
 
 METRIC_NAMES = ["cross_entropy", "l1"]

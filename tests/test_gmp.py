@@ -92,6 +92,7 @@ def test_study_ends_with_one_gmp_trial_after_the_knee(gmp_run) -> None:
     assert g.user_attrs[GMP_TARGET] == knee.user_attrs["fraction_kept"]
     assert g.user_attrs["nonzeros"] == knee.user_attrs["nonzeros"]  # same sparsity, exactly
     assert g.user_attrs["epochs"] == knee.user_attrs["epochs"] == 2
+    assert g.user_attrs["seed"] == knee.user_attrs["seed"]  # paired: same initial weights and batch order
     assert PARAM not in g.params and CHECKPOINT in g.user_attrs and "test_accuracy" in g.user_attrs
     assert enqueue_for_knee(study, knee) is False  # queued once: a second call finds it
 
