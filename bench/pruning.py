@@ -73,6 +73,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 import motune
+from motune.gmp import GMPSchedule, train_gmp
+from motune.gmp import prune_to as gmp_prune_to
 from motune.study import knee_trial, run_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
@@ -143,15 +145,8 @@ def _current_weight(module: nn.Module) -> torch.Tensor:
 
 
 def prune_to(model: nn.Module, n_pruned: int) -> None:
-    """Global L1 (magnitude) pruning of the dense layers until ``n_pruned`` weights are masked."""
-    layers = dense_layers(model)
-    already = sum(int((m.weight_mask == 0).sum()) for m, _ in layers if hasattr(m, "weight_mask"))
-    extra = n_pruned - already
-    if extra <= 0:
-        return
-    # global_unstructured combines with existing masks: ``amount`` counts among the unpruned.
-    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=extra,
-                              importance_scores={(m, n): _current_weight(m) for m, n in layers})
+    """Global L1 (magnitude) pruning of the dense layers until ``n_pruned`` weights are masked (motune.gmp's)."""
+    gmp_prune_to(dense_layers(model), n_pruned)
 
 
 def measure(run: Run, data: motune.Dataset) -> dict[str, Any]:
@@ -178,26 +173,17 @@ def dense_and_magnitude(data: motune.Dataset, epochs: int, fraction: float, seed
 
 
 def gmp(data: motune.Dataset, epochs: int, fraction: float, seed: int) -> dict[str, Any]:
-    """(c) gradual magnitude pruning with Zhu & Gupta's cubic schedule."""
-    run = new_run(data, seed)
+    """(c) gradual magnitude pruning with Zhu & Gupta's cubic schedule: :func:`motune.gmp.train_gmp`, the
+    function behind a study's ``gmp`` baseline trial (same seeding, so the same batches as the plain loop)."""
+    config = motune.TrainConfig(dataset="fashion-mnist", model="lenet5", optimizer="adam", lr=LR, batch_size=BATCH,
+                                epochs=epochs, seed=seed)
+    r = train_gmp(config, fraction, data=data)
     steps_per_epoch = -(-len(data.x_train) // BATCH)
-    total = epochs * steps_per_epoch
-    t0 = steps_per_epoch
-    dt = max(1, steps_per_epoch // 4)
-    n = max(1, (2 * total // 3 - t0) // dt)
-    size = sum(m.weight.numel() for m, _ in dense_layers(run.model))
-    if t0 + n * dt > total:  # tiny budgets (--quick): prune over the first two thirds instead
-        t0, n = 1, max(1, (2 * total // 3) // dt)
-    s_i, s_f = 0.0, 1.0 - fraction
-
-    def on_step(step: int) -> None:
-        if step >= t0 and (step - t0) % dt == 0 and step <= t0 + n * dt:
-            s_t = s_f + (s_i - s_f) * (1 - (step - t0) / (n * dt)) ** 3
-            prune_to(run.model, round(s_t * size))
-
-    train_epochs(run, data, epochs, on_step)
-    return {**measure(run, data), "schedule": {"t0": t0, "delta_t": dt, "n": n, "end_step": t0 + n * dt,
-                                                "total_steps": total}}
+    s = GMPSchedule.for_run(epochs * steps_per_epoch, steps_per_epoch, fraction)
+    return {"test_accuracy": r.test_accuracy, "fraction_kept": r.fraction_kept, "nonzeros": r.nonzeros,
+            "penalised_size": r.penalised_size, "train_seconds": r.train_seconds,
+            "schedule": {"t0": s.t0, "delta_t": s.delta_t, "n": s.n, "end_step": s.t0 + s.n * s.delta_t,
+                         "total_steps": epochs * steps_per_epoch}}
 
 
 def knee_finetune(config: motune.StudyConfig, lam: float, data: motune.Dataset, epochs: int, seed: int) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from motune.pareto import hypervolume, knee_index, nondominated_mask, supported_
 from motune.plots import write_plots
 from motune.pruning import IntraTrainingPruning, count_nonzero, prune_below_threshold_
 from motune.sampler import KneeSampler
+from motune.selection import SelectionError, select
 from motune.storage import StudyError, open_storage
 from motune.study import create_or_load_study, knee_trial, run_study
 from motune.train import DivergenceError, EpochRecord, TrainConfig, TrainResult, train
@@ -50,6 +51,7 @@ __all__ = [
     "PerObjectiveAdam",
     "PerObjectiveOptimizer",
     "PerObjectiveRMSprop",
+    "SelectionError",
     "SparseTraining",
     "StudyConfig",
     "StudyError",
@@ -79,6 +81,7 @@ __all__ = [
     "prune_below_threshold_",
     "run_study",
     "save_checkpoint",
+    "select",
     "supported_points",
     "train",
     "trial_history",

@@ -266,18 +266,60 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selected(args: argparse.Namespace, study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The trial the --max-* rule (or the knee) picks; a bad value or an empty budget is one line, exit 2."""
+    from motune.selection import RULES, SelectionError, select
+
+    rules = {name: getattr(args, name) for name in RULES}
+    try:
+        return select(study, **rules, config=load_study_config(study))
+    except SelectionError as exc:
+        option = exc.option
+        for name in RULES:
+            option = option.replace(name, "--" + name.replace("_", "-"))
+        raise UsageError(f"{option}: {exc.detail}") from None
+
+
+def _rule_text(args: argparse.Namespace) -> str:
+    from motune.selection import RULES
+
+    given = [f"--{name.replace('_', '-')} {getattr(args, name):g}" for name in RULES if getattr(args, name) is not None]
+    return given[0] if given else "the knee"
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from motune.report import fmt_lambda
+    from motune.trials import CHECKPOINT, FIDELITY, trial_kind, trial_lambda
+
+    if args.config is not None and args.study is None:
+        args.study = _load_config(args.config)[0].study.name
+    study, _ = _open_existing_study(args)
+    t = _selected(args, study)
+    a = t.user_attrs
+    print(f"selected by {_rule_text(args)} (on validation metrics; the test split is not used to choose):")
+    print(f"trial {t.number} ({trial_kind(t)}, {a.get(FIDELITY)}, lambda {fmt_lambda(trial_lambda(t))}): "
+          f"val accuracy {100 * a['val_accuracy']:.2f}%, test accuracy {100 * a.get('test_accuracy', float('nan')):.2f}%, "
+          f"{a['nonzeros']} of {a.get('penalised_size', '?')} penalised weights kept ({100 * a['fraction_kept']:.2f}%); "
+          f"checkpoint artifact {a.get(CHECKPOINT, 'none')}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from optuna.artifacts import FileSystemArtifactStore
 
     from motune.export import export_pareto
+    from motune.selection import RULES
     from motune.study import knee_trial
 
     study, url = _open_existing_study(args)
     artifact_dir = _artifact_dir(args, url, study.study_name)
     knee = knee_trial(study, load_study_config(study))
-    summary = export_pareto(study, Path(args.out), FileSystemArtifactStore(str(artifact_dir)), knee)
+    select = args.select or any(getattr(args, name) is not None for name in RULES)
+    chosen = _selected(args, study) if select else None
+    summary = export_pareto(study, Path(args.out), FileSystemArtifactStore(str(artifact_dir)), knee, selected=chosen)
+    what = f"checkpoints/ with trial {chosen.number} only, selected by {_rule_text(args)}" if chosen else "checkpoints/"
     print(f"exported {summary.rows} Pareto trials of study {study.study_name!r} to {args.out} "
-          f"(pareto.csv, pareto.json, checkpoints/)")
+          f"(pareto.csv, pareto.json, {what})")
     return 0
 
 
@@ -351,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"keep retrying an unreachable storage this long before stopping with exit code 1 "
                        f"(default {DEFAULT_PATIENCE:g})")
 
+    def select_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--max-accuracy-drop", type=float, metavar="X",
+                       help="the sparsest network within X (a fraction: 0.01 = 1 pp) of the best validation accuracy")
+        p.add_argument("--max-nonzeros", type=int, metavar="N", help="the most accurate network with at most N nonzero weights")
+        p.add_argument("--max-fraction", type=float, metavar="F",
+                       help="the most accurate network with at most the fraction F (0..1) of penalised weights kept")
+
     run = sub.add_parser("run", help="create or resume a study and run it", description="Create or resume a study and run it.")
     run.add_argument("config", nargs="?", help=f"study config TOML (default: {DEFAULT_CONFIG_NOTE})")
     storage_opts(run)
@@ -392,7 +441,19 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Export the Pareto set as a table and pruned checkpoints.")
     storage_opts(export)
     export.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    export.add_argument("--select", action="store_true",
+                        help="write only the selected network's checkpoint (the knee, or the --max-* rule's pick; "
+                        "a --max-* option implies --select); pareto.csv and pareto.json as without it")
+    select_opts(export)
     export.set_defaults(func=cmd_export)
+
+    select = sub.add_parser("select", help="print the network a rule picks: the knee, or by accuracy drop or size budget",
+                            description="Pick one network of the study (ranked by validation accuracy; the test split "
+                            "is not used to choose). Without a rule: the knee.")
+    select.add_argument("config", nargs="?", help="study config TOML: its study name is the default --study and storage")
+    storage_opts(select)
+    select_opts(select)
+    select.set_defaults(func=cmd_select)
 
     plot = sub.add_parser("plot", help="plotly HTML figures of the study", description="Write plotly HTML figures.")
     storage_opts(plot)

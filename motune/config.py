@@ -50,6 +50,7 @@ else:  # pragma: no cover
 
 KNEE_CRITERIA: tuple[str, ...] = ("angle", "distance")
 BASELINE_KINDS: tuple[str, ...] = ("smgd", "multi_adam", "multi_rmsprop")
+STUDY_BASELINES: tuple[str, ...] = (*BASELINE_KINDS, "gmp")  # gmp: motune.gmp at the knee's sparsity, no [baselines] table
 
 
 class ConfigError(ValueError):
@@ -308,8 +309,8 @@ class StudyConfig:
         if not 0.0 <= s.prune_margin < 1.0:
             raise ConfigError(f"study.prune_margin: must be a number in [0, 1) (of the front's extent), got {s.prune_margin!r}")
         for kind in s.baselines:
-            if kind not in BASELINE_KINDS:
-                raise ConfigError(f"study.baselines: unknown kind {kind!r}; allowed: {', '.join(BASELINE_KINDS)}")
+            if kind not in STUDY_BASELINES:
+                raise ConfigError(f"study.baselines: unknown kind {kind!r}; allowed: {', '.join(STUDY_BASELINES)}")
         if self.train.front_epochs < 1 or self.train.front_epochs > self.train.epochs:
             raise ConfigError(
                 f"train.front_epochs: must be between 1 and train.epochs ({self.train.epochs}), got {self.train.front_epochs!r}"
@@ -336,7 +337,7 @@ class StudyConfig:
             l1_weight=l1_weight,
             seed=self.study.seed if seed is None else seed,
         )
-        if kind != "weighted_sum":
+        if kind not in ("weighted_sum", "gmp"):  # gmp: the weighted sum's training settings, full length
             base = self.baselines[kind]
             # A baseline finds one point with no preference: it trains at full length.
             cfg = cfg.replace(method="multi_gradient", optimizer=base.optimizer, lr=base.lr, momentum=base.momentum,

@@ -13,6 +13,11 @@ Layout of ``out_dir`` after :func:`export_pareto`::
     pareto.json                 {"study": name, "knee_trial": n | null, "rows": [...]}
     checkpoints/trial-NNNN.pt   the pruned network of trial NNNN (motune checkpoint)
 
+With ``selected=trial`` (``motune export --select``, the network a
+:func:`motune.select` rule picked) the table and JSON are the same (plus that trial's
+row if it is not in the Pareto set, and ``"selected_trial": n`` in the JSON), but only
+the selected network's checkpoint is written; the other rows' ``checkpoint`` is empty.
+
 Safety and atomicity: file names are built from trial numbers only, never from strings
 stored in the study; every target is resolved and must lie inside ``out_dir``. All
 checkpoints are first downloaded into a private staging directory inside ``out_dir``
@@ -124,13 +129,16 @@ def _resolve_knee(complete: Sequence[FrozenTrial], knee: FrozenTrial | None) -> 
     raise ExportError(f"knee trial {knee.number} is not a COMPLETE trial of this study")
 
 
-def pareto_trials(study: optuna.Study, knee: FrozenTrial | None = None) -> list[FrozenTrial]:
+def pareto_trials(
+    study: optuna.Study, knee: FrozenTrial | None = None, selected: FrozenTrial | None = None
+) -> list[FrozenTrial]:
     """The Pareto set (see the module docstring), sorted by cross-entropy, then trial number."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    knee_trial = _resolve_knee(complete, knee)
     chosen = pareto_set(finite_complete(complete))
-    if knee_trial is not None and all(t.number != knee_trial.number for t in chosen):
-        chosen.append(knee_trial)
+    for extra in (knee, selected):
+        resolved = _resolve_knee(complete, extra)
+        if resolved is not None and all(t.number != resolved.number for t in chosen):
+            chosen.append(resolved)
     return sorted(chosen, key=lambda t: (t.values[0], t.number))
 
 
@@ -202,6 +210,7 @@ def export_pareto(
     out_dir: str | os.PathLike[str],
     artifact_store: Any,
     knee: FrozenTrial | None = None,
+    selected: FrozenTrial | None = None,
 ) -> ExportSummary:
     """Write ``pareto.csv``, ``pareto.json`` and the Pareto set's checkpoints into ``out_dir``.
 
@@ -211,6 +220,7 @@ def export_pareto(
     naming the trial when a checkpoint artifact is missing or not a motune checkpoint,
     before anything in ``out_dir`` is replaced, and naming the path when ``out_dir``
     cannot be created or written (the CLI turns it into exit code 2 and one line).
+    ``selected``: write only this trial's checkpoint (see the module docstring).
     """
     out = Path(out_dir)
     try:
@@ -219,9 +229,13 @@ def export_pareto(
         raise _unwritable(out, exc) from None
     root = out.resolve()
     # One snapshot of the study: other workers may be adding trials while we export.
-    chosen = pareto_trials(study, knee)
+    chosen = pareto_trials(study, knee, selected)
     trials = {t.number: t for t in chosen}
     rows = _rows(chosen, knee)
+    if selected is not None:
+        for row in rows:
+            if row["trial"] != selected.number:
+                row["checkpoint"] = row["checkpoint_bytes"] = None
 
     # Targets, checked before anything is written: names come from trial numbers only.
     ckpt_dir = _inside(root, root / CHECKPOINT_DIR)
@@ -252,7 +266,9 @@ def export_pareto(
             _download_checkpoint(artifact_store, trial, staging / row["checkpoint"])
 
         knee_number = knee.number if knee is not None else None
-        document = {"study": study.study_name, "knee_trial": knee_number, "rows": rows}
+        document: dict[str, Any] = {"study": study.study_name, "knee_trial": knee_number, "rows": rows}
+        if selected is not None:
+            document["selected_trial"] = selected.number
         (staging / CSV_NAME).write_text(_csv_text(rows), encoding="utf-8")
         (staging / JSON_NAME).write_text(
             json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8"

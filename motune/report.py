@@ -15,9 +15,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from motune.config import StudyConfig
+from motune.gmp import gmp_trials
 from motune.storage import is_journal_file, mask_url
 from motune.study import knee_trial, summarize
-from motune.trials import FAIL_REASON, FAILURE, FIDELITY, INTERMEDIATES, KIND, PRUNE_REASON, Failure, trial_lambda
+from motune.trials import FAIL_REASON, FAILURE, FIDELITY, GMP, INTERMEDIATES, KIND, PRUNE_REASON, Failure, trial_lambda
 
 
 def dashboard_command(url: str, artifact_dir: Path) -> str:
@@ -90,6 +91,22 @@ def print_summary(study: optuna.Study, config: StudyConfig, out: Any = None) -> 
         )
     else:
         print("knee: none yet", file=out)
+    if GMP in config.study.baselines:
+        print(gmp_line(study, s.knee), file=out)
+
+
+def gmp_line(study: optuna.Study, knee: FrozenTrial | None) -> str:
+    """'knee vs GMP at the same sparsity: Δ accuracy ...' (test and val, in percentage points), or why there is none."""
+    head = "knee vs GMP at the same sparsity:"
+    done = [t for t in gmp_trials(study, knee.number) if t.state == TrialState.COMPLETE] if knee is not None else []
+    if not done:
+        return f"{head} no GMP trial yet (it is queued when the knee's full-fidelity retrain completes)"
+    g, k = done[-1].user_attrs, knee.user_attrs
+    delta = {split: 100 * (k[f"{split}_accuracy"] - g[f"{split}_accuracy"]) for split in ("test", "val")}
+    return (f"{head} Δ accuracy {delta['test']:+.2f} pp test, {delta['val']:+.2f} pp val "
+            f"(knee trial {knee.number} {100 * k['test_accuracy']:.2f}% at {100 * k['fraction_kept']:.2f}% kept; "
+            f"GMP trial {done[-1].number} {100 * g['test_accuracy']:.2f}% at {100 * g['fraction_kept']:.2f}% kept, "
+            f"{g.get('epochs', '?')} epochs)")
 
 
 class Progress:

@@ -4,7 +4,9 @@ Each trial trains one network with :func:`motune.train` and returns
 ``(cross_entropy, l1)``; weighted-sum trials take ``λ`` from
 ``trial.suggest_float("l1_weight", 0, 1)`` (chosen by :class:`~motune.sampler.KneeSampler`),
 baseline trials (SMGD, multi-Adam, multi-RMSprop) are enqueued with a ``kind`` user
-attribute and take no ``λ``. Every trial's pruned weights are kept as an Optuna artifact
+attribute and take no ``λ``; so does the GMP baseline (``baselines = ["gmp"]``,
+:mod:`motune.gmp`), queued once the knee's full-fidelity retrain completes and run on
+top of ``n_trials``. Every trial's pruned weights are kept as an Optuna artifact
 (so optuna-dashboard can offer them), its metrics as user attributes (the schema is
 :mod:`motune.trials`). With ``[study] prune`` a weighted-sum trial whose network collapses,
 or whose intermediate objectives are dominated, stops early as PRUNED
@@ -58,6 +60,7 @@ from motune.faults import (
     requeue_interrupted,
     worker_identity,
 )
+from motune.gmp import enqueue_for_knee, gmp_trials, train_gmp
 from motune.imports import ImportPathError
 from motune.models import build_model, penalised_parameters
 from motune.patience import DEFAULT_PATIENCE, StorageUnavailable, patient
@@ -72,6 +75,9 @@ from motune.trials import (
     FAIL_REASON,
     FAILURE,
     FIDELITY,
+    GMP,
+    GMP_SEED,
+    GMP_TARGET,
     HISTORY,
     INTERMEDIATES,
     KIND,
@@ -134,7 +140,7 @@ def create_or_load_study(
     if len(study.directions) != 2 or len(queued) != len(trials):
         raise StudyError(f"study {name!r} exists in this storage and was not created by motune; pass --study NEWNAME")
     have = [trial_kind(t) for t in queued]
-    for kind in config.study.baselines:
+    for kind in (k for k in config.study.baselines if k != GMP):  # gmp is queued once the knee is known
         if kind in have:
             have.remove(kind)
         else:
@@ -335,6 +341,8 @@ class Objective:
         fidelity = KneeSampler.fidelity(trial) if kind == WEIGHTED_SUM else FULL
         lam = trial.suggest_float(PARAM, 0.0, 1.0) if kind == WEIGHTED_SUM else None
         seed = self.config.study.seed + trial.number
+        if kind == GMP:  # the knee's seed: same initial weights and batch order, a paired comparison
+            seed = int(trial.user_attrs.get(GMP_SEED, seed))
         cfg = self.config.train_config(kind, l1_weight=lam or 0.0, full=fidelity == FULL, seed=seed)
         if self.on_start is not None:
             self.on_start(trial, kind, lam, cfg.epochs)
@@ -351,7 +359,10 @@ class Objective:
                 monitor(record)  # raises optuna.TrialPruned
 
         try:
-            result = train(cfg, data=data, callback=hook)
+            if kind == GMP:
+                result = train_gmp(cfg, trial.user_attrs[GMP_TARGET], data=data, callback=hook)
+            else:
+                result = train(cfg, data=data, callback=hook)
         except optuna.TrialPruned:
             monitor.record(trial, {KIND: kind, FIDELITY: fidelity, "epochs": len(monitor.intermediates)})
             raise
@@ -485,6 +496,26 @@ def summarize(study: optuna.Study, config: StudyConfig | None = None) -> StudySu
     )
 
 
+def _budget_count(study: optuna.Study) -> int:
+    """The completed trials that count towards ``n_trials`` (a gmp baseline runs on top of the budget)."""
+    return sum(1 for t in completed(study) if trial_kind(t) != GMP)
+
+
+def _gmp_waiting(study: optuna.Study) -> bool:
+    return any(t.state == TrialState.WAITING for t in gmp_trials(study))
+
+
+def _gmp_after_knee(config: StudyConfig) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """A callback: when ``trial`` is the knee's completed full-fidelity retrain, queue its GMP trial (motune.gmp)."""
+
+    def after(study: optuna.Study, trial: FrozenTrial) -> None:
+        knee = knee_trial(study, config)
+        if knee is not None and knee.number == trial.number:
+            enqueue_for_knee(study, knee)
+
+    return after
+
+
 class BudgetReached(Exception):
     """A trial was started after other workers had already filled the study's budget."""
 
@@ -506,8 +537,10 @@ class _Budgeted:
     def check(self, trial: optuna.Trial) -> None:
         """Raise :class:`BudgetReached` (trial marked ``not_run``, a queued one put back) if the budget is full."""
         # Trials started before this one by other workers count: with them the budget may be full.
+        if trial_kind(trial) == GMP:
+            return  # queued after the knee: runs on top of the budget
         ahead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < trial.number]
-        if len(completed(self.study)) + len(ahead) >= self.target or self.done():
+        if _budget_count(self.study) + len(ahead) >= self.target or self.done():
             frozen = self.study._storage.get_trial(trial._trial_id)
             if _queued(frozen):  # a baseline or retry popped from the queue: put it back
                 RetryTrial()(self.study, frozen, limited=False)
@@ -631,11 +664,15 @@ def run_study(
         return len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
 
     def done() -> bool:
-        # The budget, convergence, or trials that keep diverging or being pruned (a broken setup).
-        return (len(completed(study)) >= target or sampler.is_converged(study) or diverged() >= max(5, target)
-                or pruned() >= max(5, target))
+        # The budget or convergence (then a queued gmp trial still runs), or trials that keep diverging
+        # or being pruned (a broken setup).
+        return (((_budget_count(study) >= target or sampler.is_converged(study)) and not _gmp_waiting(study))
+                or diverged() >= max(5, target) or pruned() >= max(5, target))
 
     budgeted = _Budgeted(objective, study, target, done)
+    if GMP in config.study.baselines:  # the worker that completes the knee's retrain queues its GMP trial
+        callbacks = [_gmp_after_knee(config), *callbacks]
+        enqueue_for_knee(study, knee_trial(study, config))  # on resume: one lost with a worker that died meanwhile
     current: list[int] = []
     try:
         with interruptible():  # a signal stops whatever runs, except a storage call in flight
@@ -644,7 +681,7 @@ def run_study(
                 if done() or (deadline is not None and time.monotonic() >= deadline):
                     break
                 running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-                if len(completed(study)) + running >= target:
+                if _budget_count(study) + running >= target and not _gmp_waiting(study):
                     time.sleep(poll_interval)  # the rest of the budget is in other workers' hands: wait
                     continue
                 current.clear()

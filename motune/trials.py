@@ -53,7 +53,11 @@ RETRY_HISTORY = "retry_history"
 
 WEIGHTED_SUM = "weighted_sum"
 BASELINE_KINDS: tuple[str, ...] = ("smgd", "multi_adam", "multi_rmsprop")  # multi-gradient runs, no λ
-KINDS: tuple[str, ...] = (WEIGHTED_SUM, *BASELINE_KINDS)
+GMP = "gmp"  # gradual magnitude pruning to the knee's sparsity (motune.gmp), enqueued once the knee is retrained
+GMP_TARGET = "gmp_target_fraction"  # on a gmp trial: the fraction of penalised weights it keeps (the knee's)
+GMP_OF = "gmp_of_trial"  # on a gmp trial: the number of the knee trial it is compared with
+GMP_SEED = "gmp_seed"  # on a gmp trial: the knee's seed, which it trains with (same init and batch order)
+KINDS: tuple[str, ...] = (WEIGHTED_SUM, *BASELINE_KINDS, GMP)
 
 METRIC_NAMES = ["cross_entropy", "l1"]
 HYPERVOLUME_REFERENCE: tuple[float, float] = (1.1, 1.1)  # in normalised objectives: a little beyond the nadir
