@@ -8,11 +8,14 @@ step by step. The parent's weights come from its checkpoint artifact (the
 :data:`~motune.trials.CHECKPOINT` user attribute), downloaded from the study's artifact
 store, so a worker on another machine continues just the same.
 
-A trial with no parent (the smallest λ so far) trains fresh; so does the knee's
-full-fidelity retrain (always: its accuracy is the study's answer, and it is not
-compared with a warm-started path). A parent whose checkpoint is missing, unreadable or
-of another network is not fatal: the trial logs a warning, records it
-(:data:`~motune.trials.WARM_START_NOTE`) and trains fresh, at the front length.
+A trial with no parent (the smallest λ so far) trains fresh. The knee's full-fidelity
+retrain continues the same path: it starts from the knee's own front network (the front
+trial with its λ) and trains the full ``epochs``. A knee found on a warm-started front
+describes a network reached along that path: retrained fresh at the same λ it came out
+3-12 pp less accurate on digits (docs/benchmarks.md §2). A parent whose checkpoint is
+missing, unreadable or of another network is not fatal: the trial logs a warning,
+records it (:data:`~motune.trials.WARM_START_NOTE`) and trains fresh, at its fidelity's
+length.
 
 Example (no completed trial yet, so no parent)::
 
@@ -37,7 +40,7 @@ from optuna.artifacts import download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from motune.checkpoint import CheckpointError, load_checkpoint
-from motune.sampler import FRONT
+from motune.sampler import FRONT, FULL
 from motune.trials import CHECKPOINT, FIDELITY, WARM_START_FROM, WARM_START_NOTE, WEIGHTED_SUM, trial_kind, trial_lambda
 
 if TYPE_CHECKING:
@@ -54,7 +57,7 @@ class WarmStart:
 
     parent: int | None = None  # the parent's trial number (also set when loading it failed)
     state: dict[str, torch.Tensor] | None = None
-    epochs: int | None = None  # epochs of a warm-started trial (None: its fidelity's)
+    epochs: int | None = None  # epochs of a warm-started trial (None: its fidelity's, e.g. the knee's retrain)
     note: str | None = None  # why a planned warm start fell back to a fresh one
 
     @property
@@ -76,10 +79,14 @@ def continuation_epochs(config: StudyConfig) -> int:
     return n if n is not None else max(1, config.train.front_epochs // 3)
 
 
-def choose_parent(trials: Sequence[FrozenTrial], lam: float, fidelity: str) -> FrozenTrial | None:
+def choose_parent(
+    trials: Sequence[FrozenTrial], lam: float, fidelity: str, *, inclusive: bool = False
+) -> FrozenTrial | None:
     """The COMPLETE weighted-sum trial at ``fidelity`` with a checkpoint and the largest λ below ``lam``.
 
-    Ties (the same λ twice) go to the lower trial number, so every worker picks the same parent.
+    ``inclusive``: λ equal to ``lam`` counts too (the knee's retrain finds its own front
+    trial). Ties (the same λ twice) go to the lower trial number, so every worker picks
+    the same parent.
     """
     best: FrozenTrial | None = None
     best_lam = -1.0
@@ -87,7 +94,7 @@ def choose_parent(trials: Sequence[FrozenTrial], lam: float, fidelity: str) -> F
         if t.state != TrialState.COMPLETE or trial_kind(t) != WEIGHTED_SUM or t.user_attrs.get(FIDELITY) != fidelity:
             continue
         t_lam = trial_lambda(t)
-        if t_lam is None or t_lam >= lam or CHECKPOINT not in t.user_attrs:
+        if t_lam is None or t_lam > lam or (t_lam == lam and not inclusive) or CHECKPOINT not in t.user_attrs:
             continue
         if best is None or t_lam > best_lam or (t_lam == best_lam and t.number < best.number):
             best, best_lam = t, t_lam
@@ -116,9 +123,10 @@ def warm_start(
     config: StudyConfig, trials: Sequence[FrozenTrial], kind: str, fidelity: str, lam: float | None, store: ArtifactStore
 ) -> WarmStart:
     """Where a trial starts (see the module docstring); never raises for a bad parent checkpoint."""
-    if not config.study.continuation or kind != WEIGHTED_SUM or fidelity != FRONT or lam is None:
+    if not config.study.continuation or kind != WEIGHTED_SUM or lam is None:
         return WarmStart()
-    parent = choose_parent(trials, lam, fidelity)
+    full = fidelity == FULL  # the knee's retrain: from its own front network, at full length
+    parent = choose_parent(trials, lam, FRONT, inclusive=True) if full else choose_parent(trials, lam, fidelity)
     if parent is None:
         return WarmStart()
     try:
@@ -127,4 +135,4 @@ def warm_start(
         note = f"warm start from trial {parent.number} failed, trained fresh: {exc}"
         _log.warning("motune: %s", note)
         return WarmStart(parent=parent.number, note=note)
-    return WarmStart(parent=parent.number, state=state, epochs=continuation_epochs(config))
+    return WarmStart(parent=parent.number, state=state, epochs=None if full else continuation_epochs(config))

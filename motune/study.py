@@ -329,7 +329,7 @@ class Objective:
         cfg = self.config.train_config(kind, l1_weight=lam or 0.0, full=fidelity == FULL, seed=seed)
         warm = warm_start(self.config, trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                           kind, fidelity, lam, self.artifact_store())  # [study] continuation (motune.continuation)
-        cfg = cfg.replace(epochs=warm.epochs) if warm.warm else cfg
+        cfg = cfg.replace(epochs=warm.epochs) if warm.epochs else cfg
         if self.on_start is not None:
             self.on_start(trial, kind, lam, cfg.epochs)
         data = cached_dataset(self.config)

@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -115,6 +116,7 @@ def test_the_parent_is_the_nearest_smaller_lambda_at_the_same_fidelity() -> None
     assert choose_parent(trials, 0.0, "front") is None
     assert choose_parent(trials, 1e-3, "full").number == 2
     assert choose_parent(trials, 1e-4, "full") is None
+    assert choose_parent(trials, 1e-3, "front", inclusive=True).number == 6  # the same λ counts: the knee's retrain
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
@@ -154,12 +156,20 @@ def test_continuation_epochs_out_of_range_names_the_key(bad: int) -> None:
         tiny_config(continuation_epochs=bad)
 
 
-def test_the_full_fidelity_retrain_trains_fresh() -> None:
-    config = tiny_config()
-    trials = [_frozen(0, 0.0, fidelity="full"), _frozen(1, 0.0)]
-    # a store that would fail loudly if asked: no parent is looked up for a full-fidelity trial
-    start = warm_start(config, trials, "weighted_sum", "full", 1e-3, store=None)  # type: ignore[arg-type]
-    assert start.parent is None and not start.warm and start.attrs() == {WARM_START_FROM: None}
+def test_the_knee_retrain_continues_from_the_knees_own_front_network(tmp_path: Path) -> None:
+    config = tiny_config(n_trials=2)
+    study = run(config, tmp_path)
+    front = by_lambda(study)
+    assert [t.params[PARAM] for t in front] == [0.0, 2e-3]
+    store = FileSystemArtifactStore(str(tmp_path / "art"))
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    start = warm_start(config, done, "weighted_sum", "full", 2e-3, store)
+    # its own λ (not the nearest smaller), at the full length (epochs None: the fidelity's)
+    assert start.parent == front[1].number and start.warm and start.epochs is None
+    saved = load_checkpoint(tmp_path / "art" / front[1].user_attrs[CHECKPOINT])["state_dict"]
+    assert all(torch.equal(start.state[k], saved[k]) for k in saved)  # type: ignore[index]
+    off = warm_start(tiny_config(continuation=False), done, "weighted_sum", "full", 2e-3, store)
+    assert off.parent is None and not off.warm and off.attrs() == {WARM_START_FROM: None}
 
 
 def test_trial_pruning_compares_warm_started_trials_only_with_warm_started_ones() -> None:
