@@ -68,7 +68,7 @@ class StudySection:
 
     ``continuation``: warm-start continuation along λ (:mod:`motune.continuation`): a
     front trial starts from the completed front trial with the nearest smaller λ and
-    trains ``continuation_epochs`` (None: a third of ``front_epochs``, at least 1); the
+    trains ``continuation_epochs`` (None: half of ``front_epochs``, at least 1); the
     knee's full-fidelity retrain then continues from the knee's front network.
     ``finetune_baselines``: whether ``[train] finetune_epochs`` also fine-tunes the
     multi-gradient baselines (false: the knee's full-fidelity retrain only).
