@@ -327,8 +327,8 @@ class Objective:
         lam = trial.suggest_float(PARAM, 0.0, 1.0) if kind == WEIGHTED_SUM else None
         seed = self.config.study.seed + trial.number
         cfg = self.config.train_config(kind, l1_weight=lam or 0.0, full=fidelity == FULL, seed=seed)
-        warm = warm_start(self.config, trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-                          kind, fidelity, lam, self.artifact_store())  # [study] continuation (motune.continuation)
+        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if self.config.study.continuation else []
+        warm = warm_start(self.config, done, kind, fidelity, lam, self.artifact_store())  # [study] continuation
         cfg = cfg.replace(epochs=warm.epochs) if warm.epochs else cfg
         if self.on_start is not None:
             self.on_start(trial, kind, lam, cfg.epochs)
