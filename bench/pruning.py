@@ -49,6 +49,7 @@ Torch runs with one thread: on 2 shared cores LeNet-5 trained ~20x slower with t
     python bench/pruning.py                       # full: E = 15 (front trials 5 epochs), 2 seeds
     python bench/pruning.py --quick               # E = 3 (front 1), 10,000 training images, 1 seed
     python bench/pruning.py --ablation-only --jobs 2 --json bench/results/pruning-ablation.json
+    python bench/pruning.py --continuation        # lever: the knee study warm-starts front trials along λ
 """
 
 from __future__ import annotations
@@ -379,6 +380,10 @@ def main() -> None:
     parser.add_argument("--no-finetune", action="store_true", help="skip (e), the knee with a masked fine-tune")
     parser.add_argument("--ablation", action="store_true", help="also run the lever ablation against a GMP curve")
     parser.add_argument("--ablation-only", action="store_true", help="run only the ablation (skip (a)-(f))")
+    parser.add_argument("--continuation", action="store_true",
+                        help="lever: the knee study (a) warm-starts front trials along λ ([study] continuation)")
+    parser.add_argument("--continuation-epochs", type=int, default=None,
+                        help="epochs of a warm-started front trial (default: half of the front epochs)")
     parser.add_argument("--jobs", type=int, default=1, help="networks trained at a time (processes, one thread each)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the networks already in JSON.partial.jsonl from an interrupted run (ablation, front vs GMP)")
@@ -399,6 +404,8 @@ def main() -> None:
     config.train.epochs = epochs
     config.train.front_epochs = max(1, epochs // 3)
     config.train.device = "cpu"
+    config.study.continuation = args.continuation
+    config.study.continuation_epochs = args.continuation_epochs if args.continuation else None
     config = config.validate()
     db = Path(args.json).with_suffix(".db")
     data = motune.load_dataset("fashion-mnist", config.data.data_dir, limit=limit)
@@ -415,6 +422,7 @@ def main() -> None:
                   "sparsity_counted_over": "dense-layer weights (58,920 in LeNet-5)",
                   "train_defaults": {k: getattr(config.train, k) for k in ("optimizer_form", "l1_ramp", "finetune_epochs")
                                      if hasattr(config.train, k)},
+                  "continuation": config.study.continuation, "continuation_epochs": config.study.continuation_epochs,
                   "torch_threads": args.threads, "jobs": args.jobs},
         "machine": info,
         "targets": TARGETS,

@@ -43,6 +43,7 @@ from motune.trials import (
     FIDELITY,
     HYPERVOLUME_REFERENCE,
     KIND,
+    WARM_START_FROM,
     WEIGHTED_SUM,
     finite_complete,
     is_full,
@@ -178,8 +179,24 @@ def _marked_figure(
 
 
 def front_figure(study: optuna.Study, knee: FrozenTrial | None = None) -> go.Figure:
-    """Objective space: validation cross-entropy (x) against l1 norm (y), front and knee marked."""
+    """Objective space: validation cross-entropy (x) against l1 norm (y), front and knee marked.
+
+    Trials warm-started along λ (``warm_start_from``, :mod:`motune.continuation`) are
+    joined to their parent by a dotted "continuation path" line.
+    """
     fig = _marked_figure(study, knee, lambda t: (t.values[0], t.values[1]), front_key=lambda t: t.values[0])
+    by_number = {t.number: t for t in _complete(study)}
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for child in by_number.values():
+        number = child.user_attrs.get(WARM_START_FROM)
+        parent = by_number.get(number) if isinstance(number, int) else None
+        if parent is not None:
+            xs += [parent.values[0], child.values[0], None]
+            ys += [parent.values[1], child.values[1], None]
+    if xs:
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="continuation path", hoverinfo="skip",
+                                 line={"color": _GREY, "dash": "dot", "width": 1}))
     fig.update_layout(
         title=f"Pareto front of study {study.study_name!r}",
         xaxis_title="cross-entropy (validation)",

@@ -45,6 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from motune.checkpoint import save_checkpoint
 from motune.config import ConfigError, StudyConfig, config_key
+from motune.continuation import warm_start
 from motune.data import Dataset, Loaders, load_data
 from motune.faults import (
     DEFAULT_GRACE,
@@ -344,12 +345,16 @@ class Objective:
         if kind == GMP:  # the knee's seed: same initial weights and batch order, a paired comparison
             seed = int(trial.user_attrs.get(GMP_SEED, seed))
         cfg = self.config.train_config(kind, l1_weight=lam or 0.0, full=fidelity == FULL, seed=seed)
+        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if self.config.study.continuation else []
+        warm = warm_start(self.config, done, kind, fidelity, lam, self.artifact_store())  # [study] continuation
+        cfg = cfg.replace(epochs=warm.epochs) if warm.epochs else cfg
         if self.on_start is not None:
             self.on_start(trial, kind, lam, cfg.epochs)
         data = cached_dataset(self.config)
         s = self.config.study
         monitor = TrialMonitor.for_trial(trial, fidelity, data.num_classes, cfg.epochs, patience=s.prune_patience,
-                                         margin=s.prune_margin) if s.prune and kind == WEIGHTED_SUM else None
+                                         margin=s.prune_margin, warm_started=warm.warm) \
+            if s.prune and kind == WEIGHTED_SUM else None
         cfg = cfg.replace(eval_every_epoch=True) if monitor else cfg  # the pruner reads validation metrics
 
         def hook(record: EpochRecord) -> None:
@@ -362,9 +367,9 @@ class Objective:
             if kind == GMP:
                 result = train_gmp(cfg, trial.user_attrs[GMP_TARGET], data=data, callback=hook)
             else:
-                result = train(cfg, data=data, callback=hook)
+                result = train(cfg, data=data, callback=hook, init_state=warm.state)
         except optuna.TrialPruned:
-            monitor.record(trial, {KIND: kind, FIDELITY: fidelity, "epochs": len(monitor.intermediates)})
+            monitor.record(trial, {KIND: kind, FIDELITY: fidelity, "epochs": len(monitor.intermediates), **warm.attrs()})
             raise
         except DivergenceError as exc:
             trial.set_user_attr(KIND, kind)
@@ -386,7 +391,7 @@ class Objective:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        attrs = {**result_attrs(result, kind, fidelity), CHECKPOINT_BYTES: path.stat().st_size}
+        attrs = {**result_attrs(result, kind, fidelity), CHECKPOINT_BYTES: path.stat().st_size, **warm.attrs()}
         if monitor:
             attrs[INTERMEDIATES] = monitor.stored()
         return TrialOutcome((result.cross_entropy, result.l1), attrs, path, history_records(result))

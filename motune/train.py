@@ -271,6 +271,7 @@ def train(
     model: nn.Module | Callable[..., nn.Module] | None = None,
     data: Dataset | Loaders | Mapping[str, Any] | None = None,
     callback: EpochCallback | None = None,
+    init_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train one network on the biobjective problem and measure it.
 
@@ -286,6 +287,9 @@ def train(
     ``callback`` is called with each :class:`EpochRecord`; returning True stops training
     early (the result then says ``stopped_early``); exceptions it raises propagate (an
     Optuna objective can raise ``TrialPruned`` from it).
+    ``init_state``: a state dict loaded into the network after it is built, before
+    training (a warm start, e.g. from a trained parent: :mod:`motune.continuation`);
+    its zeros are where pruning starts from.
 
     Every step is :class:`~motune.hook.SparseTraining`'s (combine, step, prune), so a
     loop of your own with that hook reproduces this function's numbers.
@@ -324,6 +328,8 @@ def train(
         model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args, factory=factory)
         model_name = cfg.model if factory is None else f"{factory.__module__}:{factory.__qualname__}"
         model_args = dict(cfg.model_args)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     model = model.to(device)
     penalised = penalised_parameters(model, cfg.penalise)
     weights = list(penalised.values())

@@ -45,6 +45,8 @@ INTERMEDIATES = "intermediates"  # [[epoch, val cross-entropy, l1, val accuracy]
 PRUNE_REASON = "prune_reason"  # for people: why a PRUNED trial was stopped (motune.trial_pruning)
 HISTORY = "history_artifact"  # artifact id of the per-epoch history, a JSON list of records (read: trial_history)
 LEGACY_HISTORY = "history"  # studies of older motune: the records themselves, as a user attribute
+WARM_START_FROM = "warm_start_from"  # number of the trial whose network this one started from, or None (fresh)
+WARM_START_NOTE = "warm_start_note"  # why a trial that should have continued started fresh (missing/corrupt parent)
 # Study user attributes.
 CONFIG_ATTR = "motune:config"  # the StudyConfig the study was created with; its presence marks a finished setup
 ORPHAN_ATTR_PREFIX = "motune:result_of_trial_"  # + N: the result of trial N, failed elsewhere while it trained
