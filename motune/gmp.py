@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from motune.data import Dataset, Loaders, as_data, load_data
+from motune.data import Dataset, Loaders
 from motune.models import build_model, penalised_parameters
 from motune.objectives import l1_norm, nonzeros_per_layer, penalised_size
 from motune.sampler import FULL
@@ -47,11 +47,12 @@ from motune.train import (
     EpochRecord,
     TrainConfig,
     TrainResult,
-    _device_batches,
     _evaluate,
     _steps_per_epoch,
+    epoch_batches,
     make_optimizer,
     resolve_device,
+    run_data,
 )
 from motune.trials import FIDELITY, GMP, GMP_OF, GMP_SEED, GMP_TARGET, KIND, is_full, number_or_none, trial_kind
 
@@ -143,11 +144,7 @@ def train_gmp(
     cfg = config.validate()
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
-    if data is None:
-        data = load_data(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit=cfg.limit, args=cfg.data_args)
-    data = as_data(data)
-    if isinstance(data, Dataset):
-        data = data.to(device)
+    data = run_data(cfg, data, device)
     torch.manual_seed(cfg.seed)  # motune's seeding protocol: same initial weights and batch order as motune.train
     model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args).to(device)
     names = list(penalised_parameters(model, cfg.penalise))
@@ -163,13 +160,7 @@ def train_gmp(
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         loss_sum, batches = torch.zeros((), device=device), 0
-        if isinstance(data, Dataset):
-            order = torch.randperm(len(data.x_train), generator=generator)
-            batch_iter = ((data.x_train[i], data.y_train[i]) for i in (order[s:s + cfg.batch_size]
-                                                                       for s in range(0, len(order), cfg.batch_size)))
-        else:
-            batch_iter = _device_batches(data.train, device)
-        for x, y in batch_iter:
+        for x, y in epoch_batches(data, cfg.batch_size, generator, device):
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -313,12 +313,7 @@ def train(
     cfg = config.validate()
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
-    if data is None:
-        data = load_data(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit=cfg.limit, args=cfg.data_args)
-    data = as_data(data)
-    in_memory = isinstance(data, Dataset)
-    if in_memory:
-        data = data.to(device)
+    data = run_data(cfg, data, device)
 
     torch.manual_seed(cfg.seed)
     if isinstance(model, nn.Module):
@@ -361,13 +356,7 @@ def train(
             hook = SparseTraining(model, penalised, prune_threshold=cfg.prune_threshold,
                                   prune_policy="permanent" if hook.pruning.active else "none")
         t_epoch = time.perf_counter()
-        if in_memory:  # the fast path: index the tensors in a seeded order
-            order = torch.randperm(len(data.x_train), generator=generator).to(device)
-            batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = (
-                (data.x_train[idx], data.y_train[idx]) for idx in order.split(cfg.batch_size)
-            )
-        else:
-            batches = _device_batches(data.train, device)
+        batches = epoch_batches(data, cfg.batch_size, generator, device)
         loss_sum = torch.zeros((), device=device)
         alpha_sum: float | torch.Tensor = 0.0  # stays a float when alpha is one (CPU): no kernel per step
         n_steps = 0
@@ -449,6 +438,28 @@ def train(
         model_args=model_args,
         penalised=list(penalised),
     )
+
+
+def run_data(cfg: TrainConfig, data: Dataset | Loaders | Mapping[str, Any] | None, device: torch.device) -> Dataset | Loaders:
+    """A run's data: ``data`` as given (a Dataset moved to ``device``) or, when None, ``cfg.dataset`` loaded."""
+    if data is None:
+        data = load_data(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit=cfg.limit, args=cfg.data_args)
+    data = as_data(data)
+    return data.to(device) if isinstance(data, Dataset) else data
+
+
+def epoch_batches(
+    data: Dataset | Loaders, batch_size: int, generator: torch.Generator, device: torch.device
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch's ``(x, y)`` training batches on ``device``.
+
+    A Dataset (the fast path) is indexed in the seeded order ``torch.randperm(n, generator=g)``
+    (the seeding protocol above; one draw per epoch); loaders give their own order.
+    """
+    if isinstance(data, Dataset):
+        order = torch.randperm(len(data.x_train), generator=generator).to(device)
+        return ((data.x_train[idx], data.y_train[idx]) for idx in order.split(batch_size))
+    return _device_batches(data.train, device)
 
 
 def _steps_per_epoch(data: Dataset | Loaders, batch_size: int) -> int:
