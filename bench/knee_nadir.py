@@ -47,11 +47,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from optuna.trial import TrialState
 
 import motune
-from motune import gmp as motune_gmp
 from motune import pareto
-from motune.gmp import train_gmp
+from motune.gmp import gmp_trials, train_gmp
 from motune.study import run_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
@@ -90,7 +90,7 @@ def run_seed(config: motune.StudyConfig, seed: int, lambdas: list[float], data: 
         lam = p["lambda"]
         if lam not in retrained:
             full = motune.train(full_cfg.replace(l1_weight=lam), data=data)
-            gmp = train_gmp(full_cfg, nonzeros=full.nonzeros, data=data)
+            gmp = train_gmp(full_cfg, full.nonzeros / full.penalised_size, data=data)  # the same nonzeros
             retrained[lam] = {"full_test_accuracy": full.test_accuracy, "full_fraction_kept": full.fraction_kept,
                               "gmp_test_accuracy": gmp.test_accuracy, "gmp_fraction_kept": gmp.fraction_kept}
         r = retrained[lam]
@@ -140,7 +140,8 @@ def run_studies(seeds: int) -> dict[str, Any]:
                 with tempfile.TemporaryDirectory(prefix="knee-nadir-") as tmp:
                     study = run_study(config, f"sqlite:///{tmp}/s.db", artifact_dir=f"{tmp}/art")
                     knee = study_module.knee_trial(study, config)
-                    g = motune_gmp.comparison(study, knee)
+                    done_gmp = [t for t in gmp_trials(study, knee.number) if t.state == TrialState.COMPLETE]
+                    g = done_gmp[-1] if done_gmp else None
                 done = [t for t in study.trials if t.state.is_finished()]
                 k = knee.user_attrs
                 rows.append({"seed": seed, "trials": len(done), "epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in done),

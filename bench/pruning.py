@@ -49,6 +49,7 @@ Torch runs with one thread: on 2 shared cores LeNet-5 trained ~20x slower with t
     python bench/pruning.py                       # full: E = 15 (front trials 5 epochs), 2 seeds
     python bench/pruning.py --quick               # E = 3 (front 1), 10,000 training images, 1 seed
     python bench/pruning.py --ablation-only --jobs 2 --json bench/results/pruning-ablation.json
+    python bench/pruning.py --continuation        # lever: the knee study warm-starts front trials along λ
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 import motune
-from motune.gmp import GMPSchedule
+from motune.gmp import GMPSchedule, train_gmp
+from motune.gmp import prune_to as gmp_prune_to
 from motune.study import knee_trial, run_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
@@ -144,15 +146,8 @@ def _current_weight(module: nn.Module) -> torch.Tensor:
 
 
 def prune_to(model: nn.Module, n_pruned: int) -> None:
-    """Global L1 (magnitude) pruning of the dense layers until ``n_pruned`` weights are masked."""
-    layers = dense_layers(model)
-    already = sum(int((m.weight_mask == 0).sum()) for m, _ in layers if hasattr(m, "weight_mask"))
-    extra = n_pruned - already
-    if extra <= 0:
-        return
-    # global_unstructured combines with existing masks: ``amount`` counts among the unpruned.
-    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=extra,
-                              importance_scores={(m, n): _current_weight(m) for m, n in layers})
+    """Global L1 (magnitude) pruning of the dense layers until ``n_pruned`` weights are masked (motune.gmp's)."""
+    gmp_prune_to(dense_layers(model), n_pruned)
 
 
 def measure(run: Run, data: motune.Dataset) -> dict[str, Any]:
@@ -179,15 +174,17 @@ def dense_and_magnitude(data: motune.Dataset, epochs: int, fraction: float, seed
 
 
 def gmp(data: motune.Dataset, epochs: int, fraction: float, seed: int) -> dict[str, Any]:
-    """(c) gradual magnitude pruning with Zhu & Gupta's cubic schedule: :func:`motune.gmp.train_gmp`, the GMP
-    of a study's ``baselines = ["gmp"]`` trial, with this benchmark's LeNet-5 / Adam / batch settings."""
+    """(c) gradual magnitude pruning with Zhu & Gupta's cubic schedule: :func:`motune.gmp.train_gmp`, the
+    function behind a study's ``gmp`` baseline trial (same seeding, so the same batches as the plain loop)."""
     config = motune.TrainConfig(dataset="fashion-mnist", model="lenet5", optimizer="adam", lr=LR, batch_size=BATCH,
-                                epochs=epochs, seed=seed, device="cpu")
-    r = motune.train_gmp(config, fraction_kept=fraction, data=data)
-    s = GMPSchedule.for_run(-(-len(data.x_train) // BATCH), epochs)
+                                epochs=epochs, seed=seed)
+    r = train_gmp(config, fraction, data=data)
+    steps_per_epoch = -(-len(data.x_train) // BATCH)
+    s = GMPSchedule.for_run(epochs * steps_per_epoch, steps_per_epoch, fraction)
     return {"test_accuracy": r.test_accuracy, "fraction_kept": r.fraction_kept, "nonzeros": r.nonzeros,
             "penalised_size": r.penalised_size, "train_seconds": r.train_seconds,
-            "schedule": {"t0": s.t0, "delta_t": s.dt, "n": s.n, "end_step": s.end, "total_steps": s.total}}
+            "schedule": {"t0": s.t0, "delta_t": s.delta_t, "n": s.n, "end_step": s.t0 + s.n * s.delta_t,
+                         "total_steps": epochs * steps_per_epoch}}
 
 
 def knee_finetune(config: motune.StudyConfig, lam: float, data: motune.Dataset, epochs: int, seed: int) -> dict[str, Any]:
@@ -383,6 +380,10 @@ def main() -> None:
     parser.add_argument("--no-finetune", action="store_true", help="skip (e), the knee with a masked fine-tune")
     parser.add_argument("--ablation", action="store_true", help="also run the lever ablation against a GMP curve")
     parser.add_argument("--ablation-only", action="store_true", help="run only the ablation (skip (a)-(f))")
+    parser.add_argument("--continuation", action="store_true",
+                        help="lever: the knee study (a) warm-starts front trials along λ ([study] continuation)")
+    parser.add_argument("--continuation-epochs", type=int, default=None,
+                        help="epochs of a warm-started front trial (default: half of the front epochs)")
     parser.add_argument("--jobs", type=int, default=1, help="networks trained at a time (processes, one thread each)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the networks already in JSON.partial.jsonl from an interrupted run (ablation, front vs GMP)")
@@ -403,6 +404,8 @@ def main() -> None:
     config.train.epochs = epochs
     config.train.front_epochs = max(1, epochs // 3)
     config.train.device = "cpu"
+    config.study.continuation = args.continuation
+    config.study.continuation_epochs = args.continuation_epochs if args.continuation else None
     config = config.validate()
     db = Path(args.json).with_suffix(".db")
     data = motune.load_dataset("fashion-mnist", config.data.data_dir, limit=limit)
@@ -419,6 +422,7 @@ def main() -> None:
                   "sparsity_counted_over": "dense-layer weights (58,920 in LeNet-5)",
                   "train_defaults": {k: getattr(config.train, k) for k in ("optimizer_form", "l1_ramp", "finetune_epochs")
                                      if hasattr(config.train, k)},
+                  "continuation": config.study.continuation, "continuation_epochs": config.study.continuation_epochs,
                   "torch_threads": args.threads, "jobs": args.jobs},
         "machine": info,
         "targets": TARGETS,

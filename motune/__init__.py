@@ -9,9 +9,9 @@ See README.md for the whole path and docs/architecture.md for where each piece l
 from motune.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from motune.combine import GradientCombiner, MultiGradient, WeightedSum, min_norm_alpha
 from motune.config import ConfigError, StudyConfig
+from motune.dashboard import DashboardCallback
 from motune.data import DATASETS, DataError, Dataset, Loaders, load_data, load_dataset
-from motune.export import ExportError, export_pareto, export_selected, pareto_rows
-from motune.gmp import train_gmp
+from motune.export import ExportError, export_pareto, pareto_rows
 from motune.hook import SparseTraining
 from motune.imports import ImportPathError
 from motune.models import MODELS, build_model, penalised_parameters
@@ -21,11 +21,12 @@ from motune.pareto import hypervolume, knee_index, nondominated_mask, supported_
 from motune.plots import write_plots
 from motune.pruning import IntraTrainingPruning, count_nonzero, prune_below_threshold_
 from motune.sampler import KneeSampler
-from motune.select import NothingFits, SelectionError, select
+from motune.selection import SelectionError, select
 from motune.storage import StudyError, open_storage
 from motune.study import create_or_load_study, knee_trial, run_study
 from motune.train import DivergenceError, EpochRecord, TrainConfig, TrainResult, train
 from motune.trial_pruning import FrontPruner, TrialMonitor
+from motune.trials import trial_history
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "MODELS",
     "CheckpointError",
     "ConfigError",
+    "DashboardCallback",
     "DataError",
     "Dataset",
     "DivergenceError",
@@ -46,7 +48,6 @@ __all__ = [
     "KneeSampler",
     "Loaders",
     "MultiGradient",
-    "NothingFits",
     "PerObjectiveAdam",
     "PerObjectiveOptimizer",
     "PerObjectiveRMSprop",
@@ -63,7 +64,6 @@ __all__ = [
     "create_or_load_study",
     "evaluate",
     "export_pareto",
-    "export_selected",
     "hypervolume",
     "knee_index",
     "knee_trial",
@@ -84,6 +84,6 @@ __all__ = [
     "select",
     "supported_points",
     "train",
-    "train_gmp",
+    "trial_history",
     "write_plots",
 ]

@@ -137,6 +137,7 @@ def _work(
     args: argparse.Namespace, config: StudyConfig, study: optuna.Study, artifact_dir: Path, target: int, worker_index: int
 ) -> optuna.Study:
     """Train the study's trials in this process (``run`` with one worker, and ``worker``) with progress output."""
+    from motune.dashboard import dashboard_callbacks
     from motune.faults import worker_seed
     from motune.study import Objective, run_study
 
@@ -145,7 +146,8 @@ def _work(
                           heartbeat_interval=args.heartbeat or None)
     return run_study(
         config, study._storage, study_name=study.study_name, join=True, n_trials=target, timeout=args.timeout,
-        artifact_dir=artifact_dir, objective=objective, callbacks=[progress.after_trial],
+        artifact_dir=artifact_dir, objective=objective,
+        callbacks=[*dashboard_callbacks(config, artifact_dir), progress.after_trial],  # notes and figures, if installed
         seed=worker_seed(config.study.seed, worker_index), grace_period=args.grace if args.heartbeat else None,
         storage_patience=args.storage_patience,
     )
@@ -264,72 +266,81 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _selection(args: argparse.Namespace, study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, str, str]:
-    """The trial ``--max-accuracy-drop`` / ``--max-nonzeros`` / ``--max-fraction`` (or the knee) picks,
-    what the rule asks in words, and the options that repeat it; exit 2 with the option named."""
-    from motune.select import SelectionError, rule_from, select
+def _selected(args: argparse.Namespace, study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The trial the --max-* rule (or the knee) picks; a bad value or an empty budget is one line, exit 2."""
+    from motune.selection import RULES, SelectionError, select
 
-    keys = ("max_accuracy_drop", "max_nonzeros", "max_fraction")
-    given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    rules = {name: getattr(args, name) for name in RULES}
     try:
-        rule = rule_from(**given)
-        chosen = select(study, rule)
+        return select(study, **rules, config=load_study_config(study))
     except SelectionError as exc:
-        raise UsageError(f"--{exc.option.replace('_', '-')}: {exc.detail}") from None
-    options = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in given.items())
-    return chosen, rule.describe(), options
+        option = exc.option
+        for name in RULES:
+            option = option.replace(name, "--" + name.replace("_", "-"))
+        raise UsageError(f"{option}: {exc.detail}") from None
+
+
+def _rule_text(args: argparse.Namespace) -> str:
+    from motune.selection import RULES
+
+    given = [f"--{name.replace('_', '-')} {getattr(args, name):g}" for name in RULES if getattr(args, name) is not None]
+    return given[0] if given else "the knee"
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from motune.report import selection_lines
+    from motune.report import fmt_lambda
+    from motune.trials import CHECKPOINT, FIDELITY, trial_kind, trial_lambda
 
     if args.config is not None and args.study is None:
         args.study = _load_config(args.config)[0].study.name
-    study, url = _open_existing_study(args)
-    chosen, rule, options = _selection(args, study)
-    artifact_dir = _artifact_dir(args, url, study.study_name)
-    for line in selection_lines(chosen, rule, artifact_dir):
-        print(line)
-    rule_options = f" {options}" if options else ""
-    print(f"export it:   motune export --storage {mask_url(url)} --study {study.study_name} --select{rule_options} "
-          f"--out {study.study_name}-selected")
+    study, _ = _open_existing_study(args)
+    t = _selected(args, study)
+    a = t.user_attrs
+    print(f"selected by {_rule_text(args)} (on validation metrics; the test split is not used to choose):")
+    print(f"trial {t.number} ({trial_kind(t)}, {a.get(FIDELITY)}, lambda {fmt_lambda(trial_lambda(t))}): "
+          f"val accuracy {100 * a['val_accuracy']:.2f}%, test accuracy {100 * a.get('test_accuracy', float('nan')):.2f}%, "
+          f"{a['nonzeros']} of {a.get('penalised_size', '?')} penalised weights kept ({100 * a['fraction_kept']:.2f}%); "
+          f"checkpoint artifact {a.get(CHECKPOINT, 'none')}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from optuna.artifacts import FileSystemArtifactStore
 
-    from motune.export import export_pareto, export_selected
+    from motune.export import export_pareto
+    from motune.selection import RULES
     from motune.study import knee_trial
 
     study, url = _open_existing_study(args)
     artifact_dir = _artifact_dir(args, url, study.study_name)
-    if args.select or any(getattr(args, k) is not None for k in ("max_accuracy_drop", "max_nonzeros", "max_fraction")):
-        chosen, rule, _ = _selection(args, study)
-        summary = export_selected(study, Path(args.out), FileSystemArtifactStore(str(artifact_dir)), chosen, rule)
-        print(f"exported trial {chosen.number} of study {study.study_name!r} ({rule}) to {args.out} "
-              f"(selected.json, {summary.checkpoints[0].relative_to(summary.out_dir)})")
-        return 0
     knee = knee_trial(study, load_study_config(study))
-    summary = export_pareto(study, Path(args.out), FileSystemArtifactStore(str(artifact_dir)), knee)
+    select = args.select or any(getattr(args, name) is not None for name in RULES)
+    chosen = _selected(args, study) if select else None
+    summary = export_pareto(study, Path(args.out), FileSystemArtifactStore(str(artifact_dir)), knee, selected=chosen)
+    what = f"checkpoints/ with trial {chosen.number} only, selected by {_rule_text(args)}" if chosen else "checkpoints/"
     print(f"exported {summary.rows} Pareto trials of study {study.study_name!r} to {args.out} "
-          f"(pareto.csv, pareto.json, checkpoints/)")
+          f"(pareto.csv, pareto.json, {what})")
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from optuna.artifacts import FileSystemArtifactStore
+
     from motune.plots import write_plots
     from motune.study import knee_trial
 
-    study, _ = _open_existing_study(args)
+    study, url = _open_existing_study(args)
     knee = knee_trial(study, load_study_config(study))
-    paths = write_plots(study, Path(args.out), knee)
+    store = FileSystemArtifactStore(str(_artifact_dir(args, url, study.study_name)))  # the knee's history artifact
+    paths = write_plots(study, Path(args.out), knee, store)
     for p in paths:
         print(p)
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from motune.dashboard import DashboardCallback
+
     study, url = _open_existing_study(args)
     artifact_dir = _artifact_dir(args, url, study.study_name)
     exe = shutil.which("optuna-dashboard")
@@ -337,6 +348,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         print("motune: optuna-dashboard is not installed; install it with\n  pip install 'motune[dashboard]'\n"
               f"then run:\n  {dashboard_command(url, artifact_dir)}", file=sys.stderr)
         return 1
+    DashboardCallback().refresh_figures(study)  # current (and whole) figures, also for a study run without them
     target = url.removeprefix("journal:") if is_journal_file(url) else url
     cmd = [exe, target, "--artifact-dir", str(artifact_dir), "--host", args.host, "--port", str(args.port)]
     print("running: " + " ".join(cmd).replace(target, mask_url(target)), flush=True)
@@ -381,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"keep retrying an unreachable storage this long before stopping with exit code 1 "
                        f"(default {DEFAULT_PATIENCE:g})")
 
+    def select_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--max-accuracy-drop", type=float, metavar="X",
+                       help="the sparsest network within X (a fraction: 0.01 = 1 pp) of the best validation accuracy")
+        p.add_argument("--max-nonzeros", type=int, metavar="N", help="the most accurate network with at most N nonzero weights")
+        p.add_argument("--max-fraction", type=float, metavar="F",
+                       help="the most accurate network with at most the fraction F (0..1) of penalised weights kept")
+
     run = sub.add_parser("run", help="create or resume a study and run it", description="Create or resume a study and run it.")
     run.add_argument("config", nargs="?", help=f"study config TOML (default: {DEFAULT_CONFIG_NOTE})")
     storage_opts(run)
@@ -418,32 +437,23 @@ def build_parser() -> argparse.ArgumentParser:
     storage_opts(status)
     status.set_defaults(func=cmd_status)
 
-    def rule_opts(p: argparse.ArgumentParser) -> None:
-        g = p.add_argument_group("selection rule (one at most; none: the knee; accuracy is validation accuracy)")
-        g.add_argument("--max-accuracy-drop", type=float, metavar="X",
-                       help="the sparsest network within X of the best validation accuracy (0.01 = 1 percentage point)")
-        g.add_argument("--max-nonzeros", type=int, metavar="N",
-                       help="the most accurate network with at most N nonzero penalised weights")
-        g.add_argument("--max-fraction", type=float, metavar="F",
-                       help="the most accurate network keeping at most the fraction F of the penalised weights")
-
-    select = sub.add_parser("select", help="pick one network of the front by a rule (knee, accuracy drop, size budget)",
-                            description="Print the trial a selection rule picks: its number, lambda, accuracies, "
-                            "nonzeros and checkpoint.")
-    select.add_argument("config", nargs="?", help="study config TOML: its study name is the default --study")
-    storage_opts(select)
-    rule_opts(select)
-    select.set_defaults(func=cmd_select)
-
     export = sub.add_parser("export", help="write the Pareto set: pareto.csv, pareto.json, pruned checkpoints",
-                            description="Export the Pareto set as a table and pruned checkpoints; with --select, only "
-                            "the network a selection rule picks (selected.json and its checkpoint).")
+                            description="Export the Pareto set as a table and pruned checkpoints.")
     storage_opts(export)
     export.add_argument("--out", required=True, metavar="DIR", help="output directory")
     export.add_argument("--select", action="store_true",
-                        help="export only the network the rule below picks (default rule: the knee)")
-    rule_opts(export)
+                        help="write only the selected network's checkpoint (the knee, or the --max-* rule's pick; "
+                        "a --max-* option implies --select); pareto.csv and pareto.json as without it")
+    select_opts(export)
     export.set_defaults(func=cmd_export)
+
+    select = sub.add_parser("select", help="print the network a rule picks: the knee, or by accuracy drop or size budget",
+                            description="Pick one network of the study (ranked by validation accuracy; the test split "
+                            "is not used to choose). Without a rule: the knee.")
+    select.add_argument("config", nargs="?", help="study config TOML: its study name is the default --study and storage")
+    storage_opts(select)
+    select_opts(select)
+    select.set_defaults(func=cmd_select)
 
     plot = sub.add_parser("plot", help="plotly HTML figures of the study", description="Write plotly HTML figures.")
     storage_opts(plot)

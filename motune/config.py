@@ -3,7 +3,8 @@
 A config has four tables::
 
     [study]      name, n_trials, timeout, knee, start_weights, baselines, seed, full_fidelity,
-                 prune, prune_patience, prune_margin
+                 prune, prune_patience, prune_margin, continuation, continuation_epochs,
+                 finetune_baselines
     [data]       dataset, data_dir, image_size, limit, [data.args]
     [train]      every other field of motune.train.TrainConfig (model, [train.model_args],
                  penalise, optimizer, lr, ..., device), plus front_epochs; epochs is the
@@ -42,7 +43,6 @@ from typing import Any
 from motune.imports import is_import_path, make_importable
 from motune.train import TrainConfig
 from motune.trial_pruning import DEFAULT_MARGIN, DEFAULT_PATIENCE
-from motune.trials import GMP
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,6 +51,7 @@ else:  # pragma: no cover
 
 KNEE_CRITERIA: tuple[str, ...] = ("angle", "distance")
 BASELINE_KINDS: tuple[str, ...] = ("smgd", "multi_adam", "multi_rmsprop")
+STUDY_BASELINES: tuple[str, ...] = (*BASELINE_KINDS, "gmp")  # gmp: motune.gmp at the knee's sparsity, no [baselines] table
 
 
 class ConfigError(ValueError):
@@ -66,9 +67,12 @@ class StudySection:
     ``prune_patience`` epochs and ``prune_margin``); it evaluates on the validation data
     every epoch (about 7% more time per digits trial).
 
-    ``baselines``: multi-gradient trials queued at the start (``smgd``, ``multi_adam``,
-    ``multi_rmsprop``) and ``gmp``: gradual magnitude pruning to the knee's sparsity with
-    the knee's epochs and seed, queued once the knee is final (:mod:`motune.gmp`).
+    ``continuation``: warm-start continuation along λ (:mod:`motune.continuation`): a
+    front trial starts from the completed front trial with the nearest smaller λ and
+    trains ``continuation_epochs`` (None: half of ``front_epochs``, at least 1); the
+    knee's full-fidelity retrain then continues from the knee's front network.
+    ``finetune_baselines``: whether ``[train] finetune_epochs`` also fine-tunes the
+    multi-gradient baselines (false: the knee's full-fidelity retrain only).
     """
 
     name: str = "digits"
@@ -82,6 +86,9 @@ class StudySection:
     prune: bool = True
     prune_patience: int = DEFAULT_PATIENCE
     prune_margin: float = DEFAULT_MARGIN
+    continuation: bool = False
+    continuation_epochs: int | None = None
+    finetune_baselines: bool = True
 
 
 # TrainConfig fields the study sets for each trial, never from a config table: the trial
@@ -189,9 +196,9 @@ TrainSection = _derived_section(
 
     ``epochs`` is the full-fidelity length (the knee retrain, the baselines) and
     ``front_epochs`` the length of a front trial. ``finetune_epochs`` (default 0, the
-    paper's protocol) ends each *full-fidelity* weighted-sum run with that many of its
-    epochs on cross-entropy alone, the pruning mask frozen: accuracy recovers at the
-    knee's sparsity.
+    paper's protocol) ends each *full-fidelity* run (the knee's retrain; the baselines
+    too unless ``[study] finetune_baselines = false``) with that many of its epochs on
+    cross-entropy alone, the pruning mask frozen: accuracy recovers at the knee's sparsity.
     """,
     [f.name for f in dataclasses.fields(TrainConfig) if f.name not in (*DATA_KEYS, *PER_TRIAL_KEYS)],
     [("front_epochs", int, 10)],
@@ -313,12 +320,15 @@ class StudyConfig:
         if not 0.0 <= s.prune_margin < 1.0:
             raise ConfigError(f"study.prune_margin: must be a number in [0, 1) (of the front's extent), got {s.prune_margin!r}")
         for kind in s.baselines:
-            if kind not in (*BASELINE_KINDS, GMP):
-                raise ConfigError(f"study.baselines: unknown kind {kind!r}; allowed: {', '.join((*BASELINE_KINDS, GMP))}")
+            if kind not in STUDY_BASELINES:
+                raise ConfigError(f"study.baselines: unknown kind {kind!r}; allowed: {', '.join(STUDY_BASELINES)}")
         if self.train.front_epochs < 1 or self.train.front_epochs > self.train.epochs:
             raise ConfigError(
                 f"train.front_epochs: must be between 1 and train.epochs ({self.train.epochs}), got {self.train.front_epochs!r}"
             )
+        if s.continuation_epochs is not None and not 1 <= s.continuation_epochs <= self.train.front_epochs:
+            raise ConfigError(f"study.continuation_epochs: must be between 1 and train.front_epochs "
+                              f"({self.train.front_epochs}), got {s.continuation_epochs!r}")
         for kind in ("weighted_sum", *s.baselines):
             try:
                 self.train_config(kind).validate()
@@ -341,13 +351,12 @@ class StudyConfig:
             l1_weight=l1_weight,
             seed=self.study.seed if seed is None else seed,
         )
-        if kind == GMP:  # gradual magnitude pruning (motune.gmp): cross-entropy alone, at the knee's fidelity
-            cfg = cfg.replace(l1_weight=0.0, finetune_epochs=0)
-        elif kind != "weighted_sum":
+        if kind not in ("weighted_sum", "gmp"):  # gmp: the weighted sum's training settings, full length
             base = self.baselines[kind]
             # A baseline finds one point with no preference: it trains at full length.
             cfg = cfg.replace(method="multi_gradient", optimizer=base.optimizer, lr=base.lr, momentum=base.momentum,
-                              epochs=t.epochs, l1_weight=0.0)
+                              epochs=t.epochs, l1_weight=0.0,
+                              finetune_epochs=t.finetune_epochs if full and self.study.finetune_baselines else 0)
         return cfg
 
 

@@ -4,10 +4,8 @@ The *Pareto set* is every COMPLETE trial whose objective vector ``(val cross-ent
 l1)`` is nondominated among all COMPLETE trials (all kinds, both fidelities), plus the
 knee trial when one is given, **always**, even if a front trial happens to dominate it:
 the knee is the study's answer (retrained at full fidelity), so an export without it
-would be missing the one network most users want. Likewise the knee's GMP trial
-(``baselines = ["gmp"]``, :mod:`motune.gmp`; ``kind`` is ``gmp``), the comparison that
-says whether gradual magnitude pruning beats the knee at its sparsity. Trials with
-non-finite values are never on the front. Identical objective vectors keep the lowest trial number only.
+would be missing the one network most users want. Trials with non-finite values are
+never on the front. Identical objective vectors keep the lowest trial number only.
 
 Layout of ``out_dir`` after :func:`export_pareto`::
 
@@ -15,9 +13,10 @@ Layout of ``out_dir`` after :func:`export_pareto`::
     pareto.json                 {"study": name, "knee_trial": n | null, "rows": [...]}
     checkpoints/trial-NNNN.pt   the pruned network of trial NNNN (motune checkpoint)
 
-With a selection rule (:func:`export_selected`, ``motune export --select``) only the
-chosen network is written: ``selected.json`` (the rule and the trial's row) and its
-checkpoint.
+With ``selected=trial`` (``motune export --select``, the network a
+:func:`motune.select` rule picked) the table and JSON are the same (plus that trial's
+row if it is not in the Pareto set, and ``"selected_trial": n`` in the JSON), but only
+the selected network's checkpoint is written; the other rows' ``checkpoint`` is empty.
 
 Safety and atomicity: file names are built from trial numbers only, never from strings
 stored in the study; every target is resolved and must lie inside ``out_dir``. All
@@ -52,7 +51,6 @@ from optuna.artifacts import download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from motune.checkpoint import CheckpointError, load_checkpoint
-from motune.gmp import gmp_trials
 from motune.trials import (
     CHECKPOINT,
     CHECKPOINT_BYTES,
@@ -71,7 +69,6 @@ __all__ = [
     "ExportSummary",
     "checkpoint_name",
     "export_pareto",
-    "export_selected",
     "pareto_rows",
     "pareto_trials",
 ]
@@ -94,7 +91,6 @@ COLUMNS: tuple[str, ...] = (
 
 CSV_NAME = "pareto.csv"
 JSON_NAME = "pareto.json"
-SELECTED_NAME = "selected.json"  # motune export --select: the one network a selection rule picked
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -133,16 +129,16 @@ def _resolve_knee(complete: Sequence[FrozenTrial], knee: FrozenTrial | None) -> 
     raise ExportError(f"knee trial {knee.number} is not a COMPLETE trial of this study")
 
 
-def pareto_trials(study: optuna.Study, knee: FrozenTrial | None = None) -> list[FrozenTrial]:
-    """The Pareto set (see the module docstring) plus the knee and its GMP trial, sorted by cross-entropy, then number."""
+def pareto_trials(
+    study: optuna.Study, knee: FrozenTrial | None = None, selected: FrozenTrial | None = None
+) -> list[FrozenTrial]:
+    """The Pareto set (see the module docstring), sorted by cross-entropy, then trial number."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    knee_trial = _resolve_knee(complete, knee)
     chosen = pareto_set(finite_complete(complete))
-    if knee_trial is not None and all(t.number != knee_trial.number for t in chosen):
-        chosen.append(knee_trial)
-    if knee_trial is not None:  # the knee's GMP trial (motune.gmp), the comparison that goes with it
-        numbers = {t.number for t in chosen}
-        chosen += [t for t in gmp_trials(finite_complete(complete), knee_trial) if t.number not in numbers]
+    for extra in (knee, selected):
+        resolved = _resolve_knee(complete, extra)
+        if resolved is not None and all(t.number != resolved.number for t in chosen):
+            chosen.append(resolved)
     return sorted(chosen, key=lambda t: (t.values[0], t.number))
 
 
@@ -214,6 +210,7 @@ def export_pareto(
     out_dir: str | os.PathLike[str],
     artifact_store: Any,
     knee: FrozenTrial | None = None,
+    selected: FrozenTrial | None = None,
 ) -> ExportSummary:
     """Write ``pareto.csv``, ``pareto.json`` and the Pareto set's checkpoints into ``out_dir``.
 
@@ -223,70 +220,29 @@ def export_pareto(
     naming the trial when a checkpoint artifact is missing or not a motune checkpoint,
     before anything in ``out_dir`` is replaced, and naming the path when ``out_dir``
     cannot be created or written (the CLI turns it into exit code 2 and one line).
+    ``selected``: write only this trial's checkpoint (see the module docstring).
     """
-    # One snapshot of the study: other workers may be adding trials while we export.
-    chosen = pareto_trials(study, knee)
-    rows = _rows(chosen, knee)
-    knee_number = knee.number if knee is not None else None
-    document = {"study": study.study_name, "knee_trial": knee_number, "rows": rows}
-    index = {CSV_NAME: _csv_text(rows), JSON_NAME: json.dumps(document, indent=2, allow_nan=False) + "\n"}
-    root, targets = _publish(Path(out_dir), chosen, rows, artifact_store, index)
-    return ExportSummary(
-        out_dir=root,
-        csv_path=targets[CSV_NAME],
-        json_path=targets[JSON_NAME],
-        checkpoints=[targets[row["checkpoint"]] for row in rows if row["checkpoint"] is not None],
-        rows=len(rows),
-        knee_trial=knee_number,
-    )
-
-
-def export_selected(
-    study: optuna.Study,
-    out_dir: str | os.PathLike[str],
-    artifact_store: Any,
-    trial: FrozenTrial,
-    rule: str = "",
-) -> ExportSummary:
-    """Write the one network a selection rule picked (:mod:`motune.select`): ``selected.json`` and its checkpoint.
-
-    ``selected.json`` is ``{"study": name, "rule": rule, "row": {...}}`` with the row in
-    the schema of ``pareto.json`` (:data:`COLUMNS`), the checkpoint
-    ``checkpoints/trial-NNNN.pt``. The Pareto files are not written (``motune export``
-    without ``--select`` does that): a user who asked for one network gets that network,
-    and an earlier full export in the same directory is left as it was. Fails as a whole,
-    like :func:`export_pareto`; a trial without a stored checkpoint is an
-    :class:`ExportError`.
-    """
-    if not _has_checkpoint(trial):
-        raise ExportError(f"trial {trial.number} stored no checkpoint; nothing to export")
-    rows = _rows([trial], None)
-    del rows[0]["is_knee"]  # whether it is the knee is the rule's business, not this file's
-    document = {"study": study.study_name, "rule": rule, "row": rows[0]}
-    index = {SELECTED_NAME: json.dumps(document, indent=2, allow_nan=False) + "\n"}
-    root, targets = _publish(Path(out_dir), [trial], rows, artifact_store, index)
-    return ExportSummary(out_dir=root, csv_path=targets[SELECTED_NAME], json_path=targets[SELECTED_NAME],
-                         checkpoints=[targets[rows[0]["checkpoint"]]], rows=1, knee_trial=None)
-
-
-def _publish(
-    out: Path, trials: Sequence[FrozenTrial], rows: Sequence[dict[str, Any]], artifact_store: Any, index: dict[str, str]
-) -> tuple[Path, dict[str, Path]]:
-    """Download and verify the rows' checkpoints, then move them and the ``index`` files into ``out``.
-
-    Returns the resolved ``out`` and every written file by its relative name. All or
-    nothing: see the module docstring.
-    """
+    out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _unwritable(out, exc) from None
     root = out.resolve()
-    by_number = {t.number: t for t in trials}
+    # One snapshot of the study: other workers may be adding trials while we export.
+    chosen = pareto_trials(study, knee, selected)
+    trials = {t.number: t for t in chosen}
+    rows = _rows(chosen, knee)
+    if selected is not None:
+        for row in rows:
+            if row["trial"] != selected.number:
+                row["checkpoint"] = row["checkpoint_bytes"] = None
 
     # Targets, checked before anything is written: names come from trial numbers only.
     ckpt_dir = _inside(root, root / CHECKPOINT_DIR)
-    targets = {name: _inside(root, root / name) for name in index}
+    targets = {
+        CSV_NAME: _inside(root, root / CSV_NAME),
+        JSON_NAME: _inside(root, root / JSON_NAME),
+    }
     for row in rows:
         if row["checkpoint"] is not None:
             targets[row["checkpoint"]] = _inside(root, root / row["checkpoint"])
@@ -304,23 +260,40 @@ def _publish(
     try:
         (staging / CHECKPOINT_DIR).mkdir()
         for row in rows:
-            if row["checkpoint"] is not None:
-                _download_checkpoint(artifact_store, by_number[row["trial"]], staging / row["checkpoint"])
-        for name, text in index.items():
-            (staging / name).write_text(text, encoding="utf-8")
+            if row["checkpoint"] is None:
+                continue
+            trial = trials[row["trial"]]
+            _download_checkpoint(artifact_store, trial, staging / row["checkpoint"])
+
+        knee_number = knee.number if knee is not None else None
+        document: dict[str, Any] = {"study": study.study_name, "knee_trial": knee_number, "rows": rows}
+        if selected is not None:
+            document["selected_trial"] = selected.number
+        (staging / CSV_NAME).write_text(_csv_text(rows), encoding="utf-8")
+        (staging / JSON_NAME).write_text(
+            json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
 
         # Publish: checkpoints first, the index files last, each with an atomic rename.
         if any(row["checkpoint"] is not None for row in rows):
             ckpt_dir.mkdir(exist_ok=True)
             _inside(root, ckpt_dir)  # re-check: it may have been replaced by a link meanwhile
-        ordered = [name for name in targets if name not in index] + list(index)
+        ordered = [name for name in targets if name not in (CSV_NAME, JSON_NAME)] + [CSV_NAME, JSON_NAME]
         for name in ordered:
             os.replace(staging / name, targets[name])
     except OSError as exc:  # disk full, a target that cannot be replaced, ...
         raise _unwritable(out, exc) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return root, targets
+
+    return ExportSummary(
+        out_dir=root,
+        csv_path=targets[CSV_NAME],
+        json_path=targets[JSON_NAME],
+        checkpoints=[targets[row["checkpoint"]] for row in rows if row["checkpoint"] is not None],
+        rows=len(rows),
+        knee_trial=knee.number if knee is not None else None,
+    )
 
 
 def _unwritable(out: Path, exc: OSError) -> ExportError:

@@ -1,346 +1,230 @@
-"""Gradual magnitude pruning (GMP): the baseline a sparse network from motune is measured against.
+"""Gradual magnitude pruning (GMP), the baseline a knee network should beat.
 
-Zhu & Gupta (2017, "To prune, or not to prune"): train the network on cross-entropy alone
-and, every ``Δt`` steps from step ``t0`` for ``n`` intervals, prune the penalised weights
-of smallest magnitude (globally, across layers) to the sparsity
+Zhu & Gupta (2017), "To prune, or not to prune": train on cross-entropy alone and,
+every ``Δt`` steps from ``t0`` for ``n`` rounds, prune the penalised weights globally by
+magnitude (``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured``) to the
+sparsity ``s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n Δt))^3``, ``s_i = 0``, ``s_f = 1 -
+fraction``; then train at ``s_f`` to the end. Here ``t0`` is the end of the first epoch,
+``Δt`` a quarter epoch and pruning ends at two thirds of all steps (over the first two
+thirds from step 1 when the run is too short for that). A final prune to exactly
+``round((1 - fraction) · size)`` masked weights ends every run, so the network keeps
+exactly the requested share (what a comparison at equal sparsity needs).
 
-    s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n Δt))^3,    s_i = 0,
+:func:`train_gmp` trains one such network with a :class:`~motune.train.TrainConfig`
+(same model, data, seeding protocol, optimiser, batch size and epochs as
+:func:`motune.train`; ``l1_weight`` is ignored) and returns a
+:class:`~motune.train.TrainResult`, so a study's ``gmp`` baseline trial records what
+every trial records. ``bench/pruning.py`` uses the same function.
 
-then train at the final sparsity ``s_f`` to the end, the pruned weights held at zero.
-Pruning is ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` (masks
-that combine, so each step prunes among the weights still alive), made permanent at the
-end. :class:`GMPSchedule` holds the schedule; :func:`train_gmp` is one run, with a
-:class:`~motune.train.TrainConfig`'s data, model, optimiser, learning rate (schedule),
-batch size, epochs, seed and penalised weights (``l1_weight``, ``l1_ramp``,
-``optimizer_form``, ``finetune_epochs`` and intra-training pruning do not apply), and the
-seeding protocol of :func:`motune.train`: with the same seed both start from the same
-weights and see the same minibatches.
-
-The target is a number of penalised weights to keep (``nonzeros``) or a fraction of them
-(``fraction_kept``, rounded to a count): the run ends with exactly that many nonzero
-penalised weights. A study with ``baselines = ["gmp"]`` trains one such network at the
-knee's sparsity, epochs and seed (:func:`enqueue_due`); ``bench/pruning.py`` uses
-:func:`train_gmp` for its GMP rows.
-
-Example:
-
-    >>> import motune
-    >>> data = motune.load_dataset("digits", limit=200)
-    >>> config = motune.TrainConfig(epochs=2, seed=0)
-    >>> result = train_gmp(config, nonzeros=300, data=data)
-    >>> result.nonzeros, result.penalised_size
-    (300, 8832)
+In a study (``baselines = ["gmp"]``) the GMP trial can only run once the knee is known:
+:func:`enqueue_for_knee` queues it when the knee's full-fidelity retrain completes, with
+the knee's ``fraction_kept`` as its target and the knee's number (user attributes
+``gmp_target_fraction``, ``gmp_of_trial``); it trains ``train.epochs`` epochs, as the
+retrain did, with the weighted sum's optimiser and the knee's seed (``gmp_seed``: the same
+initial weights and batch order, a paired comparison), and suggests no λ (the sampler ignores
+it, as it ignores the SMGD baseline). It runs on top of ``n_trials`` and after
+convergence, so the study ends with it. ``motune status`` prints the comparison.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 import torch
 import torch.nn.functional as F
-from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 from torch.nn.utils import prune
 
-from motune.data import Dataset, Loaders, as_data, load_data
+from motune.data import Dataset, Loaders
 from motune.models import build_model, penalised_parameters
 from motune.objectives import l1_norm, nonzeros_per_layer, penalised_size
 from motune.sampler import FULL
 from motune.train import (
-    DivergenceError,
     EpochRecord,
     TrainConfig,
     TrainResult,
-    _device_batches,
     _evaluate,
-    _make_scheduler,
     _steps_per_epoch,
+    epoch_batches,
     make_optimizer,
     resolve_device,
+    run_data,
 )
-from motune.trials import FIDELITY, GMP, KIND, trial_kind
+from motune.trials import FIDELITY, GMP, GMP_OF, GMP_SEED, GMP_TARGET, KIND, is_full, number_or_none, trial_kind
 
-__all__ = ["GMPSchedule", "Target", "comparison", "duplicate_of", "enqueue_due", "gmp_trials", "train_gmp"]
-
-# User attributes of a GMP trial (besides every trial's; see motune.trials).
-KNEE_TRIAL = "gmp_knee_trial"  # the knee trial it is compared with
-TARGET_NONZEROS = "gmp_target_nonzeros"  # penalised weights it keeps: the knee's nonzeros
-TARGET_FRACTION = "gmp_target_fraction"  # the same as a fraction: the knee's fraction_kept
+__all__ = ["GMPSchedule", "enqueue_for_knee", "gmp_trials", "prune_to", "train_gmp"]
 
 
 @dataclass(frozen=True)
 class GMPSchedule:
-    """When GMP prunes, and to what sparsity: steps ``t0, t0 + Δt, ..., t0 + n Δt`` of ``total``.
+    """When and how far to prune: steps ``t0, t0 + Δt, ..., t0 + n Δt`` (1-based optimiser steps).
 
-    :meth:`for_run` is the schedule of ``bench/pruning.py`` (docs/benchmarks.md §2): from
-    the end of the first epoch to two thirds of the run, a quarter epoch apart.
-
-    >>> s = GMPSchedule.for_run(steps_per_epoch=8, epochs=6)
-    >>> s.t0, s.dt, s.n, s.end, s.total
-    (8, 2, 12, 32, 48)
-    >>> [round(s.sparsity(t, 0.9), 3) for t in (8, 20, 32)], s.sparsity(9, 0.9), s.sparsity(34, 0.9)
-    ([0.0, 0.787, 0.9], None, None)
+    >>> s = GMPSchedule.for_run(total_steps=300, steps_per_epoch=30, fraction=0.1)
+    >>> (s.t0, s.delta_t, s.n, s.sparsity(s.t0), s.sparsity(s.t0 + s.n * s.delta_t))
+    (30, 7, 24, 0.0, 0.9)
     """
 
-    t0: int  # first pruning step (1-based: the step after the t0-th optimiser step)
-    dt: int  # steps between two pruning steps
-    n: int  # intervals: the last pruning step is t0 + n dt
-    total: int  # optimiser steps in the run
+    t0: int
+    delta_t: int
+    n: int
+    final_sparsity: float
 
     @classmethod
-    def for_run(cls, steps_per_epoch: int, epochs: int) -> GMPSchedule:
-        """Zhu & Gupta's schedule fitted to a run: ``t0`` = end of epoch 1, ``Δt`` = a quarter epoch,
-        the last step at two thirds of the run; a run too short for that prunes over its first
-        two thirds from step 1."""
-        total = epochs * steps_per_epoch
+    def for_run(cls, total_steps: int, steps_per_epoch: int, fraction: float) -> GMPSchedule:
+        """Zhu & Gupta's schedule for a run of ``total_steps`` keeping ``fraction`` of the weights."""
         t0, dt = steps_per_epoch, max(1, steps_per_epoch // 4)
-        n = max(1, (2 * total // 3 - t0) // dt)
-        if t0 + n * dt > total:  # tiny budgets: prune over the first two thirds instead
-            t0, n = 1, max(1, (2 * total // 3) // dt)
-        return cls(t0, dt, n, total)
+        n = max(1, (2 * total_steps // 3 - t0) // dt)
+        if t0 + n * dt > total_steps:  # short runs: prune over the first two thirds instead
+            t0, n = 1, max(1, (2 * total_steps // 3) // dt)
+        return cls(t0, dt, n, 1.0 - fraction)
 
-    @property
-    def end(self) -> int:
-        """The last pruning step (after it the run trains at the final sparsity)."""
-        return self.t0 + self.n * self.dt
-
-    def sparsity(self, step: int, final: float) -> float | None:
-        """The sparsity to prune to after optimiser step ``step`` (1-based); None: no pruning there."""
-        if step < self.t0 or step > self.end or (step - self.t0) % self.dt:
+    def sparsity(self, step: int) -> float | None:
+        """The target sparsity after optimiser step ``step``, or None when this step does not prune."""
+        if step < self.t0 or (step - self.t0) % self.delta_t or step > self.t0 + self.n * self.delta_t:
             return None
-        return final * (1.0 - (1.0 - (step - self.t0) / (self.n * self.dt)) ** 3)
+        return self.final_sparsity * (1 - (1 - (step - self.t0) / (self.n * self.delta_t)) ** 3)
 
 
-def _targets(model: nn.Module, penalised: Mapping[str, nn.Parameter]) -> list[tuple[nn.Module, str]]:
-    """``(module, attribute)`` of every penalised weight, as ``torch.nn.utils.prune`` names them."""
-    out = []
-    for name in penalised:
-        module_name, _, attr = name.rpartition(".")
-        out.append((model.get_submodule(module_name), attr))
-    return out
+def _effective(module: nn.Module, name: str) -> torch.Tensor:
+    """The weight as used now (``module.<name>`` is refreshed only by a forward pass)."""
+    if hasattr(module, f"{name}_mask"):
+        return (getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")).detach()
+    return getattr(module, name).detach()
 
 
-def _effective(module: nn.Module, attr: str) -> torch.Tensor:
-    """The weight as the network uses it now (``module.<attr>`` is only refreshed by a forward pass)."""
-    if hasattr(module, f"{attr}_mask"):
-        return (getattr(module, f"{attr}_orig") * getattr(module, f"{attr}_mask")).detach()
-    return getattr(module, attr).detach()
+def prune_to(layers: list[tuple[nn.Module, str]], n_pruned: int) -> None:
+    """Global magnitude pruning of ``layers`` (``(module, parameter name)``) until ``n_pruned`` weights are masked.
 
-
-def prune_to(targets: Sequence[tuple[nn.Module, str]], n_pruned: int) -> None:
-    """Global L1 (magnitude) pruning of ``targets`` until ``n_pruned`` weights are masked in all.
-
-    ``global_unstructured`` combines a new mask with the existing ones: its ``amount``
-    counts among the weights still alive, so the masks only grow.
+    Masks only grow: weights masked earlier stay masked (``global_unstructured`` combines
+    with existing masks, and ``amount`` counts among the unmasked ones).
     """
-    already = sum(int((m.get_buffer(f"{a}_mask") == 0).sum()) for m, a in targets if hasattr(m, f"{a}_mask"))
+    already = sum(int((getattr(m, f"{n}_mask") == 0).sum()) for m, n in layers if hasattr(m, f"{n}_mask"))
     extra = n_pruned - already
-    if extra <= 0:
-        return
-    prune.global_unstructured(list(targets), pruning_method=prune.L1Unstructured, amount=extra,
-                              importance_scores={(m, a): _effective(m, a) for m, a in targets})
+    if extra > 0:
+        prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=extra,
+                                  importance_scores={(m, n): _effective(m, n) for m, n in layers})
+
+
+def _layers(model: nn.Module, names: list[str]) -> list[tuple[nn.Module, str]]:
+    out = []
+    for name in names:
+        owner, _, attr = name.rpartition(".")
+        out.append((model.get_submodule(owner) if owner else model, attr))
+    return out
 
 
 def train_gmp(
     config: TrainConfig,
+    fraction: float,
     *,
-    nonzeros: int | None = None,
-    fraction_kept: float | None = None,
     data: Dataset | Loaders | Mapping[str, Any] | None = None,
-    model: nn.Module | Callable[..., nn.Module] | None = None,
     callback: Callable[[EpochRecord], Any] | None = None,
 ) -> TrainResult:
-    """Train one network with gradual magnitude pruning to ``nonzeros`` (or ``fraction_kept``) penalised weights.
+    """Train ``config``'s network on cross-entropy with GMP to ``fraction`` of its penalised weights kept.
 
-    ``config``, ``data``, ``model`` and ``callback`` are as for :func:`motune.train` (the
-    l1 and intra-training-pruning settings are ignored: GMP trains cross-entropy alone);
-    give exactly one of ``nonzeros`` (a count, as a knee trial records it) and
-    ``fraction_kept`` (in [0, 1], rounded to a count of the penalised weights). The result
-    is a :class:`~motune.train.TrainResult` whose state dict holds the pruned weights as
-    zeros (the masks made permanent): exactly that many penalised weights are nonzero.
-    Raises ``ValueError`` for a bad target or config and :class:`~motune.train.DivergenceError`
-    when the loss becomes NaN or infinite.
+    ``config.epochs`` epochs in all (``finetune_epochs``, ``l1_weight`` and the weighted-sum
+    options are ignored: GMP's own schedule decides). ``callback`` gets each epoch's
+    :class:`~motune.train.EpochRecord` (exceptions propagate, a true return value stops).
+
+    .. testcode::
+
+        import motune
+        from motune.gmp import train_gmp
+
+        data = motune.load_dataset("digits", limit=200)
+        result = train_gmp(motune.TrainConfig(dataset="digits", epochs=2), fraction=0.1, data=data)
+        assert result.nonzeros == result.penalised_size - round(0.9 * result.penalised_size)
     """
-    if (nonzeros is None) == (fraction_kept is None):
-        raise ValueError("train_gmp: give exactly one of nonzeros= and fraction_kept=")
-    if fraction_kept is not None and not (isinstance(fraction_kept, (int, float)) and 0.0 <= fraction_kept <= 1.0):
-        raise ValueError(f"fraction_kept: must be a number in [0, 1], got {fraction_kept!r}")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction: must be in [0, 1], got {fraction!r}")
     cfg = config.validate()
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
-    if data is None:
-        data = load_data(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit=cfg.limit, args=cfg.data_args)
-    data = as_data(data)
-    in_memory = isinstance(data, Dataset)
-    if in_memory:
-        data = data.to(device)
-
-    torch.manual_seed(cfg.seed)  # motune.train's seeding protocol: same initial weights
-    if isinstance(model, nn.Module):
-        model_name, model_args = f"{type(model).__module__}:{type(model).__qualname__}", {}
-    else:
-        factory = model
-        model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args, factory=factory)
-        model_name = cfg.model if factory is None else f"{factory.__module__}:{factory.__qualname__}"
-        model_args = dict(cfg.model_args)
-    model = model.to(device)
-    penalised = penalised_parameters(model, cfg.penalise)
-    size = penalised_size(penalised)
-    keep = round(fraction_kept * size) if fraction_kept is not None else nonzeros
-    if not isinstance(keep, int) or isinstance(keep, bool) or not 0 <= keep <= size:
-        raise ValueError(f"nonzeros: must be an integer in [0, {size}] (the penalised weights), got {nonzeros!r}")
-    targets = _targets(model, penalised)
+    data = run_data(cfg, data, device)
+    torch.manual_seed(cfg.seed)  # motune's seeding protocol: same initial weights and batch order as motune.train
+    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args).to(device)
+    names = list(penalised_parameters(model, cfg.penalise))
+    layers = _layers(model, names)
+    size = sum(getattr(m, n).numel() for m, n in layers)
     optimizer = make_optimizer(cfg.optimizer, list(model.parameters()), cfg.lr, cfg.momentum, cfg.weight_decay)
-    scheduler = _make_scheduler(cfg.lr_schedule, optimizer, cfg.epochs)
-    schedule = GMPSchedule.for_run(_steps_per_epoch(data, cfg.batch_size), cfg.epochs)
-    final = 1.0 - keep / size if size else 0.0
-
+    spe = _steps_per_epoch(data, cfg.batch_size)
+    schedule = GMPSchedule.for_run(cfg.epochs * spe, spe, fraction)
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[EpochRecord] = []
-    step, train_seconds, stopped_early = 0, 0.0, False
+    step, train_seconds, stopped = 0, 0.0, False
     model.train()
     for epoch in range(1, cfg.epochs + 1):
-        t_epoch = time.perf_counter()
-        if in_memory:
-            order = torch.randperm(len(data.x_train), generator=generator).to(device)
-            batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = (
-                (data.x_train[idx], data.y_train[idx]) for idx in order.split(cfg.batch_size)
-            )
-        else:
-            batches = _device_batches(data.train, device)
-        loss_sum, n_steps = torch.zeros((), device=device), 0
-        for xb, yb in batches:
-            loss = F.cross_entropy(model(xb), yb)
-            optimizer.zero_grad()
+        t0 = time.perf_counter()
+        loss_sum, batches = torch.zeros((), device=device), 0
+        for x, y in epoch_batches(data, cfg.batch_size, generator, device):
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            sparsity = schedule.sparsity(step, final)
-            if sparsity is not None:
-                # The last step prunes to the exact count; the others round the cubic curve.
-                prune_to(targets, size - keep if step == schedule.end else round(sparsity * size))
+            target = schedule.sparsity(step)
+            if target is not None:
+                prune_to(layers, round(target * size))
             loss_sum += loss.detach()
-            n_steps += 1
-        train_seconds += time.perf_counter() - t_epoch
-        train_loss = float(loss_sum) / max(n_steps, 1)
-        if not math.isfinite(train_loss):
-            raise DivergenceError(f"training diverged: mean minibatch loss became {train_loss} in epoch {epoch} "
-                                  f"(lr={cfg.lr}, optimizer={cfg.optimizer}); lower the learning rate",
-                                  epoch=epoch, loss=train_loss)
-        lr_now = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
-        weights = {name: _effective(m, a) for name, (m, a) in zip(penalised, targets)}
-        per_layer = nonzeros_per_layer(weights)
-        record = EpochRecord(epoch=epoch, train_loss=train_loss, l1=l1_norm(weights), nonzeros=sum(per_layer.values()),
-                             nonzeros_per_layer=per_layer, lr=lr_now, seconds=train_seconds)
+            batches += 1
+        train_seconds += time.perf_counter() - t0
+        current = {n: _effective(m, a) for n, (m, a) in zip(names, layers)}
+        per_layer = nonzeros_per_layer(current)
+        record = EpochRecord(epoch=epoch, train_loss=float(loss_sum) / max(batches, 1), l1=l1_norm(current),
+                             nonzeros=sum(per_layer.values()), nonzeros_per_layer=per_layer,
+                             lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
         if cfg.eval_every_epoch:
             record.val_cross_entropy, record.val_accuracy = _evaluate(model, data, "val", device)
         history.append(record)
         if callback is not None and callback(record):
-            stopped_early = epoch < cfg.epochs
+            stopped = epoch < cfg.epochs
             break
 
-    prune_to(targets, size - keep)  # a run cut short (or too short for the schedule) still ends at the target
-    for module, attr in targets:
-        if prune.is_pruned(module) and hasattr(module, f"{attr}_mask"):
-            prune.remove(module, attr)  # permanent: plain weights with zeros, the original Parameter objects
+    prune_to(layers, round((1.0 - fraction) * size))  # exactly the requested share, whatever the schedule reached
+    for m, a in layers:
+        if prune.is_pruned(m) and hasattr(m, f"{a}_mask"):
+            prune.remove(m, a)  # the mask becomes zeros in the plain weight: an ordinary state dict
+    weights = dict(zip(names, (getattr(m, a) for m, a in layers)))
     cross_entropy, val_accuracy = _evaluate(model, data, "val", device)
     test_cross_entropy, test_accuracy = _evaluate(model, data, "test", device)
-    per_layer = nonzeros_per_layer(penalised)
-    kept = sum(per_layer.values())
+    per_layer = nonzeros_per_layer(weights)
+    nonzeros = sum(per_layer.values())
     return TrainResult(
-        config=cfg, cross_entropy=cross_entropy, l1=l1_norm(penalised), val_accuracy=val_accuracy,
-        test_cross_entropy=test_cross_entropy, test_accuracy=test_accuracy, nonzeros=kept,
-        nonzeros_per_layer=per_layer, penalised_size=size, fraction_kept=kept / size if size else 0.0,
-        epochs=len(history), stopped_early=stopped_early, seconds=time.perf_counter() - t_start,
-        train_seconds=train_seconds, alpha_mean=None, input_shape=tuple(data.input_shape),
-        num_classes=data.num_classes, history=history,
+        config=cfg, cross_entropy=cross_entropy, l1=l1_norm(weights), val_accuracy=val_accuracy,
+        test_cross_entropy=test_cross_entropy, test_accuracy=test_accuracy, nonzeros=nonzeros,
+        nonzeros_per_layer=per_layer, penalised_size=penalised_size(weights),
+        fraction_kept=nonzeros / size if size else 0.0, epochs=len(history), stopped_early=stopped,
+        seconds=time.perf_counter() - t_start, train_seconds=train_seconds, alpha_mean=None,
+        input_shape=tuple(data.input_shape), num_classes=data.num_classes, history=history,
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        model_name=model_name, model_args=model_args, penalised=list(penalised),
+        model_name=cfg.model, model_args=dict(cfg.model_args), penalised=names,
     )
 
 
-# ----------------------------------------------------------------------------- the GMP trial of a study
+def gmp_trials(study: optuna.Study, knee_number: int | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The study's gmp trials (any state), or those compared with knee trial ``knee_number``."""
+    return [t for t in study.get_trials(deepcopy=False) if trial_kind(t) == GMP
+            and (knee_number is None or t.user_attrs.get(GMP_OF) == knee_number)]
 
 
-def _knee_of(trial: FrozenTrial) -> Any:
-    return trial.user_attrs.get(KNEE_TRIAL)
+def enqueue_for_knee(study: optuna.Study, knee: optuna.trial.FrozenTrial | None) -> bool:
+    """Queue the GMP trial for ``knee`` if it is a completed full-fidelity retrain without one yet; True if queued.
 
-
-def gmp_trials(trials: Sequence[FrozenTrial], knee: FrozenTrial | None = None) -> list[FrozenTrial]:
-    """The GMP trials among ``trials`` (those comparing with ``knee`` only, when given), in trial order."""
-    return [t for t in trials if trial_kind(t) == GMP and (knee is None or _knee_of(t) == knee.number)]
-
-
-def comparison(study: optuna.Study, knee: FrozenTrial | None) -> FrozenTrial | None:
-    """The completed GMP trial that compares with ``knee`` (the latest, should there be several), or None."""
-    if knee is None:
-        return None
-    done = gmp_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), knee)
-    return done[-1] if done else None
-
-
-def trial_attrs(knee: FrozenTrial) -> dict[str, Any]:
-    """The user attributes a GMP trial is enqueued with: what it compares with and what it trains.
-
-    Its target (the knee's nonzeros and fraction kept), its fidelity (the knee's: the same
-    epochs) and its seed (the knee's: the same initial weights and minibatch order).
+    Called by the worker that completed the trial (so, with several workers, once): a
+    retried knee or a resumed study finds the existing gmp trial and queues none.
     """
-    a = knee.user_attrs
-    return {KIND: GMP, KNEE_TRIAL: knee.number, TARGET_NONZEROS: int(a["nonzeros"]),
-            TARGET_FRACTION: float(a["fraction_kept"]), FIDELITY: a.get(FIDELITY), "seed": a.get("seed")}
-
-
-def enqueue_due(study: optuna.Study, knee: FrozenTrial | None) -> bool:
-    """Queue the GMP trial of ``knee`` unless the study has one; return whether one waits to run.
-
-    Call it once the search has converged (``knee`` is then final: the full-fidelity retrain
-    when the study has one). Every worker may call it; two that queue at the same moment
-    make two trials, of which :func:`duplicate_of` lets only the first run.
-    """
-    if knee is None or not isinstance(knee.user_attrs.get("nonzeros"), int):
+    if knee is None or knee.state != optuna.trial.TrialState.COMPLETE or not is_full(knee):
         return False
-    mine = gmp_trials(study.get_trials(deepcopy=False), knee)
-    if not mine:
-        study.enqueue_trial({}, user_attrs=trial_attrs(knee), skip_if_exists=False)
-        return True
-    return any(t.state == TrialState.WAITING for t in mine)
-
-
-def duplicate_of(study: optuna.Study, trial: Any) -> int | None:
-    """The number of an earlier GMP trial for the same knee that runs, waits or completed, if any.
-
-    Then ``trial`` (queued by a second worker at the same moment) must not run: exactly one
-    GMP trial per knee completes. Failed ones do not count (a retry takes their place).
-    """
-    knee = trial.user_attrs.get(KNEE_TRIAL)
-    live = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
-    earlier = [t.number for t in gmp_trials(study.get_trials(deepcopy=False, states=live))
-               if t.number < trial.number and _knee_of(t) == knee]
-    return earlier[0] if earlier else None
-
-
-@dataclass(frozen=True)
-class Target:
-    """What a queued GMP trial trains (from its user attributes, see :func:`trial_attrs`)."""
-
-    nonzeros: int
-    fidelity: str
-    seed: int | None
-    attrs: dict[str, Any]  # recorded on the trial with its results
-
-    @classmethod
-    def of(cls, trial: Any) -> Target:
-        a = trial.user_attrs
-        if not isinstance(a.get(TARGET_NONZEROS), int):
-            raise ValueError(f"trial {trial.number} is a GMP trial without {TARGET_NONZEROS}: queue it with "
-                             "motune.gmp.enqueue_due (it trains to a knee's sparsity)")
-        seed = a.get("seed")
-        return cls(a[TARGET_NONZEROS], a.get("fidelity") or FULL, seed if isinstance(seed, int) else None,
-                   {k: a[k] for k in (KNEE_TRIAL, TARGET_NONZEROS, TARGET_FRACTION) if k in a})
+    fraction = number_or_none(knee.user_attrs.get("fraction_kept"))
+    if fraction is None or gmp_trials(study, knee.number):
+        return False
+    attrs = {KIND: GMP, FIDELITY: FULL, GMP_TARGET: fraction, GMP_OF: knee.number}
+    seed = number_or_none(knee.user_attrs.get("seed"))
+    if seed is not None:
+        attrs[GMP_SEED] = int(seed)
+    study.enqueue_trial({}, user_attrs=attrs, skip_if_exists=False)
+    return True

@@ -45,11 +45,13 @@ from motune.trials import (
     GMP,
     HYPERVOLUME_REFERENCE,
     KIND,
+    WARM_START_FROM,
     WEIGHTED_SUM,
     finite_complete,
     is_full,
     number_or_none,
     pareto_set,
+    trial_history,
     trial_kind,
     trial_lambda,
 )
@@ -183,8 +185,24 @@ def _marked_figure(
 
 
 def front_figure(study: optuna.Study, knee: FrozenTrial | None = None) -> go.Figure:
-    """Objective space: validation cross-entropy (x) against l1 norm (y), front and knee marked."""
+    """Objective space: validation cross-entropy (x) against l1 norm (y), front and knee marked.
+
+    Trials warm-started along λ (``warm_start_from``, :mod:`motune.continuation`) are
+    joined to their parent by a dotted "continuation path" line.
+    """
     fig = _marked_figure(study, knee, lambda t: (t.values[0], t.values[1]), front_key=lambda t: t.values[0])
+    by_number = {t.number: t for t in _complete(study)}
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for child in by_number.values():
+        number = child.user_attrs.get(WARM_START_FROM)
+        parent = by_number.get(number) if isinstance(number, int) else None
+        if parent is not None:
+            xs += [parent.values[0], child.values[0], None]
+            ys += [parent.values[1], child.values[1], None]
+    if xs:
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="continuation path", hoverinfo="skip",
+                                 line={"color": _GREY, "dash": "dot", "width": 1}))
     fig.update_layout(
         title=f"Pareto front of study {study.study_name!r}",
         xaxis_title="cross-entropy (validation)",
@@ -273,14 +291,21 @@ def hypervolume_history_figure(study: optuna.Study, reference: Sequence[float] |
     return fig
 
 
-def pruning_history_figure(trial: FrozenTrial) -> go.Figure:
-    """Nonzero weights of each penalised layer at the end of every epoch (``history`` attr).
+def pruning_history_figure(trial: FrozenTrial, artifact_store: Any = None) -> go.Figure:
+    """Nonzero weights of each penalised layer at the end of every epoch (the trial's history).
 
-    One line per layer plus a dashed ``"total"`` line. A trial without a recorded
-    history gives an empty figure with a note instead of an error.
+    The history is the trial's JSON artifact, read from ``artifact_store`` (the store the
+    checkpoints are in), or the ``history`` user attribute of a study made by an older
+    motune (see :func:`motune.trials.trial_history`). One line per layer plus a dashed
+    ``"total"`` line. A trial without a readable history gives an empty figure with a
+    note saying why instead of an error.
     """
-    history = trial.user_attrs.get("history") or []
-    records = [r for r in history if isinstance(r, dict) and isinstance(r.get("nonzeros_per_layer"), dict)]
+    try:
+        history = trial_history(trial, artifact_store)
+        missing = f"trial {trial.number} has no pruning history"
+    except ValueError as exc:
+        history, missing = [], str(exc)
+    records = [r for r in history if isinstance(r.get("nonzeros_per_layer"), dict)]
     epochs = [r.get("epoch", i + 1) for i, r in enumerate(records)]
     layers: list[str] = []
     for r in records:
@@ -308,9 +333,7 @@ def pruning_history_figure(trial: FrozenTrial) -> go.Figure:
             )
         )
     else:
-        fig.add_annotation(
-            text=f"trial {trial.number} has no pruning history", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5
-        )
+        fig.add_annotation(text=missing, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
     lam = _fmt(trial_lambda(trial), ".1e", default="-")
     fig.update_layout(
         template="plotly_white",
@@ -348,12 +371,15 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_plots(study: optuna.Study, out_dir: str | os.PathLike[str], knee: FrozenTrial | None = None) -> list[Path]:
+def write_plots(
+    study: optuna.Study, out_dir: str | os.PathLike[str], knee: FrozenTrial | None = None, artifact_store: Any = None
+) -> list[Path]:
     """Write the study's figures as HTML into ``out_dir``; return the HTML paths written.
 
     Files: ``front.html``, ``accuracy_vs_nonzeros.html``, ``hypervolume.html`` and, when
-    a knee is given, ``pruning_history.html`` of the knee trial (without a knee it is
-    skipped with a ``UserWarning``). ``plotly.min.js`` is written beside them once
+    a knee is given, ``pruning_history.html`` of the knee trial (its history is read from
+    ``artifact_store``, see :func:`pruning_history_figure`; without a knee it is skipped
+    with a ``UserWarning``). ``plotly.min.js`` is written beside them once
     (offline use, see the module docstring); it is not in the returned list. Each file
     is written to a temporary name and renamed into place.
     """
@@ -366,7 +392,7 @@ def write_plots(study: optuna.Study, out_dir: str | os.PathLike[str], knee: Froz
     ]
     if knee is not None:
         own = [t for t in study.get_trials(deepcopy=False) if t.number == knee.number]
-        figures.append(("pruning_history.html", pruning_history_figure(own[0] if own else knee)))
+        figures.append(("pruning_history.html", pruning_history_figure(own[0] if own else knee, artifact_store)))
     else:
         warnings.warn("no knee trial: pruning_history.html not written", UserWarning, stacklevel=2)
 

@@ -14,22 +14,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from motune import gmp
 from motune.config import StudyConfig
+from motune.gmp import gmp_trials
 from motune.storage import is_journal_file, mask_url
 from motune.study import knee_trial, summarize
-from motune.trials import (
-    CHECKPOINT,
-    FAIL_REASON,
-    FAILURE,
-    FIDELITY,
-    GMP,
-    INTERMEDIATES,
-    KIND,
-    PRUNE_REASON,
-    Failure,
-    trial_lambda,
-)
+from motune.trials import FAIL_REASON, FAILURE, FIDELITY, GMP, INTERMEDIATES, KIND, PRUNE_REASON, Failure, trial_lambda
 
 
 def dashboard_command(url: str, artifact_dir: Path) -> str:
@@ -100,45 +89,24 @@ def print_summary(study: optuna.Study, config: StudyConfig, out: Any = None) -> 
             f"({100 * k.user_attrs['fraction_kept']:.2f}%)",
             file=out,
         )
-        print(gmp_line(study, k, config, s.converged), file=out)
     else:
         print("knee: none yet", file=out)
+    if GMP in config.study.baselines:
+        print(gmp_line(study, s.knee), file=out)
 
 
-def gmp_line(study: optuna.Study, knee: FrozenTrial, config: StudyConfig, converged: bool = True) -> str:
-    """``knee vs GMP at the same sparsity: Δ accuracy ...``: the knee against its GMP trial (:mod:`motune.gmp`)."""
+def gmp_line(study: optuna.Study, knee: FrozenTrial | None) -> str:
+    """'knee vs GMP at the same sparsity: Δ accuracy ...' (test and val, in percentage points), or why there is none."""
     head = "knee vs GMP at the same sparsity:"
-    if GMP not in config.study.baselines:
-        return f"{head} not measured; add \"gmp\" to [study] baselines to train GMP to the knee's sparsity"
-    g = gmp.comparison(study, knee)
-    if g is None:
-        pending = [t for t in gmp.gmp_trials(study.get_trials(deepcopy=False), knee) if not t.state.is_finished()]
-        if pending:
-            return f"{head} GMP trial {pending[0].number} is {pending[0].state.name.lower()}"
-        if converged:
-            return f"{head} not run yet (the next `motune run` or worker on this study trains it)"
-        return f"{head} not run yet (it runs once the search has converged; a study that ran out of n_trials first needs more)"
-    k, a = knee.user_attrs, g.user_attrs
-
-    def pp(key: str) -> str:
-        return f"{100 * (k[key] - a[key]):+.2f} pp"
-
-    return (f"{head} Δ accuracy (knee − GMP) {pp('val_accuracy')} val, {pp('test_accuracy')} test (GMP trial {g.number}: "
-            f"val {100 * a['val_accuracy']:.2f}%, test {100 * a['test_accuracy']:.2f}%, {a['nonzeros']} of "
-            f"{a['penalised_size']} weights kept, {a.get('epochs')} epochs)")
-
-
-def selection_lines(t: FrozenTrial, rule: str, artifact_dir: Path) -> list[str]:
-    """What ``motune select`` prints: the rule, then the chosen trial (λ, accuracies, nonzeros) and its checkpoint."""
-    a = t.user_attrs
-    checkpoint = a.get(CHECKPOINT)
-    return [
-        f"rule: {rule}",
-        f"selected: trial {t.number} ({a.get(KIND)}, {a.get(FIDELITY)} fidelity, lambda {fmt_lambda(trial_lambda(t))}): "
-        f"val accuracy {100 * a['val_accuracy']:.2f}%, test accuracy {100 * a.get('test_accuracy', math.nan):.2f}%, "
-        f"{a['nonzeros']} of {a.get('penalised_size', '?')} penalised weights kept ({100 * a['fraction_kept']:.2f}%)",
-        f"checkpoint: {artifact_dir / checkpoint if isinstance(checkpoint, str) else 'none stored'}",
-    ]
+    done = [t for t in gmp_trials(study, knee.number) if t.state == TrialState.COMPLETE] if knee is not None else []
+    if not done:
+        return f"{head} no GMP trial yet (it is queued when the knee's full-fidelity retrain completes)"
+    g, k = done[-1].user_attrs, knee.user_attrs
+    delta = {split: 100 * (k[f"{split}_accuracy"] - g[f"{split}_accuracy"]) for split in ("test", "val")}
+    return (f"{head} Δ accuracy {delta['test']:+.2f} pp test, {delta['val']:+.2f} pp val "
+            f"(knee trial {knee.number} {100 * k['test_accuracy']:.2f}% at {100 * k['fraction_kept']:.2f}% kept; "
+            f"GMP trial {done[-1].number} {100 * g['test_accuracy']:.2f}% at {100 * g['fraction_kept']:.2f}% kept, "
+            f"{g.get('epochs', '?')} epochs)")
 
 
 class Progress:

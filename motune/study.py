@@ -4,7 +4,9 @@ Each trial trains one network with :func:`motune.train` and returns
 ``(cross_entropy, l1)``; weighted-sum trials take ``λ`` from
 ``trial.suggest_float("l1_weight", 0, 1)`` (chosen by :class:`~motune.sampler.KneeSampler`),
 baseline trials (SMGD, multi-Adam, multi-RMSprop) are enqueued with a ``kind`` user
-attribute and take no ``λ``. Every trial's pruned weights are kept as an Optuna artifact
+attribute and take no ``λ``; so does the GMP baseline (``baselines = ["gmp"]``,
+:mod:`motune.gmp`), queued once the knee's full-fidelity retrain completes and run on
+top of ``n_trials``. Every trial's pruned weights are kept as an Optuna artifact
 (so optuna-dashboard can offer them), its metrics as user attributes (the schema is
 :mod:`motune.trials`). With ``[study] prune`` a weighted-sum trial whose network collapses,
 or whose intermediate objectives are dominated, stops early as PRUNED
@@ -41,9 +43,9 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from motune import gmp
 from motune.checkpoint import save_checkpoint
 from motune.config import ConfigError, StudyConfig, config_key
+from motune.continuation import warm_start
 from motune.data import Dataset, Loaders, load_data
 from motune.faults import (
     DEFAULT_GRACE,
@@ -59,6 +61,7 @@ from motune.faults import (
     requeue_interrupted,
     worker_identity,
 )
+from motune.gmp import enqueue_for_knee, gmp_trials, train_gmp
 from motune.imports import ImportPathError
 from motune.models import build_model, penalised_parameters
 from motune.patience import DEFAULT_PATIENCE, StorageUnavailable, patient
@@ -74,6 +77,9 @@ from motune.trials import (
     FAILURE,
     FIDELITY,
     GMP,
+    GMP_SEED,
+    GMP_TARGET,
+    HISTORY,
     INTERMEDIATES,
     KIND,
     METRIC_NAMES,
@@ -98,7 +104,7 @@ def make_sampler(config: StudyConfig, seed: int | None = None) -> KneeSampler:
     """The study's :class:`KneeSampler` from the ``[study]`` table.
 
     Collapsed networks (no weights left, chance level) do not set the knee's nadir
-    (``collapsed_nadir=False``; measured in ``bench/knee_nadir.py``, docs/benchmarks.md).
+    (``collapsed_nadir=False``; measured with ``bench/knee_nadir.py``, docs/benchmarks.md).
     """
     s = config.study
     return KneeSampler(start_weights=s.start_weights, knee=s.knee, full_fidelity=s.full_fidelity, seed=seed,
@@ -140,9 +146,7 @@ def create_or_load_study(
     if len(study.directions) != 2 or len(queued) != len(trials):
         raise StudyError(f"study {name!r} exists in this storage and was not created by motune; pass --study NEWNAME")
     have = [trial_kind(t) for t in queued]
-    for kind in config.study.baselines:
-        if kind == GMP:
-            continue  # queued once the knee is final (run_study)
+    for kind in (k for k in config.study.baselines if k != GMP):  # gmp is queued once the knee is known
         if kind in have:
             have.remove(kind)
         else:
@@ -234,19 +238,27 @@ def result_attrs(result: TrainResult, kind: str, fidelity: str) -> dict[str, Any
         "seconds": round(result.seconds, 3),
         "seed": result.config.seed,
         "alpha_mean": result.alpha_mean,
-        "history": [
-            {
-                "epoch": r.epoch,
-                "nonzeros": r.nonzeros,
-                "nonzeros_per_layer": r.nonzeros_per_layer,
-                "l1": r.l1,
-                "val_accuracy": r.val_accuracy,
-                "val_cross_entropy": r.val_cross_entropy,
-                "alpha_mean": r.alpha_mean,
-            }
-            for r in result.history
-        ],
     }
+
+
+def history_records(result: TrainResult) -> list[dict[str, Any]]:
+    """The per-epoch history as JSON records: stored as the trial's history artifact (``trials.HISTORY``).
+
+    Kept out of the user attributes so that the trial's page in optuna-dashboard stays
+    readable; read it back with :func:`motune.trials.trial_history`.
+    """
+    return [
+        {
+            "epoch": r.epoch,
+            "nonzeros": r.nonzeros,
+            "nonzeros_per_layer": r.nonzeros_per_layer,
+            "l1": r.l1,
+            "val_accuracy": r.val_accuracy,
+            "val_cross_entropy": r.val_cross_entropy,
+            "alpha_mean": r.alpha_mean,
+        }
+        for r in result.history
+    ]
 
 
 # ----------------------------------------------------------------------------- objective
@@ -287,6 +299,7 @@ class TrialOutcome:
     values: tuple[float, float]
     attrs: dict[str, Any]
     checkpoint: Path  # a file in a private temporary directory; :meth:`discard` removes it
+    history: list[dict[str, Any]] = field(default_factory=list)  # history_records: stored as an artifact
 
     def discard(self) -> None:
         shutil.rmtree(self.checkpoint.parent, ignore_errors=True)
@@ -334,16 +347,19 @@ class Objective:
         fidelity = KneeSampler.fidelity(trial) if kind == WEIGHTED_SUM else FULL
         lam = trial.suggest_float(PARAM, 0.0, 1.0) if kind == WEIGHTED_SUM else None
         seed = self.config.study.seed + trial.number
-        target = gmp.Target.of(trial) if kind == GMP else None  # the knee's sparsity, fidelity and seed
-        if target:
-            fidelity, seed = target.fidelity, target.seed if target.seed is not None else seed
+        if kind == GMP:  # the knee's seed: same initial weights and batch order, a paired comparison
+            seed = int(trial.user_attrs.get(GMP_SEED, seed))
         cfg = self.config.train_config(kind, l1_weight=lam or 0.0, full=fidelity == FULL, seed=seed)
+        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if self.config.study.continuation else []
+        warm = warm_start(self.config, done, kind, fidelity, lam, self.artifact_store())  # [study] continuation
+        cfg = cfg.replace(epochs=warm.epochs) if warm.epochs else cfg
         if self.on_start is not None:
             self.on_start(trial, kind, lam, cfg.epochs)
         data = cached_dataset(self.config)
         s = self.config.study
         monitor = TrialMonitor.for_trial(trial, fidelity, data.num_classes, cfg.epochs, patience=s.prune_patience,
-                                         margin=s.prune_margin) if s.prune and kind == WEIGHTED_SUM else None
+                                         margin=s.prune_margin, warm_started=warm.warm) \
+            if s.prune and kind == WEIGHTED_SUM else None
         cfg = cfg.replace(eval_every_epoch=True) if monitor else cfg  # the pruner reads validation metrics
 
         def hook(record: EpochRecord) -> None:
@@ -353,12 +369,12 @@ class Objective:
                 monitor(record)  # raises optuna.TrialPruned
 
         try:
-            if target:
-                result = gmp.train_gmp(cfg, nonzeros=target.nonzeros, data=data, callback=hook)
+            if kind == GMP:
+                result = train_gmp(cfg, trial.user_attrs[GMP_TARGET], data=data, callback=hook)
             else:
-                result = train(cfg, data=data, callback=hook)
+                result = train(cfg, data=data, callback=hook, init_state=warm.state)
         except optuna.TrialPruned:
-            monitor.record(trial, {KIND: kind, FIDELITY: fidelity, "epochs": len(monitor.intermediates)})
+            monitor.record(trial, {KIND: kind, FIDELITY: fidelity, "epochs": len(monitor.intermediates), **warm.attrs()})
             raise
         except DivergenceError as exc:
             trial.set_user_attr(KIND, kind)
@@ -380,20 +396,24 @@ class Objective:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        attrs = {**result_attrs(result, kind, fidelity), CHECKPOINT_BYTES: path.stat().st_size}
+        attrs = {**result_attrs(result, kind, fidelity), CHECKPOINT_BYTES: path.stat().st_size, **warm.attrs()}
         if monitor:
             attrs[INTERMEDIATES] = monitor.stored()
-        if target:
-            attrs.update(target.attrs)
-        return TrialOutcome((result.cross_entropy, result.l1), attrs, path)
+        return TrialOutcome((result.cross_entropy, result.l1), attrs, path, history_records(result))
 
 
 def _store(storage: optuna.storages.BaseStorage, trial_id: int, outcome: TrialOutcome, store: AtomicArtifactStore) -> None:
-    """Write ``outcome``'s attributes and checkpoint to a RUNNING trial (each write retried through outages)."""
+    """Write ``outcome``'s attributes, checkpoint and history to a RUNNING trial (each write retried through outages)."""
     for key, value in outcome.attrs.items():
         storage.set_trial_user_attr(trial_id, key, value)
     frozen = storage.get_trial(trial_id)
     artifact_id = upload_artifact(artifact_store=store, file_path=str(outcome.checkpoint), study_or_trial=frozen, storage=storage)
+    if outcome.history:
+        path = outcome.checkpoint.with_name(f"history-trial-{frozen.number:04d}.json")
+        path.write_text(json.dumps(outcome.history), encoding="utf-8")
+        history_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=frozen, storage=storage,
+                                     mimetype="application/json")
+        storage.set_trial_user_attr(trial_id, HISTORY, history_id)
     storage.set_trial_user_attr(trial_id, CHECKPOINT, artifact_id)
 
 
@@ -432,7 +452,7 @@ def record_outcome(study: optuna.Study, trial_id: int, outcome: TrialOutcome, st
                      frozen.number, frozen.user_attrs.get(FAIL_REASON, "no reason given"), retry.number)
         return record_outcome(study, retry._trial_id, outcome, store)
     artifact_id = upload_artifact(artifact_store=store, file_path=str(outcome.checkpoint), study_or_trial=study)
-    kept = {k: v for k, v in outcome.attrs.items() if k != "history"}
+    kept = dict(outcome.attrs)
     kept.update({"values": list(outcome.values), CHECKPOINT: artifact_id})
     study.set_user_attr(f"{ORPHAN_ATTR_PREFIX}{frozen.number}", kept)
     _log.warning("motune: trial %d was failed elsewhere while it trained and its retry is already taken; "
@@ -486,13 +506,28 @@ def summarize(study: optuna.Study, config: StudyConfig | None = None) -> StudySu
     )
 
 
+def _budget_count(study: optuna.Study) -> int:
+    """The completed trials that count towards ``n_trials`` (a gmp baseline runs on top of the budget)."""
+    return sum(1 for t in completed(study) if trial_kind(t) != GMP)
+
+
+def _gmp_waiting(study: optuna.Study) -> bool:
+    return any(t.state == TrialState.WAITING for t in gmp_trials(study))
+
+
+def _gmp_after_knee(config: StudyConfig) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """A callback: when ``trial`` is the knee's completed full-fidelity retrain, queue its GMP trial (motune.gmp)."""
+
+    def after(study: optuna.Study, trial: FrozenTrial) -> None:
+        knee = knee_trial(study, config)
+        if knee is not None and knee.number == trial.number:
+            enqueue_for_knee(study, knee)
+
+    return after
+
+
 class BudgetReached(Exception):
     """A trial was started after other workers had already filled the study's budget."""
-
-
-def _in_budget(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials that count towards ``n_trials``: all but the GMP trial, which runs on top once the knee is final."""
-    return [t for t in trials if trial_kind(t) != GMP]
 
 
 def _queued(trial: FrozenTrial) -> bool:
@@ -511,17 +546,11 @@ class _Budgeted:
 
     def check(self, trial: optuna.Trial) -> None:
         """Raise :class:`BudgetReached` (trial marked ``not_run``, a queued one put back) if the budget is full."""
-        if trial_kind(trial) == GMP:  # outside the budget; one per knee (motune.gmp.duplicate_of)
-            first = gmp.duplicate_of(self.study, trial)
-            if first is None:
-                return
-            trial.set_user_attr(FAIL_REASON, f"not run: trial {first} is the GMP trial of the same knee")
-            trial.set_user_attr(FAILURE, Failure.NOT_RUN.value)
-            raise BudgetReached()
         # Trials started before this one by other workers count: with them the budget may be full.
-        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        ahead = _in_budget([t for t in running if t.number < trial.number])
-        if len(_in_budget(completed(self.study))) + len(ahead) >= self.target or self.done():
+        if trial_kind(trial) == GMP:
+            return  # queued after the knee: runs on top of the budget
+        ahead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < trial.number]
+        if _budget_count(self.study) + len(ahead) >= self.target or self.done():
             frozen = self.study._storage.get_trial(trial._trial_id)
             if _queued(frozen):  # a baseline or retry popped from the queue: put it back
                 RetryTrial()(self.study, frozen, limited=False)
@@ -612,9 +641,6 @@ def run_study(
     end as FAIL with their reason and the study goes on; so do trials stopped early by
     ``[study] prune`` (:mod:`motune.trial_pruning`), as PRUNED: they do not count towards
     ``n_trials`` and are not retried (``max(5, n_trials)`` pruned trials end the run).
-    With ``gmp`` in ``[study] baselines``, once the search has converged its knee's GMP
-    trial (:mod:`motune.gmp`) is queued and run before the study ends, on top of
-    ``n_trials`` (exactly one per knee, whichever worker runs it).
     ``join=True`` opens an existing study and never creates one (``config`` is then the stored config, possibly with a
     local ``data_dir``). ``seed`` seeds the sampler's own random stream: give each
     worker a different one (:func:`worker_seed`).
@@ -648,25 +674,24 @@ def run_study(
         return len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
 
     def done() -> bool:
-        # The budget, convergence, or trials that keep diverging or being pruned (a broken setup).
-        return (len(_in_budget(completed(study))) >= target or sampler.is_converged(study)
+        # The budget or convergence (then a queued gmp trial still runs), or trials that keep diverging
+        # or being pruned (a broken setup).
+        return (((_budget_count(study) >= target or sampler.is_converged(study)) and not _gmp_waiting(study))
                 or diverged() >= max(5, target) or pruned() >= max(5, target))
 
-    def gmp_waiting() -> bool:
-        # Once the search has converged its knee is final: queue the knee's GMP trial, if the config asks for one.
-        return GMP in config.study.baselines and sampler.is_converged(study) and gmp.enqueue_due(study, sampler.knee_trial(study))
-
     budgeted = _Budgeted(objective, study, target, done)
+    if GMP in config.study.baselines:  # the worker that completes the knee's retrain queues its GMP trial
+        callbacks = [_gmp_after_knee(config), *callbacks]
+        enqueue_for_knee(study, knee_trial(study, config))  # on resume: one lost with a worker that died meanwhile
     current: list[int] = []
     try:
         with interruptible():  # a signal stops whatever runs, except a storage call in flight
             while True:
                 watch.sweep(study)
-                waiting = gmp_waiting()  # the GMP trial runs on top of the budget
-                if (done() and not waiting) or (deadline is not None and time.monotonic() >= deadline):
+                if done() or (deadline is not None and time.monotonic() >= deadline):
                     break
-                running = len(_in_budget(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))))
-                if len(_in_budget(completed(study))) + running >= target and not waiting:
+                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                if _budget_count(study) + running >= target and not _gmp_waiting(study):
                     time.sleep(poll_interval)  # the rest of the budget is in other workers' hands: wait
                     continue
                 current.clear()

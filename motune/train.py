@@ -271,6 +271,7 @@ def train(
     model: nn.Module | Callable[..., nn.Module] | None = None,
     data: Dataset | Loaders | Mapping[str, Any] | None = None,
     callback: EpochCallback | None = None,
+    init_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train one network on the biobjective problem and measure it.
 
@@ -286,6 +287,9 @@ def train(
     ``callback`` is called with each :class:`EpochRecord`; returning True stops training
     early (the result then says ``stopped_early``); exceptions it raises propagate (an
     Optuna objective can raise ``TrialPruned`` from it).
+    ``init_state``: a state dict loaded into the network after it is built, before
+    training (a warm start, e.g. from a trained parent: :mod:`motune.continuation`);
+    its zeros are where pruning starts from.
 
     Every step is :class:`~motune.hook.SparseTraining`'s (combine, step, prune), so a
     loop of your own with that hook reproduces this function's numbers.
@@ -309,12 +313,7 @@ def train(
     cfg = config.validate()
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
-    if data is None:
-        data = load_data(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit=cfg.limit, args=cfg.data_args)
-    data = as_data(data)
-    in_memory = isinstance(data, Dataset)
-    if in_memory:
-        data = data.to(device)
+    data = run_data(cfg, data, device)
 
     torch.manual_seed(cfg.seed)
     if isinstance(model, nn.Module):
@@ -324,6 +323,8 @@ def train(
         model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args, factory=factory)
         model_name = cfg.model if factory is None else f"{factory.__module__}:{factory.__qualname__}"
         model_args = dict(cfg.model_args)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     model = model.to(device)
     penalised = penalised_parameters(model, cfg.penalise)
     weights = list(penalised.values())
@@ -355,13 +356,7 @@ def train(
             hook = SparseTraining(model, penalised, prune_threshold=cfg.prune_threshold,
                                   prune_policy="permanent" if hook.pruning.active else "none")
         t_epoch = time.perf_counter()
-        if in_memory:  # the fast path: index the tensors in a seeded order
-            order = torch.randperm(len(data.x_train), generator=generator).to(device)
-            batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = (
-                (data.x_train[idx], data.y_train[idx]) for idx in order.split(cfg.batch_size)
-            )
-        else:
-            batches = _device_batches(data.train, device)
+        batches = epoch_batches(data, cfg.batch_size, generator, device)
         loss_sum = torch.zeros((), device=device)
         alpha_sum: float | torch.Tensor = 0.0  # stays a float when alpha is one (CPU): no kernel per step
         n_steps = 0
@@ -443,6 +438,28 @@ def train(
         model_args=model_args,
         penalised=list(penalised),
     )
+
+
+def run_data(cfg: TrainConfig, data: Dataset | Loaders | Mapping[str, Any] | None, device: torch.device) -> Dataset | Loaders:
+    """A run's data: ``data`` as given (a Dataset moved to ``device``) or, when None, ``cfg.dataset`` loaded."""
+    if data is None:
+        data = load_data(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, limit=cfg.limit, args=cfg.data_args)
+    data = as_data(data)
+    return data.to(device) if isinstance(data, Dataset) else data
+
+
+def epoch_batches(
+    data: Dataset | Loaders, batch_size: int, generator: torch.Generator, device: torch.device
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch's ``(x, y)`` training batches on ``device``.
+
+    A Dataset (the fast path) is indexed in the seeded order ``torch.randperm(n, generator=g)``
+    (the seeding protocol above; one draw per epoch); loaders give their own order.
+    """
+    if isinstance(data, Dataset):
+        order = torch.randperm(len(data.x_train), generator=generator).to(device)
+        return ((data.x_train[idx], data.y_train[idx]) for idx in order.split(batch_size))
+    return _device_batches(data.train, device)
 
 
 def _steps_per_epoch(data: Dataset | Loaders, batch_size: int) -> int:

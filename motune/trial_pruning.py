@@ -50,7 +50,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from motune.pareto import nondominated_mask
 from motune.sampler import FRONT_END_ATTR
-from motune.trials import FIDELITY, INTERMEDIATES, PRUNE_REASON, WEIGHTED_SUM, trial_kind
+from motune.trials import FIDELITY, INTERMEDIATES, PRUNE_REASON, WARM_START_FROM, WEIGHTED_SUM, trial_kind
 
 # Defaults of [study] prune_patience and prune_margin (chosen with bench/samplers.py's
 # calibration table, docs/benchmarks.md §1: no false prune on the digits sweep).
@@ -257,11 +257,19 @@ def read_intermediates(trial: FrozenTrial) -> list[Intermediate]:
     return out
 
 
-def reference_intermediates(trials: Sequence[FrozenTrial], fidelity: str) -> dict[int, list[Intermediate]]:
-    """Completed weighted-sum trials of ``fidelity`` with stored intermediates: number -> intermediates."""
+def reference_intermediates(
+    trials: Sequence[FrozenTrial], fidelity: str, warm_started: bool = False
+) -> dict[int, list[Intermediate]]:
+    """Completed weighted-sum trials of ``fidelity`` with stored intermediates: number -> intermediates.
+
+    Only trials with the same warm-start status as the judged one (``warm_started``: it
+    started from a parent's network, :mod:`motune.continuation`): epoch e of a
+    warm-started trial is not comparable with epoch e of a fresh one.
+    """
     out = {}
     for t in trials:
-        if t.state == TrialState.COMPLETE and trial_kind(t) == WEIGHTED_SUM and t.user_attrs.get(FIDELITY) == fidelity:
+        if (t.state == TrialState.COMPLETE and trial_kind(t) == WEIGHTED_SUM and t.user_attrs.get(FIDELITY) == fidelity
+                and (t.user_attrs.get(WARM_START_FROM) is not None) == warm_started):
             rows = read_intermediates(t)
             if rows:
                 out[t.number] = rows
@@ -286,9 +294,10 @@ class TrialMonitor:
 
     @classmethod
     def for_trial(cls, trial: optuna.Trial, fidelity: str, num_classes: int, epochs: int, *,
-                  patience: int = DEFAULT_PATIENCE, margin: float = DEFAULT_MARGIN) -> TrialMonitor:
-        """A monitor whose reference is the trial's study's completed trials of ``fidelity`` (read once, now)."""
-        reference = reference_intermediates(trial.study.get_trials(deepcopy=False), fidelity)
+                  patience: int = DEFAULT_PATIENCE, margin: float = DEFAULT_MARGIN,
+                  warm_started: bool = False) -> TrialMonitor:
+        """A monitor whose reference is the study's completed trials of ``fidelity`` and warm-start status (read once, now)."""
+        reference = reference_intermediates(trial.study.get_trials(deepcopy=False), fidelity, warm_started)
         return cls(FrontPruner(patience, margin), reference, num_classes, epochs)
 
     def __call__(self, record: Any) -> None:

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from enum import Enum
@@ -42,6 +43,10 @@ CHECKPOINT = "checkpoint"  # artifact id of the pruned network
 CHECKPOINT_BYTES = "checkpoint_bytes"  # its size on disk (sparse storage: it follows the nonzeros)
 INTERMEDIATES = "intermediates"  # [[epoch, val cross-entropy, l1, val accuracy], ...] when trial pruning is on
 PRUNE_REASON = "prune_reason"  # for people: why a PRUNED trial was stopped (motune.trial_pruning)
+HISTORY = "history_artifact"  # artifact id of the per-epoch history, a JSON list of records (read: trial_history)
+LEGACY_HISTORY = "history"  # studies of older motune: the records themselves, as a user attribute
+WARM_START_FROM = "warm_start_from"  # number of the trial whose network this one started from, or None (fresh)
+WARM_START_NOTE = "warm_start_note"  # why a trial that should have continued started fresh (missing/corrupt parent)
 # Study user attributes.
 CONFIG_ATTR = "motune:config"  # the StudyConfig the study was created with; its presence marks a finished setup
 ORPHAN_ATTR_PREFIX = "motune:result_of_trial_"  # + N: the result of trial N, failed elsewhere while it trained
@@ -50,7 +55,10 @@ RETRY_HISTORY = "retry_history"
 
 WEIGHTED_SUM = "weighted_sum"
 BASELINE_KINDS: tuple[str, ...] = ("smgd", "multi_adam", "multi_rmsprop")  # multi-gradient runs, no λ
-GMP = "gmp"  # gradual magnitude pruning to the knee's sparsity, queued once the knee is final (motune.gmp)
+GMP = "gmp"  # gradual magnitude pruning to the knee's sparsity (motune.gmp), enqueued once the knee is retrained
+GMP_TARGET = "gmp_target_fraction"  # on a gmp trial: the fraction of penalised weights it keeps (the knee's)
+GMP_OF = "gmp_of_trial"  # on a gmp trial: the number of the knee trial it is compared with
+GMP_SEED = "gmp_seed"  # on a gmp trial: the knee's seed, which it trains with (same init and batch order)
 KINDS: tuple[str, ...] = (WEIGHTED_SUM, *BASELINE_KINDS, GMP)
 
 METRIC_NAMES = ["cross_entropy", "l1"]
@@ -127,3 +135,27 @@ def hypervolume_normalised(trials: Sequence[FrozenTrial]) -> float:
     points = np.array([t.values for t in trials], dtype=float)
     ideal, nadir = points.min(axis=0), points.max(axis=0)
     return float(hypervolume(normalise(points, ideal, nadir), np.array(HYPERVOLUME_REFERENCE)))
+
+
+def trial_history(trial: FrozenTrial, artifact_store: Any = None) -> list[dict[str, Any]]:
+    """The trial's per-epoch history records (epoch, nonzeros, nonzeros_per_layer, l1, ...); [] if none recorded.
+
+    The records are the JSON artifact named by :data:`HISTORY`, read from ``artifact_store``
+    (an Optuna artifact store, the one the checkpoints are in); a study made by an older
+    motune keeps them in the :data:`LEGACY_HISTORY` user attribute, which is read as is.
+    Raises ``ValueError`` (one line) when the artifact is named but cannot be read.
+    """
+    artifact_id = trial.user_attrs.get(HISTORY)
+    if artifact_id is None:
+        legacy = trial.user_attrs.get(LEGACY_HISTORY)
+        return [r for r in legacy if isinstance(r, dict)] if isinstance(legacy, list) else []
+    if artifact_store is None:
+        raise ValueError(f"trial {trial.number}'s history is artifact {artifact_id!r}: give the artifact store to read it")
+    try:
+        with artifact_store.open_reader(str(artifact_id)) as f:
+            records = json.load(f)
+    except Exception as exc:  # a missing file, another store, a corrupt upload
+        raise ValueError(f"trial {trial.number}'s history artifact {artifact_id!r} cannot be read: {exc}") from None
+    if not isinstance(records, list):
+        raise ValueError(f"trial {trial.number}'s history artifact {artifact_id!r} is not a JSON list")
+    return [r for r in records if isinstance(r, dict)]

@@ -31,6 +31,7 @@ import os
 # run 5-30x slower than with one (measured; see bench/throughput.py for real speed).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import json
 import math
 import warnings
 from collections.abc import Callable
@@ -47,7 +48,8 @@ from optuna.trial import TrialState
 from motune import TrainConfig, load_dataset, save_checkpoint, train
 from motune.cli import main as motune_main
 from motune.pareto import knee_index
-from motune.study import result_attrs
+from motune.study import history_records, result_attrs
+from motune.trials import HISTORY
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -96,6 +98,9 @@ def _record(
     )
     artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     attrs = {**result_attrs(result, kind, fidelity), "checkpoint": artifact_id}
+    history = scratch / f"history-{trial.number}.json"
+    history.write_text(json.dumps(history_records(result)))
+    attrs[HISTORY] = upload_artifact(artifact_store=store, file_path=str(history), study_or_trial=trial)
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     return study.tell(trial, [result.cross_entropy, result.l1])

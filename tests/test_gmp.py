@@ -1,21 +1,19 @@
-"""Gradual magnitude pruning (motune.gmp): exact sparsity, the schedule, and the GMP trial of a study."""
+"""GMP: exact sparsity, the cubic schedule, and the gmp baseline trial of a study (queued once, after the knee)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from torch import nn
 
 import motune
-from motune import gmp
-from motune.checkpoint import load_checkpoint
-from motune.config import ConfigError, StudyConfig
-from motune.gmp import GMPSchedule, train_gmp
-from motune.models import penalised_parameters
-from motune.trials import FAILURE, GMP, Failure, trial_kind
+from motune.gmp import GMPSchedule, enqueue_for_knee, gmp_trials, prune_to, train_gmp
+from motune.study import _gmp_after_knee
+from motune.trials import CHECKPOINT, CONFIG_ATTR, GMP, GMP_OF, GMP_TARGET, PARAM, is_full, trial_kind
 
 
 @pytest.fixture(scope="module")
@@ -23,160 +21,150 @@ def digits() -> motune.Dataset:
     return motune.load_dataset("digits", limit=200)
 
 
-def penalised_nonzeros(model: torch.nn.Module) -> int:
-    return sum(int(torch.count_nonzero(w)) for w in penalised_parameters(model, "dense").values())
+@pytest.mark.parametrize("fraction", [0.0, 0.013, 0.1, 0.5, 1.0])
+def test_train_gmp_keeps_exactly_the_requested_share(digits: motune.Dataset, fraction: float) -> None:
+    result = train_gmp(motune.TrainConfig(dataset="digits", epochs=2), fraction, data=digits)
+    size = result.penalised_size
+    zeros = sum(int((result.state_dict[name] == 0).sum()) for name in result.penalised)
+    assert zeros == round((1 - fraction) * size)
+    assert result.nonzeros == size - zeros and result.fraction_kept == pytest.approx((size - zeros) / size)
+    assert all(not k.endswith(("_orig", "_mask")) for k in result.state_dict)  # plain weights, loadable
+    assert len(result.history) == 2
 
 
-@pytest.mark.parametrize("keep", [0, 1, 137, 2000])
-def test_gmp_reaches_the_requested_nonzeros_exactly(digits, tmp_path: Path, keep: int) -> None:
-    config = motune.TrainConfig(epochs=3, seed=1, limit=200)
-    result = train_gmp(config, nonzeros=keep, data=digits)
-    assert result.nonzeros == keep and result.penalised_size == 8832
-    # ... and so does the network it hands out: count the zeros in its saved checkpoint.
-    path = motune.save_checkpoint(tmp_path / "gmp.pt", model=result.model_name, input_shape=result.input_shape,
-                                  num_classes=result.num_classes, state_dict=result.state_dict, penalised=result.penalised)
-    assert penalised_nonzeros(motune.load_model(path)) == keep
-    assert not any(k.endswith(("_orig", "_mask")) for k in result.state_dict)  # masks made permanent
+def test_prune_to_only_grows_the_masks() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 4))
+    layers = [(net[0], "weight"), (net[2], "weight")]
+    prune_to(layers, 30)
+    first = net[0].weight_mask.clone()
+    prune_to(layers, 60)
+    prune_to(layers, 40)  # fewer than already masked: nothing changes
+    masked = sum(int((m.weight_mask == 0).sum()) for m, _ in layers)
+    assert masked == 60 and bool(((first == 0) <= (net[0].weight_mask == 0)).all())
 
 
-def test_fraction_target_and_a_run_too_short_for_the_schedule(digits) -> None:
-    # One epoch of one step: the schedule cannot run, the final prune still lands on the target.
-    config = motune.TrainConfig(epochs=1, batch_size=1024, seed=0, limit=200)
-    result = train_gmp(config, fraction_kept=0.25, data=digits)
-    assert result.nonzeros == round(0.25 * 8832) and result.fraction_kept == pytest.approx(0.25, abs=1e-4)
-    with pytest.raises(ValueError, match="exactly one of"):
-        train_gmp(config, data=digits)
-    with pytest.raises(ValueError, match="nonzeros: must be an integer in"):
-        train_gmp(config, nonzeros=10**6, data=digits)
+def test_schedule_is_cubic_and_ends_at_the_final_sparsity() -> None:
+    s = GMPSchedule.for_run(total_steps=1000, steps_per_epoch=100, fraction=0.05)
+    steps = [t for t in range(1, 1001) if s.sparsity(t) is not None]
+    values = [s.sparsity(t) for t in steps]
+    assert steps[0] == 100 and steps[-1] <= 2 * 1000 // 3 and values[0] == 0.0
+    assert values[-1] == pytest.approx(0.95) and values == sorted(values)
+    short = GMPSchedule.for_run(total_steps=3, steps_per_epoch=3, fraction=0.5)  # too short for t0 = one epoch
+    assert short.t0 == 1 and short.sparsity(short.t0 + short.n * short.delta_t) == pytest.approx(0.5)
 
-
-def test_gmp_and_train_start_from_the_same_network(digits) -> None:
-    # Same seed: same initial weights and batches; with nothing pruned and no l1 term they train the same network.
-    config = motune.TrainConfig(epochs=2, seed=3, limit=200, l1_weight=0.0, prune_policy="none")
-    plain = motune.train(config, data=digits)
-    full = train_gmp(config, fraction_kept=1.0, data=digits)
-    assert all(torch.equal(plain.state_dict[k], v) for k, v in full.state_dict.items())
-
-
-@pytest.mark.parametrize("steps_per_epoch,epochs", [(1, 1), (1, 3), (3, 2), (8, 6), (17, 30), (391, 15)])
-def test_schedule_is_cubic_monotone_and_ends_inside_the_run(steps_per_epoch: int, epochs: int) -> None:
-    s = GMPSchedule.for_run(steps_per_epoch, epochs)
-    levels = [s.sparsity(t, 0.9) for t in range(1, s.total + 1)]
-    reached = [v for v in levels if v is not None]
-    assert reached == sorted(reached)
-    if s.end <= s.total:
-        assert reached[-1] == pytest.approx(0.9) and s.sparsity(s.end, 0.9) == pytest.approx(0.9)
-
-
-def test_gmp_is_a_study_baseline_with_the_full_fidelity_training() -> None:
-    config = StudyConfig.from_dict({"study": {"baselines": ["smgd", "gmp"]}})
-    cfg = config.train_config(GMP, full=True, seed=4)
-    assert cfg.method == "weighted_sum" and cfg.l1_weight == 0.0 and cfg.epochs == config.train.epochs and cfg.seed == 4
-    with pytest.raises(ConfigError, match="allowed: smgd, multi_adam, multi_rmsprop, gmp"):
-        StudyConfig.from_dict({"study": {"baselines": ["gmpp"]}})
-
-
-# ----------------------------------------------------------------------------- in a study
 
 SMALL_GMP = """
 [study]
-name = "gmpstudy"
-n_trials = 10
+name = "g"
+n_trials = 8
 baselines = ["gmp"]
 
 [data]
 dataset = "digits"
+limit = 300
 
 [train]
-epochs = 6
-front_epochs = 3
+epochs = 2
+front_epochs = 1
 """
 
 
 @pytest.fixture(scope="module")
 def gmp_run(tmp_path_factory: pytest.TempPathFactory):
-    """A digits study with baselines = ["gmp"], run through the CLI once."""
-    from motune.cli import main
-
     work = tmp_path_factory.mktemp("gmp")
-    (work / "gmp.toml").write_text(SMALL_GMP)
+    (work / "g.toml").write_text(SMALL_GMP)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(work)
-        code = main(["run", "gmp.toml", "--quiet"])
-    study = optuna.load_study(study_name="gmpstudy", storage=f"sqlite:///{work / 'gmpstudy.db'}")
-    return work, code, study
+        code = motune.cli.main(["run", "g.toml", "--quiet"])
+    return work, code, optuna.load_study(study_name="g", storage=f"sqlite:///{work}/g.db")
 
 
-def test_study_ends_with_one_gmp_trial_after_the_knee_at_its_sparsity(gmp_run) -> None:
-    work, code, study = gmp_run
+def test_study_ends_with_one_gmp_trial_after_the_knee(gmp_run) -> None:
+    _, code, study = gmp_run
     assert code == 0
     knee = motune.knee_trial(study)
-    assert knee is not None and knee.user_attrs["fidelity"] == "full"
-    runs = [t for t in study.get_trials() if trial_kind(t) == GMP]
-    assert len(runs) == 1 and runs[0].state == TrialState.COMPLETE
-    g = runs[0]
-    assert g.number > knee.number and g.user_attrs[gmp.KNEE_TRIAL] == knee.number
-    assert g.user_attrs["nonzeros"] == g.user_attrs[gmp.TARGET_NONZEROS] == knee.user_attrs["nonzeros"]
-    assert g.user_attrs["epochs"] == knee.user_attrs["epochs"] == 6 and g.user_attrs["seed"] == knee.user_attrs["seed"]
-    checkpoint = load_checkpoint(work / "gmpstudy-artifacts" / g.user_attrs["checkpoint"])
-    assert checkpoint["metadata"]["kind"] == "gmp"
-    assert penalised_nonzeros(motune.load_model(work / "gmpstudy-artifacts" / g.user_attrs["checkpoint"])) \
-        == knee.user_attrs["nonzeros"]
+    assert knee is not None and is_full(knee)
+    gmps = gmp_trials(study)
+    assert len(gmps) == 1 and gmps[0].state == TrialState.COMPLETE
+    g = gmps[0]
+    assert g.number > knee.number and g.user_attrs[GMP_OF] == knee.number
+    assert g.user_attrs[GMP_TARGET] == knee.user_attrs["fraction_kept"]
+    assert g.user_attrs["nonzeros"] == knee.user_attrs["nonzeros"]  # same sparsity, exactly
+    assert g.user_attrs["epochs"] == knee.user_attrs["epochs"] == 2
+    assert g.user_attrs["seed"] == knee.user_attrs["seed"]  # paired: same initial weights and batch order
+    assert PARAM not in g.params and CHECKPOINT in g.user_attrs and "test_accuracy" in g.user_attrs
+    assert enqueue_for_knee(study, knee) is False  # queued once: a second call finds it
 
 
-def test_status_prints_the_knee_against_gmp(gmp_run, run_motune) -> None:
+def test_status_prints_knee_vs_gmp(gmp_run, run_motune) -> None:
     work, _, study = gmp_run
-    code, out, err = run_motune(work, "status", "--storage", "sqlite:///gmpstudy.db")
+    code, out, _ = run_motune(work, "status", "--storage", "sqlite:///g.db")
+    knee, g = motune.knee_trial(study), gmp_trials(study)[0]
+    delta = 100 * (knee.user_attrs["test_accuracy"] - g.user_attrs["test_accuracy"])
+    line = next(x for x in out.splitlines() if x.startswith("knee vs GMP at the same sparsity: Δ accuracy"))
+    assert code == 0 and f"{delta:+.2f} pp test" in line and f"GMP trial {g.number}" in line
+
+
+def test_plots_mark_the_gmp_trial_as_gmp(gmp_run, run_motune) -> None:
+    work, _, _ = gmp_run
+    code, _, err = run_motune(work, "plot", "--storage", "sqlite:///g.db", "--out", "plots")
+    front = (work / "plots" / "front.html").read_text()
     assert code == 0, err
-    knee = motune.knee_trial(study)
-    g = gmp.comparison(study, knee)
-    delta = 100 * (knee.user_attrs["val_accuracy"] - g.user_attrs["val_accuracy"])
-    assert f"knee vs GMP at the same sparsity: Δ accuracy (knee − GMP) {delta:+.2f} pp val" in out
-    assert f"(GMP trial {g.number}:" in out
+    assert "GMP at the knee's sparsity" in front and "SMGD / multi-gradient" not in front  # no multi-gradient trial here
 
 
-def test_export_and_plots_show_the_gmp_trial(gmp_run, run_motune) -> None:
-    import json
-
+def test_export_select_writes_only_the_selected_checkpoint(gmp_run, run_motune) -> None:
     work, _, study = gmp_run
-    code, _, err = run_motune(work, "export", "--storage", "sqlite:///gmpstudy.db", "--out", "exported")
+    code, _, err = run_motune(work, "export", "--storage", "sqlite:///g.db", "--out", "sel", "--select")
     assert code == 0, err
-    rows = json.loads((work / "exported" / "pareto.json").read_text())["rows"]
-    assert [r["trial"] for r in rows if r["kind"] == "gmp"] == [gmp.comparison(study, motune.knee_trial(study)).number]
-    code, _, err = run_motune(work, "plot", "--storage", "sqlite:///gmpstudy.db", "--out", "plots")
-    assert code == 0, err
-    assert "GMP at the knee's sparsity" in (work / "plots" / "front.html").read_text()
-
-
-def test_two_workers_train_one_gmp_trial(tmp_path: Path, run_motune) -> None:
-    # A larger budget: with two workers the guesses of the idle one count too; the search must converge within it.
-    (tmp_path / "gmp.toml").write_text(SMALL_GMP.replace("n_trials = 10", "n_trials = 30"))
-    code, _, err = run_motune(tmp_path, "run", "gmp.toml", "--workers", "2", "--quiet")
-    assert code == 0, err
-    study = optuna.load_study(study_name="gmpstudy", storage=motune.open_storage(f"journal:{tmp_path / 'gmpstudy.journal'}"))
+    doc = json.loads((work / "sel" / "pareto.json").read_text())
     knee = motune.knee_trial(study)
-    runs = [t for t in study.get_trials() if trial_kind(t) == GMP and t.state == TrialState.COMPLETE]
-    assert len(runs) == 1 and runs[0].user_attrs[gmp.KNEE_TRIAL] == knee.number
-    assert runs[0].user_attrs["nonzeros"] == knee.user_attrs["nonzeros"]
+    assert doc["selected_trial"] == knee.number
+    assert [p.name for p in (work / "sel" / "checkpoints").iterdir()] == [f"trial-{knee.number:04d}.pt"]
+    assert [r["trial"] for r in doc["rows"] if r["checkpoint"]] == [knee.number]
+    assert motune.load_model(work / "sel" / "checkpoints" / f"trial-{knee.number:04d}.pt") is not None
 
 
-def test_a_second_gmp_trial_for_the_same_knee_does_not_run(gmp_run, run_motune) -> None:
-    work, _, study = gmp_run
+def test_only_the_knee_retrain_queues_the_gmp_trial_and_only_once(gmp_run) -> None:
+    """What each worker does after its own trial (several workers: only the knee's trainer queues)."""
+    _, _, finished = gmp_run
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for t in finished.get_trials():
+        if trial_kind(t) != GMP:
+            study.add_trial(t)
+    study.set_user_attr(CONFIG_ATTR, finished.user_attrs[CONFIG_ATTR])
+    after = _gmp_after_knee(motune.StudyConfig.from_dict(finished.user_attrs[CONFIG_ATTR]))
     knee = motune.knee_trial(study)
-    study.enqueue_trial({}, user_attrs=gmp.trial_attrs(knee))  # as a second worker racing the first would
-    code, _, err = run_motune(work, "run", "gmp.toml", "--quiet")
-    assert code == 0, err
-    runs = [t for t in study.get_trials() if trial_kind(t) == GMP]
-    assert [t.state for t in runs] == [TrialState.COMPLETE, TrialState.FAIL]
-    assert runs[1].user_attrs[FAILURE] == Failure.NOT_RUN.value and f"trial {runs[0].number}" in runs[1].user_attrs["fail_reason"]
+    for t in study.get_trials():
+        if t.number != knee.number:
+            after(study, t)  # another worker's trial: nothing queued
+    assert gmp_trials(study) == []
+    after(study, knee)
+    after(study, knee)  # a resumed or retried caller finds it
+    queued = gmp_trials(study)
+    assert len(queued) == 1 and queued[0].state == TrialState.WAITING
+    assert queued[0].user_attrs[GMP_OF] == knee.number and queued[0].user_attrs[GMP_TARGET] == knee.user_attrs["fraction_kept"]
 
 
-def test_without_the_baseline_status_says_how_to_get_it(tiny_study) -> None:
-    from motune.report import gmp_line
+def test_unknown_baseline_lists_gmp() -> None:
+    with pytest.raises(motune.ConfigError, match="allowed: smgd, multi_adam, multi_rmsprop, gmp"):
+        motune.StudyConfig.from_dict({"study": {"baselines": ["magnitude"]}})
 
-    study = tiny_study.study
-    knee = next(t for t in study.get_trials() if t.number == study.user_attrs["tiny_study"]["knee_trial"])
-    assert 'add "gmp" to [study] baselines' in gmp_line(study, knee, StudyConfig())
-    with_gmp = StudyConfig.from_dict({"study": {"baselines": ["gmp"]}})
-    assert "the next `motune run` or worker" in gmp_line(study, knee, with_gmp)
-    assert "runs once the search has converged" in gmp_line(study, knee, with_gmp, converged=False)
+
+def test_a_resumed_study_queues_a_gmp_trial_lost_with_its_worker(gmp_run, tmp_path) -> None:
+    """The worker that completed the knee died before queueing: the next run queues and trains it."""
+    _, _, finished = gmp_run
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="g", directions=["minimize", "minimize"])
+    for t in finished.get_trials():
+        if trial_kind(t) != GMP:
+            study.add_trial(t)
+    for key, value in finished.user_attrs.items():
+        study.set_user_attr(key, value)
+    config = motune.StudyConfig.from_dict(finished.user_attrs[CONFIG_ATTR])
+    assert gmp_trials(study) == []
+    motune.run_study(config, storage, artifact_dir=tmp_path)
+    gmps = gmp_trials(study)
+    assert len(gmps) == 1 and gmps[0].state == TrialState.COMPLETE
+    assert gmps[0].user_attrs[GMP_OF] == motune.knee_trial(study).number

@@ -297,3 +297,18 @@ def test_collapsed_points_do_not_set_the_knee_nadir() -> None:
     # Fewer than three live supported points: nothing interior to be a knee, the collapsed end counts.
     assert knee_index(points[[0, 3, 6]], "angle", floor=0.0) == knee_index(points[[0, 3, 6]], "angle") == 1
     assert collapsed_mask(live, 0.0).tolist() == [False] * 5  # no point at the floor: nothing collapsed
+
+
+def test_motune_studies_keep_collapsed_networks_out_of_the_knee() -> None:
+    """KneeSampler(collapsed_nadir=False), as motune.study.make_sampler builds it, measures the knee without them."""
+    from optuna.trial import TrialState
+
+    from motune.config import StudyConfig
+    from motune.sampler import SearchRules, TrialRecord, search_front
+    from motune.study import make_sampler
+
+    points = [(0.14, 820.0), (0.18, 307.0), (0.26, 195.0), (0.45, 94.0), (1.04, 24.0), (2.3027, 0.0)]
+    records = [TrialRecord(i, 1e-3 * (i + 1), TrialState.COMPLETE, values=v) for i, v in enumerate(points)]
+    assert search_front(records, SearchRules()).knee == 3
+    assert search_front(records, SearchRules(collapsed_nadir=False)).knee == 1
+    assert make_sampler(StudyConfig())._rules.collapsed_nadir is False

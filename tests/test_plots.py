@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 import plotly.graph_objects as go
 import pytest
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -24,6 +25,7 @@ from motune.plots import (
     pruning_history_figure,
     write_plots,
 )
+from motune.trials import HISTORY, LEGACY_HISTORY, trial_history
 
 
 def _knee(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -113,11 +115,7 @@ def test_hypervolume_history_random_order_and_custom_reference() -> None:
     hypervolume_history_figure(empty)  # an empty study draws, it does not raise
 
 
-def test_pruning_history_one_line_per_layer(tiny_study) -> None:
-    study, _, _ = tiny_study
-    knee = _knee(study)
-    history = knee.user_attrs["history"]
-    fig = pruning_history_figure(knee)
+def _assert_history_lines(fig: go.Figure, history: list[dict]) -> None:
     traces = _traces(fig)
     layers = list(history[0]["nonzeros_per_layer"])
     assert list(traces) == [*layers, "total"]
@@ -125,14 +123,46 @@ def test_pruning_history_one_line_per_layer(tiny_study) -> None:
         assert list(traces[name].x) == [r["epoch"] for r in history]
         assert list(traces[name].y) == [r["nonzeros_per_layer"][name] for r in history]
     assert list(traces["total"].y) == [r["nonzeros"] for r in history]
+
+
+def test_pruning_history_one_line_per_layer(tiny_study) -> None:
+    """The history is the trial's JSON artifact, not a user attribute."""
+    study, store, _ = tiny_study
+    knee = _knee(study)
+    assert "history" not in knee.user_attrs
+    history = trial_history(knee, store)
+    assert len(history) == knee.user_attrs["epochs"] and history[0]["epoch"] == 1
+    _assert_history_lines(pruning_history_figure(knee, store), history)
     bare = create_trial(values=[1.0, 1.0])
     assert len(pruning_history_figure(bare).data) == 0  # a note, not an error
+    unread = pruning_history_figure(knee)  # no store given: a note saying so, not an error
+    assert len(unread.data) == 0 and "artifact store" in unread.layout.annotations[0].text
+
+
+def test_pruning_history_of_an_old_study_attr(tiny_study) -> None:
+    """Studies made before the history became an artifact keep it in the ``history`` user attribute."""
+    study, store, _ = tiny_study
+    knee = _knee(study)
+    history = trial_history(knee, store)
+    attrs = {k: v for k, v in knee.user_attrs.items() if k != HISTORY}
+    old = create_trial(values=knee.values, params=knee.params, distributions=knee.distributions,
+                       user_attrs={**attrs, LEGACY_HISTORY: history})
+    assert trial_history(old) == history
+    _assert_history_lines(pruning_history_figure(old), history)
+
+
+def test_pruning_history_of_a_missing_artifact(tiny_study, tmp_path: Path) -> None:
+    study, _, _ = tiny_study
+    knee = _knee(study)
+    fig = pruning_history_figure(knee, FileSystemArtifactStore(str(tmp_path)))  # another store: the file is not there
+    assert len(fig.data) == 0 and "cannot be read" in fig.layout.annotations[0].text
 
 
 def test_write_plots_offline_html(tiny_study, tmp_path: Path) -> None:
     study, _, _ = tiny_study
-    paths = write_plots(study, tmp_path / "plots", _knee(study))
+    paths = write_plots(study, tmp_path / "plots", _knee(study), tiny_study.artifact_store)
     names = ["front.html", "accuracy_vs_nonzeros.html", "hypervolume.html", "pruning_history.html"]
+    assert '"name":"total"' in (tmp_path / "plots" / "pruning_history.html").read_text()  # the history was read
     assert [p.name for p in paths] == names
     assert (tmp_path / "plots" / "plotly.min.js").stat().st_size > 1_000_000
     for path in paths:
