@@ -41,7 +41,7 @@ from torch.nn.utils import prune
 
 from motune.data import Dataset, Loaders
 from motune.models import build_model, penalised_parameters
-from motune.objectives import l1_norm, nonzeros_per_layer, penalised_size
+from motune.objectives import l1_norm, nonzeros_per_layer
 from motune.sampler import FULL
 from motune.train import (
     EpochRecord,
@@ -50,6 +50,7 @@ from motune.train import (
     _evaluate,
     _steps_per_epoch,
     epoch_batches,
+    final_metrics,
     make_optimizer,
     resolve_device,
     run_data,
@@ -189,15 +190,8 @@ def train_gmp(
         if prune.is_pruned(m) and hasattr(m, f"{a}_mask"):
             prune.remove(m, a)  # the mask becomes zeros in the plain weight: an ordinary state dict
     weights = dict(zip(names, (getattr(m, a) for m, a in layers)))
-    cross_entropy, val_accuracy = _evaluate(model, data, "val", device)
-    test_cross_entropy, test_accuracy = _evaluate(model, data, "test", device)
-    per_layer = nonzeros_per_layer(weights)
-    nonzeros = sum(per_layer.values())
     return TrainResult(
-        config=cfg, cross_entropy=cross_entropy, l1=l1_norm(weights), val_accuracy=val_accuracy,
-        test_cross_entropy=test_cross_entropy, test_accuracy=test_accuracy, nonzeros=nonzeros,
-        nonzeros_per_layer=per_layer, penalised_size=penalised_size(weights),
-        fraction_kept=nonzeros / size if size else 0.0, epochs=len(history), stopped_early=stopped,
+        config=cfg, **final_metrics(model, data, weights, device), epochs=len(history), stopped_early=stopped,
         seconds=time.perf_counter() - t_start, train_seconds=train_seconds, alpha_mean=None,
         input_shape=tuple(data.input_shape), num_classes=data.num_classes, history=history,
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},

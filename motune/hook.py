@@ -100,6 +100,9 @@ class SparseTraining:
         else:
             self.combiner = MultiGradient(params, weights, host_alpha=host_alpha)
         self.pruning = IntraTrainingPruning(weights, prune_threshold, prune_policy)
+        # zero_grad's check "does the combiner own all of this optimiser's parameters?",
+        # made once per optimiser rather than per step: (optimizer, answer).
+        self._flat_zero: tuple[torch.optim.Optimizer, bool] | None = None
         self.pruning.before_training()
 
     @property
@@ -124,13 +127,16 @@ class SparseTraining:
         The multi-gradient combiner keeps every ``.grad`` a view of one flat buffer and
         zeroes it in one kernel, so backward writes ``g1`` where the combination needs
         it (no copy per step; the same numbers). Falls back to ``optimizer.zero_grad()``
-        otherwise, and when the optimiser holds parameters the model does not.
+        otherwise, and when the optimiser holds parameters the model does not (checked once
+        per optimiser: add parameter groups before the first step).
         """
         combiner = self.combiner
-        if isinstance(combiner, MultiGradient) and all(
-            id(p) in combiner.param_ids for group in optimizer.param_groups for p in group["params"]
-        ) and combiner.zero_grad_():
-            return
+        if isinstance(combiner, MultiGradient):
+            if self._flat_zero is None or self._flat_zero[0] is not optimizer:
+                owned = all(id(p) in combiner.param_ids for group in optimizer.param_groups for p in group["params"])
+                self._flat_zero = (optimizer, owned)
+            if self._flat_zero[1] and combiner.zero_grad_():
+                return
         optimizer.zero_grad()
 
     def before_step(self, optimizer: torch.optim.Optimizer | None = None) -> Scalar | None:

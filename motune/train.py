@@ -409,22 +409,9 @@ def train(
             stopped_early = epoch < cfg.epochs
             break
 
-    cross_entropy, val_accuracy = _evaluate(model, data, "val", device)
-    test_cross_entropy, test_accuracy = _evaluate(model, data, "test", device)
-    per_layer = nonzeros_per_layer(penalised)
-    size = penalised_size(penalised)
-    nonzeros = sum(per_layer.values())
     return TrainResult(
         config=cfg,
-        cross_entropy=cross_entropy,
-        l1=l1_norm(penalised),
-        val_accuracy=val_accuracy,
-        test_cross_entropy=test_cross_entropy,
-        test_accuracy=test_accuracy,
-        nonzeros=nonzeros,
-        nonzeros_per_layer=per_layer,
-        penalised_size=size,
-        fraction_kept=nonzeros / size if size else 0.0,
+        **final_metrics(model, data, penalised, device),
         epochs=len(history),
         stopped_early=stopped_early,
         seconds=time.perf_counter() - t_start,
@@ -460,6 +447,29 @@ def epoch_batches(
         order = torch.randperm(len(data.x_train), generator=generator).to(device)
         return ((data.x_train[idx], data.y_train[idx]) for idx in order.split(batch_size))
     return _device_batches(data.train, device)
+
+
+def final_metrics(
+    model: nn.Module, data: Dataset | Loaders, penalised: Mapping[str, torch.Tensor], device: torch.device
+) -> dict[str, Any]:
+    """A trained network's :class:`TrainResult` measurements: both objectives on the validation
+    data, test metrics, and the sparsity of the ``penalised`` weights."""
+    cross_entropy, val_accuracy = _evaluate(model, data, "val", device)
+    test_cross_entropy, test_accuracy = _evaluate(model, data, "test", device)
+    per_layer = nonzeros_per_layer(penalised)
+    size = penalised_size(penalised)
+    nonzeros = sum(per_layer.values())
+    return {
+        "cross_entropy": cross_entropy,
+        "l1": l1_norm(penalised),
+        "val_accuracy": val_accuracy,
+        "test_cross_entropy": test_cross_entropy,
+        "test_accuracy": test_accuracy,
+        "nonzeros": nonzeros,
+        "nonzeros_per_layer": per_layer,
+        "penalised_size": size,
+        "fraction_kept": nonzeros / size if size else 0.0,
+    }
 
 
 def _steps_per_epoch(data: Dataset | Loaders, batch_size: int) -> int:
