@@ -77,6 +77,7 @@ from motune.trials import (
     FAILURE,
     FIDELITY,
     GMP,
+    GMP_OF,
     GMP_SEED,
     GMP_TARGET,
     HISTORY,
@@ -526,6 +527,16 @@ def _gmp_after_knee(config: StudyConfig) -> Callable[[optuna.Study, FrozenTrial]
     return after
 
 
+def _first_gmp_for_same_knee(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
+    """An earlier, not failed GMP trial for the same knee as ``trial``, if any.
+
+    Two workers resuming at once may each queue the knee's GMP trial (the check and the
+    queueing are two storage calls); the lower number runs, the other is not run.
+    """
+    of = trial.user_attrs.get(GMP_OF)
+    return next((t for t in gmp_trials(study, of) if t.number < trial.number and t.state != TrialState.FAIL), None)
+
+
 class BudgetReached(Exception):
     """A trial was started after other workers had already filled the study's budget."""
 
@@ -547,8 +558,13 @@ class _Budgeted:
     def check(self, trial: optuna.Trial) -> None:
         """Raise :class:`BudgetReached` (trial marked ``not_run``, a queued one put back) if the budget is full."""
         # Trials started before this one by other workers count: with them the budget may be full.
-        if trial_kind(trial) == GMP:
-            return  # queued after the knee: runs on top of the budget
+        if trial_kind(trial) == GMP:  # queued after the knee: runs on top of the budget, once per knee
+            first = _first_gmp_for_same_knee(self.study, trial)
+            if first is not None:
+                trial.set_user_attr(FAIL_REASON, f"not run: GMP trial {first.number} already compares the same knee")
+                trial.set_user_attr(FAILURE, Failure.NOT_RUN.value)
+                raise BudgetReached()
+            return
         ahead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < trial.number]
         if _budget_count(self.study) + len(ahead) >= self.target or self.done():
             frozen = self.study._storage.get_trial(trial._trial_id)

@@ -13,7 +13,7 @@ from torch import nn
 import motune
 from motune.gmp import GMPSchedule, enqueue_for_knee, gmp_trials, prune_to, train_gmp
 from motune.study import _gmp_after_knee
-from motune.trials import CHECKPOINT, CONFIG_ATTR, GMP, GMP_OF, GMP_TARGET, PARAM, is_full, trial_kind
+from motune.trials import CHECKPOINT, CONFIG_ATTR, FAIL_REASON, GMP, GMP_OF, GMP_TARGET, PARAM, is_full, trial_kind
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +168,24 @@ def test_a_resumed_study_queues_a_gmp_trial_lost_with_its_worker(gmp_run, tmp_pa
     gmps = gmp_trials(study)
     assert len(gmps) == 1 and gmps[0].state == TrialState.COMPLETE
     assert gmps[0].user_attrs[GMP_OF] == motune.knee_trial(study).number
+
+
+def test_a_gmp_trial_queued_twice_runs_once(gmp_run, tmp_path) -> None:
+    """Two workers resuming at once may both queue the knee's GMP trial: the first runs, the second is not run."""
+    _, _, finished = gmp_run
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="g", directions=["minimize", "minimize"])
+    for t in finished.get_trials():
+        if trial_kind(t) != GMP:
+            study.add_trial(t)
+    for key, value in finished.user_attrs.items():
+        study.set_user_attr(key, value)
+    knee = motune.knee_trial(study)
+    assert enqueue_for_knee(study, knee)
+    attrs = gmp_trials(study)[0].user_attrs
+    study.enqueue_trial({}, user_attrs=dict(attrs), skip_if_exists=False)  # the other worker's copy
+    motune.run_study(motune.StudyConfig.from_dict(finished.user_attrs[CONFIG_ATTR]), storage, artifact_dir=tmp_path)
+    first, second = gmp_trials(study)
+    assert first.state == TrialState.COMPLETE and first.user_attrs[GMP_OF] == knee.number
+    assert second.state == TrialState.FAIL
+    assert second.user_attrs[FAIL_REASON] == f"not run: GMP trial {first.number} already compares the same knee"
