@@ -412,8 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker_opts(run)
     run.add_argument("--workers", type=int, default=1, metavar="N",
                      help="worker processes on this machine (default 1; with N > 1 the default storage is journal:STUDY.journal; "
-                     "CPU workers with one thread each are forked from this process, $MOTUNE_WORKER_START=spawn "
-                     "starts fresh ones)")
+                     "where safe (CPU, one thread each, no code named in the config) they are forked from this "
+                     "process; $MOTUNE_WORKER_START=spawn starts fresh ones)")
     run.set_defaults(func=cmd_run)
 
     worker = sub.add_parser(

@@ -19,8 +19,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -82,15 +84,20 @@ def start_method(devices: Sequence[str], threads: int | None, runs_user_code: bo
       (``torch.set_num_threads(1)`` in each);
     * the config names no code of the user's (``import_paths``): their data or model
       code ran in this process during the check and may have started threads, CUDA or
-      open handles that a fork would share.
+      open handles that a fork would share;
+    * this process runs no other Python thread (``run`` called from a thread, or beside
+      the caller's own threads): one could hold a lock, e.g. of ``sys.stdout``, that the
+      child would wait on forever;
+    * Linux: on macOS system frameworks are not fork-safe (Python spawns there too).
 
     ``$MOTUNE_WORKER_START=spawn`` always gives ``"spawn"`` (fresh processes, the slower
     start-up, never shares anything).
     """
-    if start_setting() == "spawn" or not hasattr(os, "fork"):
+    if start_setting() == "spawn" or not sys.platform.startswith("linux"):
         return "spawn"
     cpu_only = all(d in ("cpu", "auto") for d in devices)  # worker_device keeps "auto" only where there is no GPU
-    return "fork" if cpu_only and threads == 1 and not runs_user_code else "spawn"
+    alone = threading.active_count() == 1
+    return "fork" if cpu_only and threads == 1 and not runs_user_code and alone else "spawn"
 
 
 class WorkerProcess(Protocol):
@@ -165,7 +172,11 @@ def fork_worker(argv: Sequence[str], env: dict[str, str]) -> ForkedWorker:
     sys.stderr.flush()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
     try:
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about any native thread; those here are BLAS / OpenMP pools,
+            # which the one-thread child never uses (start_method), and no Python thread runs.
+            warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning)
+            pid = os.fork()
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise

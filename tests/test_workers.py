@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -306,6 +307,18 @@ def test_start_method_forks_only_where_it_is_known_safe(monkeypatch: pytest.Monk
     assert start_method(["cpu", "cpu"], None, runs_user_code=False) == "spawn"  # torch's default threads
     assert start_method(["cuda:0", "cuda:1"], 1, runs_user_code=False) == "spawn"
     assert start_method(["cpu", "cpu"], 1, runs_user_code=True) == "spawn"  # the user's code ran in this process
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)  # another Python thread could hold a lock the child needs
+    other.start()
+    try:
+        assert start_method(["cpu", "cpu"], 1, runs_user_code=False) == "spawn"
+    finally:
+        release.set()
+        other.join()
+    assert start_method(["cpu", "cpu"], 1, runs_user_code=False) == "fork"
+    monkeypatch.setattr(motune.workers.sys, "platform", "darwin")
+    assert start_method(["cpu", "cpu"], 1, runs_user_code=False) == "spawn"
+    monkeypatch.undo()
     monkeypatch.setenv(START_ENV, "spawn")
     assert start_method(["cpu", "cpu"], 1, runs_user_code=False) == "spawn"
     monkeypatch.setenv(START_ENV, "fork-anyway")
@@ -347,7 +360,8 @@ def test_two_local_workers_default_to_a_journal_file(tmp_path: Path, run_motune,
     # Both workers trained: every completed trial names its worker, and there are two of them.
     workers = {t.system_attrs[WORKER_ATTR]["pid"] for t in study.trials if t.state == TrialState.COMPLETE}
     assert len(workers) == 2, workers
-    assert workers == set(forks) if start == "auto" else forks == [], (workers, forks)
+    # (auto forks here: CPU, one thread each, no user code, and no other Python thread in this test process)
+    assert workers == set(forks) if start == "auto" else forks == [], (workers, forks, threading.enumerate())
 
 
 SLOW = """
