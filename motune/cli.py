@@ -40,7 +40,7 @@ from motune.storage import (
     open_storage,
 )
 from motune.study import cached_dataset, load_study_config
-from motune.workers import PARENT_ENV, STORAGE_ENV, run_local_workers
+from motune.workers import PARENT_ENV, STORAGE_ENV, run_local_workers, start_setting
 
 DEFAULT_CONFIG_NOTE = "the built-in digits study (same as studies/digits.toml)"
 
@@ -98,6 +98,11 @@ def _check_run_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--grace: must be longer than --heartbeat ({args.heartbeat} s), got {args.grace}")
     if not args.storage_patience >= 0:
         raise UsageError(f"--storage-patience: must be seconds >= 0, got {args.storage_patience}")
+    if getattr(args, "workers", 1) > 1:
+        try:
+            start_setting()  # how local workers start ($MOTUNE_WORKER_START)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if args.device is not None:
         from motune.train import check_device
 
@@ -177,7 +182,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                    "--grace", str(args.grace), "--storage-patience", str(args.storage_patience)]
         options += ["--timeout", str(args.timeout)] if args.timeout is not None else []
         options += ["--config", str(Path(args.config).resolve())] if config.import_paths() else []
-        code = run_local_workers(study, url, args.workers, target, options, args.quiet, device=device)
+        code = run_local_workers(study, url, args.workers, target, options, args.quiet, device=device, threads=threads,
+                                 runs_user_code=bool(config.import_paths()))
     else:
         print(TABLE_HEAD, flush=True)
         study = _work(args, config.on_device(device), study, artifact_dir, target, worker_index=0)
@@ -405,7 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     storage_opts(run)
     worker_opts(run)
     run.add_argument("--workers", type=int, default=1, metavar="N",
-                     help="worker processes on this machine (default 1; with N > 1 the default storage is journal:STUDY.journal)")
+                     help="worker processes on this machine (default 1; with N > 1 the default storage is journal:STUDY.journal; "
+                     "where safe (CPU, one thread each, no code named in the config) they are forked from this "
+                     "process; $MOTUNE_WORKER_START=spawn starts fresh ones)")
     run.set_defaults(func=cmd_run)
 
     worker = sub.add_parser(

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ from motune.faults import (
 from motune.sampler import FIDELITY_ATTR, KneeSampler
 from motune.storage import mask_secrets, mask_url, open_storage
 from motune.study import BudgetReached, _Budgeted, create_or_load_study
-from motune.workers import local_gpu_count, run_local_workers, worker_device
+from motune.workers import START_ENV, local_gpu_count, run_local_workers, start_method, worker_device
 
 TINY = """
 [study]
@@ -298,9 +299,60 @@ def test_worker_device_is_a_local_choice_and_bad_devices_exit_2(tmp_path: Path, 
 # ----------------------------------------------------------------------------- worker processes
 
 
-def test_two_local_workers_default_to_a_journal_file(tmp_path: Path, run_motune) -> None:
+def test_start_method_forks_only_where_it_is_known_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(START_ENV, raising=False)
+    assert start_method(["cpu", "cpu"], 1, runs_user_code=False) == "fork"
+    assert start_method(["auto", "auto"], 1, runs_user_code=False) == "fork"  # worker_device keeps "auto" only without GPUs
+    assert start_method(["cpu", "cpu"], 2, runs_user_code=False) == "spawn"  # would meet the parent's OpenMP pool
+    assert start_method(["cpu", "cpu"], None, runs_user_code=False) == "spawn"  # torch's default threads
+    assert start_method(["cuda:0", "cuda:1"], 1, runs_user_code=False) == "spawn"
+    assert start_method(["cpu", "cpu"], 1, runs_user_code=True) == "spawn"  # the user's code ran in this process
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)  # another Python thread could hold a lock the child needs
+    other.start()
+    try:
+        assert start_method(["cpu", "cpu"], 1, runs_user_code=False) == "spawn"
+    finally:
+        release.set()
+        other.join()
+    assert start_method(["cpu", "cpu"], 1, runs_user_code=False) == "fork"
+    monkeypatch.setattr(motune.workers.sys, "platform", "darwin")
+    assert start_method(["cpu", "cpu"], 1, runs_user_code=False) == "spawn"
+    monkeypatch.undo()
+    monkeypatch.setenv(START_ENV, "spawn")
+    assert start_method(["cpu", "cpu"], 1, runs_user_code=False) == "spawn"
+    monkeypatch.setenv(START_ENV, "fork-anyway")
+    with pytest.raises(ValueError, match=START_ENV):
+        start_method(["cpu", "cpu"], 1, runs_user_code=False)
+
+
+def test_a_bad_worker_start_setting_exits_2_before_anything_is_written(tmp_path: Path, run_motune,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_config(tmp_path, "badstart", n_trials=2, baselines="")
+    monkeypatch.setenv(START_ENV, "threads")
+    code, _, err = run_motune(tmp_path, "run", str(cfg), "--workers", "2", "--quiet")
+    assert code == 2 and err.count("\n") == 1 and START_ENV in err and "'threads'" in err and "spawn" in err, err
+    assert not (tmp_path / "badstart.journal").exists()
+
+
+@pytest.mark.parametrize("start", ["auto", "spawn"])
+def test_two_local_workers_default_to_a_journal_file(tmp_path: Path, run_motune, monkeypatch: pytest.MonkeyPatch,
+                                                     start: str) -> None:
+    """Forked from the run process by default (CPU, one thread each), fresh processes with ``spawn``; the same study."""
+    monkeypatch.setenv(START_ENV, start)
+    forks: list[int] = []
+    real_fork = os.fork
+
+    def counting_fork() -> int:
+        pid = real_fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(motune.workers.os, "fork", counting_fork)
     cfg = tiny_config(tmp_path, "pair", n_trials=3, baselines="")
-    code, _, err = run_motune(tmp_path, "run", str(cfg), "--workers", "2", "--quiet", "--heartbeat", "1", "--grace", "4")
+    code, _, err = run_motune(tmp_path, "run", str(cfg), "--workers", "2", "--threads", "1", "--quiet",
+                              "--heartbeat", "1", "--grace", "4")
     assert code == 0, err
     assert (tmp_path / "pair.journal").is_file() and any((tmp_path / "pair-artifacts").iterdir())
     study = optuna.load_study(study_name="pair", storage=open_storage(f"journal:{tmp_path / 'pair.journal'}"))
@@ -308,6 +360,112 @@ def test_two_local_workers_default_to_a_journal_file(tmp_path: Path, run_motune)
     # Both workers trained: every completed trial names its worker, and there are two of them.
     workers = {t.system_attrs[WORKER_ATTR]["pid"] for t in study.trials if t.state == TrialState.COMPLETE}
     assert len(workers) == 2, workers
+    # (auto forks here: CPU, one thread each, no user code, and no other Python thread in this test process)
+    assert workers == set(forks) if start == "auto" else forks == [], (workers, forks, threading.enumerate())
+
+
+SLOW = """
+[study]
+name = "{name}"
+n_trials = 4
+baselines = []
+prune = false
+
+[data]
+limit = 400
+
+[train]
+epochs = 200
+front_epochs = 200
+"""
+
+
+def test_sigterm_to_run_stops_its_forked_workers_once_and_requeues_their_trials(tmp_path: Path) -> None:
+    """``motune run --workers 2`` (forked workers) gets SIGTERM while both train: each worker's trial is
+    FAIL "interrupted by SIGTERM" and queued again, the run exits 143 with one line, no worker is left."""
+    name = f"term-{uuid.uuid4().hex[:6]}"
+    (tmp_path / "slow.toml").write_text(SLOW.format(name=name))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop(START_ENV, None)
+    cmd = [sys.executable, "-m", "motune.cli", "run", "slow.toml", "--workers", "2", "--threads", "1", "--quiet",
+           "--heartbeat", "1", "--grace", "4"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    storage = open_storage(f"journal:{tmp_path / f'{name}.journal'}")
+
+    def two_training() -> list[optuna.trial.FrozenTrial]:
+        if not (tmp_path / f"{name}.journal").exists():
+            return []
+        try:
+            running = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.RUNNING,))
+        except KeyError:
+            return []
+        training = [t for t in running if HEARTBEAT_ATTR in t.system_attrs]
+        return training if len({t.system_attrs[WORKER_ATTR]["pid"] for t in training}) == 2 else []
+
+    try:
+        deadline = time.monotonic() + 120
+        while not (training := two_training()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.1)
+        pids = {t.system_attrs[WORKER_ATTR]["pid"] for t in training}
+        for pid in pids:  # forked: children of the run process, running its command line
+            status = Path(f"/proc/{pid}/status").read_text()
+            assert f"PPid:\t{proc.pid}\n" in status
+            assert b"run\0slow.toml" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted by SIGTERM" in lines[0] and "stopped 2 workers" in lines[0], err
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    trials = {t.number: t for t in optuna.load_study(study_name=name, storage=storage).get_trials()}
+    for t in training:
+        failed = trials[t.number]
+        assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "interrupted by SIGTERM"
+        again = [u for u in trials.values() if u.state == TrialState.WAITING and u.params == failed.params]
+        assert len(again) == 1, [(u.number, u.state.name, u.params) for u in trials.values()]
+    assert TrialState.RUNNING not in {t.state for t in trials.values()}
+
+
+OPENMP_THEN_RUN = """
+import os, sys
+import torch
+torch.set_num_threads(2)
+x = torch.randn(4_000_000)
+(x * 2).sin().sum()  # a multi-threaded op: GNU OpenMP's thread pool now exists in this process
+import motune.workers
+from motune.cli import main
+forks = []
+real_fork = os.fork
+def counting_fork():
+    pid = real_fork()
+    if pid:
+        forks.append(pid)
+    return pid
+motune.workers.os.fork = counting_fork
+code = main(["run", "tiny.toml", "--workers", "2", "--threads", "1", "--quiet", "--heartbeat", "1", "--grace", "4"])
+print("forks", len(forks))
+sys.exit(code)
+"""
+
+
+def test_workers_forked_after_multithreaded_torch_ops_do_not_hang(tmp_path: Path) -> None:
+    """In-process ``run --workers 2`` after this process ran OpenMP ops: the one-thread workers it forks finish."""
+    (tmp_path / "tiny.toml").write_text(TINY.format(name="omp", n_trials=2, baselines=""))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop(START_ENV, None)
+    env.pop("OMP_NUM_THREADS", None)
+    done = subprocess.run([sys.executable, "-c", OPENMP_THEN_RUN], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)  # a hang would be a deadlock, not a slow machine
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "forks 2"
+    study = optuna.load_study(study_name="omp", storage=open_storage(f"journal:{tmp_path / 'omp.journal'}"))
+    assert_study_finished(study, 2)
 
 
 @pytest.fixture(params=["postgresql", "redis"])
