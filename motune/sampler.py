@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import heapq
 import itertools
 import math
 import time
@@ -197,6 +198,7 @@ class SearchRules:
     f2_floor: float | None = 0.0
     full_fidelity: bool = True
     collapsed_nadir: bool = True  # False: results at f2_floor do not set the knee's nadir
+    grid: int = 10  # weights per decade the search snaps to (0: none)
 
     def __post_init__(self) -> None:
         weights = list(self.start_weights)
@@ -210,6 +212,12 @@ class SearchRules:
             raise ValueError(f"min_lambda_gap must be in (0, 1), got {self.min_lambda_gap}")
         if self.f2_floor is not None and not math.isfinite(self.f2_floor):
             raise ValueError(f"f2_floor must be a finite number or None, got {self.f2_floor}")
+
+    def snap(self, lam: float) -> float:
+        """``lam`` on the search's log grid (``grid`` weights per decade); 0 and ``grid = 0`` leave it."""
+        if self.grid <= 0 or lam <= 0.0:
+            return lam
+        return float(10.0 ** (round(math.log10(lam) * self.grid) / self.grid))
 
     def same(self, a: float, b: float) -> bool:
         """Whether two weights are the same weight (within a relative ``min_lambda_gap``)."""
@@ -291,17 +299,18 @@ def segments(front: SearchFront, records: Sequence[TrialRecord], rules: SearchRu
     probed, planned = _front_weights(records, False), _front_weights(records, True)
     vertices = front.points[front.supported]
     weights, lengths = pareto.hull_segments(vertices, front.scale)
+    snap = rules.snap if len(vertices) > 2 else float
 
     def probes(pos: int, lams: list[float]) -> bool:
         if not lams:
             return False
         a, b = vertices[pos], vertices[pos + 1]
-        return rules.near_any(float(weights[pos]), lams) or bool(
+        return rules.near_any(snap(float(weights[pos])), lams) or bool(
             np.any(pareto.weights_tie(a, b, np.asarray(lams), front.scale, rules.tolerance))
         )
 
     return [
-        Segment(pos, float(weights[pos]), float(lengths[pos]), probes(pos, probed), probes(pos, planned))
+        Segment(pos, snap(float(weights[pos])), float(lengths[pos]), probes(pos, probed), probes(pos, planned))
         for pos in range(len(weights))
     ]
 
@@ -592,7 +601,14 @@ def replay(
             assert [r.number for r in state.records] == [0]
             assert state.next == (0.1, "front") and state.running.number == 2
     """
-    read = [r for r in records if r.role is None and not r.pending]
+    return _replay_from(records, [r for r in records if r.role is None and not r.pending], rules, bounds)
+
+
+def _replay_from(
+    records: Sequence[TrialRecord], read: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float]
+) -> Replay:
+    """:func:`replay` from a given start: the search that has read ``read`` (fantasies allowed) goes on."""
+    read = list(read)
     numbers = {r.number for r in read}
     while not _converged(read, rules, bounds):
         lam, fidelity = choose_weight(read, rules, bounds, np.random.RandomState(0))
@@ -607,76 +623,192 @@ def replay(
     return Replay(tuple(read), None, None)
 
 
-_SPECULATION_DEPTH = 8  # running trials fantasised in a row before an idle worker waits instead
-# Guesses running at once. bench/parallel.py: a second one in flight rarely shortens the
-# search (the one-worker path is a chain of dependent trials) and a third never did; more
-# only spend trials.
+def arc_point(a: np.ndarray, la: float, b: np.ndarray, lb: float, lam: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where the front between A and B likely touches weight ``lam``: ``(point, corner)``, or None.
+
+    A was found with weight ``la`` and B with ``lb`` (``la < lam < lb``), so the front
+    lies above the line of weight ``la`` through A and the one of ``lb`` through B, and
+    below the segment AB: inside the triangle of A, B and the lines' crossing, the
+    *corner*. The likely arc is the quadratic Bézier curve through A and B whose tangents
+    there are those lines (its control point is the corner); the point returned is where
+    that curve's tangent has weight ``lam``, the weighted sum's optimum on it. ``None``
+    when the weights do not bracket ``lam`` or the lines do not cross between A and B
+    (noise).
+
+    Example: the extremes of ``√f1 + √f2 = 1`` (found with weights 0 and 1) predict
+    the front exactly, a quadratic Bézier curve with its corner at the origin.
+
+        >>> point, corner = arc_point(np.array([0.0, 1.0]), 0.0, np.array([1.0, 0.0]), 1.0, 0.5)
+        >>> point.tolist(), corner.tolist()
+        ([0.25, 0.25], [0.0, 0.0])
+    """
+
+    def normal(w: float) -> np.ndarray:
+        return np.array([1.0 - w, w])
+
+    if not la < lam < lb:
+        return None
+    lines = np.array([normal(la), normal(lb)])
+    if abs(float(np.linalg.det(lines))) < 1e-15:
+        return None
+    corner = np.linalg.solve(lines, np.array([normal(la) @ a, normal(lb) @ b]))
+    if not (a[0] <= corner[0] <= b[0] and b[1] <= corner[1] <= a[1]):
+        return None
+    down, up = float(normal(lam) @ (corner - a)), float(normal(lam) @ (b - corner))
+    if not down < 0.0 < up:
+        return None
+    s = down / (down - up)  # where the curve's tangent (1 - s)(C - A) + s(B - C) has weight lam
+    return (1 - s) ** 2 * a + 2 * s * (1 - s) * corner + s**2 * b, corner
+
+
+_LIKELY = 0.6  # prior of the outcome the arc predicts (a new point, or the segment closing)
+_MIN_GUESS_P = 0.3  # a guess is trained only if the search asks for it with at least this prior
+_MIN_FULL_P = 0.5  # ... and a speculative full retrain (it costs more: front_epochs x 3 in motune)
+_MAX_BRANCHES = 48  # fantasy branches explored per plan
+# Front-fidelity guesses running at once (a speculative full retrain comes on top, one at a
+# time). bench/parallel.py: 3 lets 8 workers halve the wall time on the smooth fronts within
+# 2x the sequential trials; more spend trials for little.
 _MAX_GUESSES = 2
+_SURE = 0.9
 
 
-def _fantasy(read: Sequence[TrialRecord], lam: float, rules: SearchRules) -> TrialRecord | None:
-    """A running trial's assumed result: the point the front of ``read`` predicts for ``lam``."""
+def _outcomes(read: Sequence[TrialRecord], lam: float, rules: SearchRules) -> list[tuple[TrialRecord, float]]:
+    """A running trial's likely results (fantasies) and their priors, given the front of ``read``.
+
+    With ``lam`` between the weights of two adjacent supported points A and B, the
+    trial returns a new point near :func:`arc_point`'s if that lies more than
+    ``tolerance`` below AB (prior :data:`_LIKELY`), else it closes AB (a point on it,
+    :func:`motune.pareto.predict`); the other outcome has the rest. When even the
+    corner lies within ``tolerance`` of AB, closing is certain. Elsewhere (the weight
+    repeats a supported point's) the front predicts the result. No front, or a weight
+    beyond every result's (the bracket's extension, which may find more front): no
+    fantasies.
+    """
     front = search_front(read, rules)
-    if len(front.supported) < 2:
-        return None  # no front to predict from
-    v = pareto.predict(front.points[front.supported], lam)
-    return TrialRecord(-1 - len(read), lam, TrialState.COMPLETE, FRONT, (float(v[0]), float(v[1])))
+    if len(front.supported) < 2 or lam > front.lambdas.max():
+        return []  # no front to predict from, or the bracket's extension: it may find more front
+    vertices = front.points[front.supported]
+    number = -1 - len(read)
+
+    def fantasy(v: np.ndarray) -> TrialRecord:
+        return TrialRecord(number, lam, TrialState.COMPLETE, FRONT, (float(v[0]), float(v[1])))
+
+    closes = fantasy(pareto.predict(vertices, lam))
+    found = _arc(front, lam)
+    if found is None:
+        return [(closes, 1.0)]
+    (point, corner), (a, b) = found
+    depth = _depth(a, b, np.array([point, corner]) / front.scale)
+    if depth[1] <= rules.tolerance:
+        return [(closes, 1.0)]
+    if depth[0] <= rules.tolerance:
+        return [(closes, _LIKELY), (fantasy(point + (corner - point) / 2), 1.0 - _LIKELY)]
+    return [(fantasy(point), _LIKELY), (closes, 1.0 - _LIKELY)]
+
+
+def _arc(front: SearchFront, lam: float) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None:
+    """:func:`arc_point` on the hull segment whose ends' weights bracket ``lam``, and that segment (normalised)."""
+    weights: dict[tuple[float, float], list[float]] = {}
+    for r in front.records:
+        weights.setdefault(r.values, []).append(r.lam)
+    vertices = front.points[front.supported]
+    for a, b in itertools.pairwise(vertices):
+        la, lb = max(weights[tuple(a)]), min(weights[tuple(b)])
+        if la < lam < lb:
+            found = arc_point(a, la, b, lb, lam)
+            return None if found is None else (found, (a / front.scale, b / front.scale))
+    return None
+
+
+def _depth(a: np.ndarray, b: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Distances of ``points`` below the line through ``a`` and ``b`` (f1 rising, f2 falling)."""
+    n = np.array([a[1] - b[1], b[0] - a[0]])
+    return (n @ a - points @ n) / float(np.linalg.norm(n))
 
 
 def _bracket_guess(records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float]) -> float | None:
-    """Ten times the largest weight while the search's own trial there runs (the bracket's likely next step)."""
+    """Ten times the largest weight while the trial there runs (the bracket's likely next step).
+
+    Only one step ahead: not past a guess, unless that guess is a start weight (certain).
+    """
     lams = [r.lam for r in records if r.fidelity == FRONT]
     if not lams:
         return None
     top = max(lams)
-    if not all(r.pending and r.role != EXTRA for r in records if r.fidelity == FRONT and rules.same(r.lam, top)):
-        return None  # known already, or itself a guess: one step ahead at most
+    starts = [_clamp(w, bounds) for w in rules.start_weights]
+    at_top = [r for r in records if r.fidelity == FRONT and rules.same(r.lam, top)]
+    if not all(r.pending and (r.role != EXTRA or rules.near_any(top, starts)) for r in at_top):
+        return None  # known already, or itself a guess
     lam = _clamp(10.0 * top, bounds)
     return lam if lam > top and not rules.near_any(lam, lams) else None
 
 
+def guesses(
+    records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float], state: Replay
+) -> list[tuple[float, str, float]]:
+    """Weights the one-worker search will likely ask for next and nobody trains: ``(λ, fidelity, prior)``.
+
+    Fantasy results ("constant liar", several lies): each running trial the search waits
+    on is given its likely results (:func:`_outcomes`) and the replay goes on from each
+    (:func:`_replay_from`), most likely branch first, up to :data:`_MAX_BRANCHES`; a
+    branch ends at the first weight nobody trains, a guess whose prior is the
+    product of the branch's. Priors of the same guess on several branches add up. Guesses
+    never include a weight finished trials have (the replay reads those), nor one whose
+    segment they closed. Before the front has two points only the start weights are
+    certain; past them the guess is the bracket's next weight (:func:`_bracket_guess`).
+    Most likely first.
+    """
+    starts = [_clamp(w, bounds) for w in rules.start_weights]
+    found: dict[tuple[float, str], float] = {}
+    order = itertools.count()
+    heap = [(-1.0, next(order), state)]
+    for _ in range(_MAX_BRANCHES):
+        if not heap:
+            break
+        neg, _, branch = heapq.heappop(heap)
+        if branch.next is None:
+            continue  # converged under fantasies
+        lam, fidelity = branch.next
+        start = rules.near_any(lam, starts)
+        has_front = len(search_front(branch.records, rules).supported) >= 2
+        if branch.running is None:
+            guess = lam if start or has_front or fidelity == FULL else _bracket_guess(records, rules, bounds)
+            if guess is not None:
+                found[(guess, fidelity)] = found.get((guess, fidelity), 0.0) - neg
+            continue
+        if fidelity == FULL:
+            continue  # the knee's retrain runs: nothing to guess beyond it
+        outcomes = _outcomes(branch.records, lam, rules)
+        if not outcomes:
+            if not start:
+                guess = _bracket_guess(records, rules, bounds)
+                if guess is not None:
+                    found[(guess, FRONT)] = found.get((guess, FRONT), 0.0) - neg
+                continue
+            # A start weight's result does not decide the next start weight: any result will do.
+            outcomes = [(TrialRecord(-1 - len(branch.records), lam, TrialState.COMPLETE, FRONT), 1.0)]
+        for fantasy, prior in outcomes:
+            nxt = _replay_from(records, [*branch.records, fantasy], rules, bounds)
+            heapq.heappush(heap, (neg * prior, next(order), nxt))
+    return sorted(((lam, fidelity, p) for (lam, fidelity), p in found.items()), key=lambda g: -g[2])
+
+
 def speculate(
     records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float], state: Replay
-) -> float | None:
-    """A weight for an idle worker while the one-worker search waits; ``None``: nothing likely needed.
+) -> tuple[float, str] | None:
+    """The guess for an idle worker (:func:`guesses`), or ``None``: nothing likely enough, or enough running.
 
-    Fantasy results ("constant liar"): each running trial the search waits on is assumed
-    to return the point the front found so far predicts for its λ
-    (:func:`motune.pareto.predict`: a point on the front, which closes the segment it
-    probes), and the replay goes on from there; the first weight it then asks for that
-    nobody trains is returned. Idle workers so split the other open segments next to
-    the knee candidate, in the order one worker would if the running trials closed
-    theirs, and never a segment that finished trials closed. Under fantasies the search
-    never goes as far as the full-fidelity retrain, nor past :data:`_SPECULATION_DEPTH`
-    running trials. Before the front has two points there is nothing to predict from:
-    the guesses are the remaining start weights, then the bracket's next weight
-    (:func:`_bracket_guess`).
+    A front-fidelity guess needs a prior of :data:`_MIN_GUESS_P` and fewer than
+    :data:`_MAX_GUESSES` guesses running; a full-fidelity retrain of the knee a branch
+    confirms needs :data:`_MIN_FULL_P` and no other guessed retrain running.
     """
-    read = list(state.records)
-    numbers = {r.number for r in read}
-    wanted = state.next
-    starts = [_clamp(w, bounds) for w in rules.start_weights]
-    for _ in range(_SPECULATION_DEPTH):
-        if wanted is None or wanted[1] == FULL:
-            return None
-        lam = wanted[0]
-        start = rules.near_any(lam, starts)
-        at = _unread_at(records, lam, FRONT, rules, numbers)
-        if not at:
-            # Without a front only the start weights are certain; past them, the bracket's guess.
-            return lam if start or len(search_front(read, rules).supported) >= 2 else _bracket_guess(records, rules, bounds)
-        done = [r for r in at if not r.pending]
-        guess = None if done else _fantasy(read, lam, rules)
-        if not done and guess is None:
-            if not start:
-                return _bracket_guess(records, rules, bounds)
-            # A start weight's result does not decide the next start weight: any result will do.
-            guess = TrialRecord(-1 - len(read), lam, TrialState.COMPLETE, FRONT)
-        read.extend(done or [guess])
-        numbers.update(r.number for r in done)
-        if _converged(read, rules, bounds):
-            return None
-        wanted = choose_weight(read, rules, bounds, np.random.RandomState(0))
+    front_guesses = sum(r.pending and r.role == EXTRA and r.fidelity == FRONT for r in records)
+    full_guesses = sum(r.pending and r.role == EXTRA and r.fidelity == FULL for r in records)
+    for lam, fidelity, prior in guesses(records, rules, bounds, state):
+        if fidelity == FULL and prior >= _MIN_FULL_P and not full_guesses:
+            return lam, FULL
+        if fidelity == FRONT and prior >= _MIN_GUESS_P and (front_guesses < _MAX_GUESSES or prior >= _SURE):
+            return lam, FRONT
     return None
 
 
@@ -689,8 +821,7 @@ def plan_weight(
     """``(λ, fidelity, role)`` for a new trial, or ``None``: better wait for a running result.
 
     The one-worker search's next weight if nobody trains it (:func:`replay`); else a
-    likely-needed guess (:func:`speculate`), an :data:`EXTRA`, unless
-    :data:`_MAX_GUESSES` guesses already run; else ``None``. Once the
+    likely-needed guess (:func:`speculate`), an :data:`EXTRA`; else ``None``. Once the
     search has converged, :func:`choose_weight` over all records refines anywhere
     (:data:`EXTRA`: it no longer moves the confirmed knee).
     """
@@ -699,10 +830,8 @@ def plan_weight(
         return (*choose_weight(records, rules, bounds, rng), EXTRA)
     if state.running is None:
         return (*state.next, PATH)
-    if sum(r.pending and r.role == EXTRA for r in records) >= _MAX_GUESSES:
-        return None
-    lam = speculate(records, rules, bounds, state)
-    return None if lam is None else (lam, FRONT, EXTRA)
+    guess = speculate(records, rules, bounds, state)
+    return None if guess is None else (*guess, EXTRA)
 
 
 # ------------------------------------------------------------------------ coordinating
@@ -851,6 +980,7 @@ class KneeSampler(BaseSampler):
         f2_floor: float | None = 0.0,
         full_fidelity: bool = True,
         collapsed_nadir: bool = True,
+        grid: int = 10,
         independent_sampler: BaseSampler | None = None,
         seed: int | None = None,
         param_name: str = "l1_weight",
@@ -869,6 +999,7 @@ class KneeSampler(BaseSampler):
             f2_floor=None if f2_floor is None else float(f2_floor),
             full_fidelity=bool(full_fidelity),
             collapsed_nadir=bool(collapsed_nadir),
+            grid=int(grid),
         )
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         self._rng = LazyRandomState(seed)

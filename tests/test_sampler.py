@@ -323,9 +323,9 @@ def test_running_trials_get_different_weights() -> None:
     lam0 = t0.suggest_float("l1_weight", 0.0, 1.0)
     lam1 = t1.suggest_float("l1_weight", 0.0, 1.0)
     assert (lam0, lam1) == (0.0, 0.1)
-    t2 = study.ask()  # both start weights running, no result yet: fill a gap
+    t2 = study.ask()  # both start weights running, no result yet: the bracket's next step
     lam2 = t2.suggest_float("l1_weight", 0.0, 1.0)
-    assert lam2 not in (0.0, 0.1) and 0 < lam2 < 1
+    assert lam2 == 1.0
     for t in (t0, t1, t2):
         study.tell(t, tuple(SHARP(t.params["l1_weight"])))
     # the next two are the normal of the extremes' segment and, while that one
@@ -832,12 +832,22 @@ def test_idle_workers_split_the_other_knee_segment_then_wait() -> None:
     assert first == (max(segs, key=lambda s: s.length).lam, FRONT)
     assert plan_weight(recs, rules) == (*first, PATH)
     running = [*recs, TrialRecord(3, first[0], RUNNING, role=PATH)]
-    # Fantasy: the running trial closes its segment; the search would then split the other.
+    # Whatever the running trial returns, the search would split the other knee segment next.
     other = next(s.lam for s in segs if s.lam != first[0])
     assert plan_weight(running, rules) == (other, FRONT, EXTRA)
-    # Both knee segments running: the next step is the knee's retrain, which waits for real results.
+    # Both knee segments running: the likeliest branch (the longer one finds a point, as the
+    # arc through its ends predicts) splits a segment next to that point, a weight on the grid.
     both = [*running, TrialRecord(4, other, RUNNING, role=EXTRA)]
-    assert plan_weight(both, rules) is None
+    lam, fidelity, role = plan_weight(both, rules)
+    assert (fidelity, role) == (FRONT, EXTRA) and lam == rules.snap(lam)
+    assert not rules.near_any(lam, [r.lam for r in both])
+    # Two guesses run (the cap): only the knee's retrain, confirmed on every branch, comes on top,
+    # marked extra (it confirms nothing); then the worker waits for real results.
+    three = [*both, TrialRecord(5, lam, RUNNING, role=EXTRA)]
+    knee = search_front(recs, rules).knee
+    assert plan_weight(three, rules) == (recs[knee].lam, FULL, EXTRA)
+    assert plan_weight([*three, TrialRecord(6, recs[knee].lam, RUNNING, FULL, role=EXTRA)], rules) is None
+    assert not is_confirmed(three, rules, (0.0, 1.0))
 
 
 def test_idle_workers_guess_the_bracket_while_the_start_weights_run() -> None:
