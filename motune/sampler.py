@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import heapq
 import itertools
 import math
@@ -271,9 +272,14 @@ def search_front(records: Sequence[TrialRecord], rules: SearchRules) -> SearchFr
     better in f1) end the front but do not set the knee's nadir
     (:func:`motune.pareto.knee_index` with ``floor``).
     """
-    found = tuple(r for r in records if r.fidelity == FRONT and r.values is not None)
+    return _front_of(tuple(r for r in records if r.fidelity == FRONT and r.values is not None), rules)
+
+
+@functools.lru_cache(maxsize=1024)
+def _front_of(found: tuple[TrialRecord, ...], rules: SearchRules) -> SearchFront:
+    """:func:`search_front` of its results, remembered: the replay and the guesses ask for the same fronts often."""
     points = np.array([r.values for r in found], dtype=float).reshape(-1, 2)
-    return SearchFront(
+    front = SearchFront(
         records=found,
         points=points,
         scale=pareto.front_scale(points),
@@ -281,6 +287,9 @@ def search_front(records: Sequence[TrialRecord], rules: SearchRules) -> SearchFr
         knee=pareto.knee_index(points, rules.knee, rules.tolerance,
                                floor=None if rules.collapsed_nadir else rules.f2_floor),
     )
+    for array in (front.points, front.scale, front.supported):
+        array.setflags(write=False)  # shared by every caller of the cache
+    return front
 
 
 def _front_weights(records: Sequence[TrialRecord], pending: bool) -> list[float]:
@@ -411,7 +420,6 @@ def choose_weight(
             lam, fidelity = choose_weight(records, SearchRules())
             assert fidelity == "front" and abs(lam - 2.25 / 3002.25) < 1e-12  # the extremes' normal
     """
-    rng = rng if rng is not None else np.random.RandomState(0)
     front = search_front(records, rules)
     taken = [r.lam for r in records if r.fidelity == FRONT]
     for w in rules.start_weights:
@@ -453,7 +461,7 @@ def _fill_gap(
     taken: list[float],
     rules: SearchRules,
     bounds: tuple[float, float],
-    rng: np.random.RandomState,
+    rng: np.random.RandomState | None,
 ) -> float:
     """A new weight when no segment is open: bisect the gap whose results differ most.
 
@@ -483,6 +491,7 @@ def _fill_gap(
     for lam in edges:
         if low < lam < high and not rules.near_any(lam, taken):
             return lam
+    rng = rng if rng is not None else np.random.RandomState(0)  # only now: seeding costs more than the rest
     for _ in range(100):
         lam = float(rng.uniform(low, high))
         if not rules.near_any(lam, taken):
@@ -611,7 +620,7 @@ def _replay_from(
     read = list(read)
     numbers = {r.number for r in read}
     while not _converged(read, rules, bounds):
-        lam, fidelity = choose_weight(read, rules, bounds, np.random.RandomState(0))
+        lam, fidelity = choose_weight(read, rules, bounds)
         at = _unread_at(records, lam, fidelity, rules, numbers)
         done = [r for r in at if not r.pending]
         running = [r for r in at if r.pending]
@@ -623,24 +632,31 @@ def _replay_from(
     return Replay(tuple(read), None, None)
 
 
-def arc_point(a: np.ndarray, la: float, b: np.ndarray, lb: float, lam: float) -> tuple[np.ndarray, np.ndarray] | None:
+def arc_point(
+    a: np.ndarray, la: float, b: np.ndarray, lb: float, lam: float, sharpness: float = 1.0
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Where the front between A and B likely touches weight ``lam``: ``(point, corner)``, or None.
 
     A was found with weight ``la`` and B with ``lb`` (``la < lam < lb``), so the front
     lies above the line of weight ``la`` through A and the one of ``lb`` through B, and
     below the segment AB: inside the triangle of A, B and the lines' crossing, the
-    *corner*. The likely arc is the quadratic Bézier curve through A and B whose tangents
-    there are those lines (its control point is the corner); the point returned is where
-    that curve's tangent has weight ``lam``, the weighted sum's optimum on it. ``None``
-    when the weights do not bracket ``lam`` or the lines do not cross between A and B
-    (noise).
+    *corner*. The likely arc is a conic through A and B with those lines as tangents: the
+    rational quadratic Bézier curve with the corner as control point, of weight
+    ``sharpness`` (1: a parabola, as a smooth front looks between close points; larger:
+    a sharper knee, nearer the corner). The point returned is the weighted sum's optimum
+    on it, where its tangent has weight ``lam`` (to 1/1024 of the curve). ``None`` when
+    the weights do not bracket ``lam`` or the lines do not cross between A and B (noise).
 
     Example: the extremes of ``√f1 + √f2 = 1`` (found with weights 0 and 1) predict
-    the front exactly, a quadratic Bézier curve with its corner at the origin.
+    the front exactly, a parabola with its corner at the origin; a sharper prior puts
+    the point nearer the corner.
 
-        >>> point, corner = arc_point(np.array([0.0, 1.0]), 0.0, np.array([1.0, 0.0]), 1.0, 0.5)
+        >>> a, b = np.array([0.0, 1.0]), np.array([1.0, 0.0])
+        >>> point, corner = arc_point(a, 0.0, b, 1.0, 0.5)
         >>> point.tolist(), corner.tolist()
         ([0.25, 0.25], [0.0, 0.0])
+        >>> arc_point(a, 0.0, b, 1.0, 0.5, sharpness=3.0)[0].tolist()
+        [0.125, 0.125]
     """
 
     def normal(w: float) -> np.ndarray:
@@ -654,20 +670,22 @@ def arc_point(a: np.ndarray, la: float, b: np.ndarray, lb: float, lam: float) ->
     corner = np.linalg.solve(lines, np.array([normal(la) @ a, normal(lb) @ b]))
     if not (a[0] <= corner[0] <= b[0] and b[1] <= corner[1] <= a[1]):
         return None
-    down, up = float(normal(lam) @ (corner - a)), float(normal(lam) @ (b - corner))
-    if not down < 0.0 < up:
+    if not float(normal(lam) @ (corner - a)) < 0.0 < float(normal(lam) @ (b - corner)):
         return None
-    s = down / (down - up)  # where the curve's tangent (1 - s)(C - A) + s(B - C) has weight lam
-    return (1 - s) ** 2 * a + 2 * s * (1 - s) * corner + s**2 * b, corner
+    s = np.linspace(0.0, 1.0, 1025)[:, None]
+    basis = ((1 - s) ** 2, 2 * sharpness * s * (1 - s), s**2)
+    curve = (basis[0] * a + basis[1] * corner + basis[2] * b) / sum(basis)
+    return curve[int(np.argmin(curve @ normal(lam)))], corner
 
 
-_LIKELY = 0.6  # prior of the outcome the arc predicts (a new point, or the segment closing)
+_LIKELY = 0.6  # prior that a running dichotomic trial finds a new point (else it closes its segment)
+_SHAPES = (1.0,)  # arc_point sharpness a new point is predicted with (bench/parallel.py: adding 1.5, 2 or 3 did worse)
 _MIN_GUESS_P = 0.3  # a guess is trained only if the search asks for it with at least this prior
 _MIN_FULL_P = 0.5  # ... and a speculative full retrain (it costs more: front_epochs x 3 in motune)
-_MAX_BRANCHES = 48  # fantasy branches explored per plan
+_MAX_BRANCHES = 24  # fantasy branches explored per plan (more changed no guess in bench/parallel.py)
 # Front-fidelity guesses running at once (a speculative full retrain comes on top, one at a
-# time). bench/parallel.py: 3 lets 8 workers halve the wall time on the smooth fronts within
-# 2x the sequential trials; more spend trials for little.
+# time). bench/parallel.py: 2 let 8 workers halve the wall time (simulated) within 2x the
+# sequential trials; 3 or 4 spent more trials (digits: over 2x) for the same wall time.
 _MAX_GUESSES = 2
 _SURE = 0.9
 
@@ -675,55 +693,57 @@ _SURE = 0.9
 def _outcomes(read: Sequence[TrialRecord], lam: float, rules: SearchRules) -> list[tuple[TrialRecord, float]]:
     """A running trial's likely results (fantasies) and their priors, given the front of ``read``.
 
-    With ``lam`` between the weights of two adjacent supported points A and B, the
-    trial returns a new point near :func:`arc_point`'s if that lies more than
-    ``tolerance`` below AB (prior :data:`_LIKELY`), else it closes AB (a point on it,
-    :func:`motune.pareto.predict`); the other outcome has the rest. When even the
-    corner lies within ``tolerance`` of AB, closing is certain. Elsewhere (the weight
-    repeats a supported point's) the front predicts the result. No front, or a weight
-    beyond every result's (the bracket's extension, which may find more front): no
-    fantasies.
+    With ``lam`` between the weights of two adjacent supported points A and B, the trial
+    finds a new point with prior :data:`_LIKELY`, shared by the shapes of
+    :data:`_SHAPES` (:func:`arc_point`; a shape whose point lies within ``tolerance`` of
+    AB gives its share to closing), or closes AB (a point on it,
+    :func:`motune.pareto.predict`) with the rest. When even the corner lies within
+    ``tolerance`` of AB, closing is certain. Elsewhere (the weight repeats a supported
+    point's) the front predicts the result. No front, or a weight beyond every result's
+    (the bracket's extension, which may find more front): no fantasies.
     """
     front = search_front(read, rules)
     if len(front.supported) < 2 or lam > front.lambdas.max():
         return []  # no front to predict from, or the bracket's extension: it may find more front
-    vertices = front.points[front.supported]
     number = -1 - len(read)
 
     def fantasy(v: np.ndarray) -> TrialRecord:
         return TrialRecord(number, lam, TrialState.COMPLETE, FRONT, (float(v[0]), float(v[1])))
 
-    closes = fantasy(pareto.predict(vertices, lam))
-    found = _arc(front, lam)
-    if found is None:
+    closes = fantasy(pareto.predict(front.points[front.supported], lam))
+    segment = _bracketing_segment(front, lam)
+    if segment is None:
         return [(closes, 1.0)]
-    (point, corner), (a, b) = found
-    depth = _depth(a, b, np.array([point, corner]) / front.scale)
-    if depth[1] <= rules.tolerance:
+    (a, la), (b, lb) = segment
+    arcs = [arc_point(a, la, b, lb, lam, sharpness) for sharpness in _SHAPES]
+    if arcs[0] is None:
         return [(closes, 1.0)]
-    if depth[0] <= rules.tolerance:
-        return [(closes, _LIKELY), (fantasy(point + (corner - point) / 2), 1.0 - _LIKELY)]
-    return [(fantasy(point), _LIKELY), (closes, 1.0 - _LIKELY)]
+    corner = arcs[0][1]
+    if _depth(a, b, corner, front.scale) <= rules.tolerance:
+        return [(closes, 1.0)]
+    found = [(fantasy(arc[0]), _LIKELY / len(_SHAPES)) for arc in arcs
+             if arc is not None and _depth(a, b, arc[0], front.scale) > rules.tolerance]
+    return [*found, (closes, 1.0 - sum(p for _, p in found))]
 
 
-def _arc(front: SearchFront, lam: float) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None:
-    """:func:`arc_point` on the hull segment whose ends' weights bracket ``lam``, and that segment (normalised)."""
+def _bracketing_segment(front: SearchFront, lam: float) -> tuple[tuple[np.ndarray, float], tuple[np.ndarray, float]] | None:
+    """Adjacent supported points A, B with the weights that found them, ``la < lam < lb``; None if none."""
     weights: dict[tuple[float, float], list[float]] = {}
     for r in front.records:
         weights.setdefault(r.values, []).append(r.lam)
     vertices = front.points[front.supported]
     for a, b in itertools.pairwise(vertices):
-        la, lb = max(weights[tuple(a)]), min(weights[tuple(b)])
+        la, lb = max(weights[tuple(a)]), min(weights[tuple(b)])  # the tightest lines through A and B
         if la < lam < lb:
-            found = arc_point(a, la, b, lb, lam)
-            return None if found is None else (found, (a / front.scale, b / front.scale))
+            return (a, la), (b, lb)
     return None
 
 
-def _depth(a: np.ndarray, b: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Distances of ``points`` below the line through ``a`` and ``b`` (f1 rising, f2 falling)."""
+def _depth(a: np.ndarray, b: np.ndarray, point: np.ndarray, scale: np.ndarray) -> float:
+    """Distance of ``point`` below the line through ``a`` and ``b``, in objectives divided by ``scale``."""
+    a, b, point = a / scale, b / scale, point / scale
     n = np.array([a[1] - b[1], b[0] - a[0]])
-    return (n @ a - points @ n) / float(np.linalg.norm(n))
+    return float((n @ a - point @ n) / np.linalg.norm(n))
 
 
 def _bracket_guess(records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float]) -> float | None:
