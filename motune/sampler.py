@@ -211,6 +211,8 @@ class SearchRules:
             raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
         if not 0.0 < self.min_lambda_gap < 1.0:
             raise ValueError(f"min_lambda_gap must be in (0, 1), got {self.min_lambda_gap}")
+        if self.grid < 0:
+            raise ValueError(f"grid must be a number of weights per decade >= 0 (0: no grid), got {self.grid}")
         if self.f2_floor is not None and not math.isfinite(self.f2_floor):
             raise ValueError(f"f2_floor must be a finite number or None, got {self.f2_floor}")
 
@@ -687,7 +689,7 @@ _MAX_BRANCHES = 24  # fantasy branches explored per plan (more changed no guess 
 # time). bench/parallel.py: 2 let 8 workers halve the wall time (simulated) within 2x the
 # sequential trials; 3 or 4 spent more trials (digits: over 2x) for the same wall time.
 _MAX_GUESSES = 2
-_SURE = 0.9
+_SURE = 0.9  # a guess this likely runs even past the cap (e.g. a segment whose neighbour surely closes)
 
 
 def _outcomes(read: Sequence[TrialRecord], lam: float, rules: SearchRules) -> list[tuple[TrialRecord, float]]:
@@ -818,15 +820,18 @@ def speculate(
 ) -> tuple[float, str] | None:
     """The guess for an idle worker (:func:`guesses`), or ``None``: nothing likely enough, or enough running.
 
-    A front-fidelity guess needs a prior of :data:`_MIN_GUESS_P` and fewer than
-    :data:`_MAX_GUESSES` guesses running; a full-fidelity retrain of the knee a branch
-    confirms needs :data:`_MIN_FULL_P` and no other guessed retrain running.
+    A full-fidelity retrain of the knee that likely branches confirm comes first (it ends
+    the search; a wasted one costs the most, so it needs a prior of :data:`_MIN_FULL_P`,
+    one at a time). A front-fidelity guess needs :data:`_MIN_GUESS_P` and fewer than
+    :data:`_MAX_GUESSES` guesses running, unless it is near certain (:data:`_SURE`).
     """
     front_guesses = sum(r.pending and r.role == EXTRA and r.fidelity == FRONT for r in records)
     full_guesses = sum(r.pending and r.role == EXTRA and r.fidelity == FULL for r in records)
-    for lam, fidelity, prior in guesses(records, rules, bounds, state):
+    likely = guesses(records, rules, bounds, state)
+    for lam, fidelity, prior in likely:
         if fidelity == FULL and prior >= _MIN_FULL_P and not full_guesses:
             return lam, FULL
+    for lam, fidelity, prior in likely:
         if fidelity == FRONT and prior >= _MIN_GUESS_P and (front_guesses < _MAX_GUESSES or prior >= _SURE):
             return lam, FRONT
     return None
