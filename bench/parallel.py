@@ -3,10 +3,14 @@
 Simulation, no training: each trial "trains" by sleeping ``--unit`` seconds and returns a
 known front's point for its λ. KneeSampler (defaults: start weights 0 and 0.1, angle
 knee, tolerance 0.02, full-fidelity retrain of the knee) drives a plain Optuna study,
-stopped once the sampler says it has converged (the knee's retrain completed) or after
-``--budget`` trials. Two modes: ``threads`` (one process, ``study.optimize(n_jobs=N)``,
-in-memory storage) and ``journal`` (N processes, each ``study.optimize`` on one
-``JournalFileBackend`` file, as ``motune run --workers N`` does).
+stopped once the sampler says it has converged (the knee confirmed by completed trials
+and its full-fidelity retrain completed) or after ``--budget`` trials; the retrain sleeps
+``--full-units`` units (default 1; motune's retrain trains 3x the front epochs). Three
+modes: ``threads`` (one process, ``study.optimize(n_jobs=N)``, in-memory storage),
+``journal`` (N processes, each ``study.optimize`` on one ``JournalFileBackend`` file, as
+``motune run --workers N`` does) and ``sim`` (N simulated workers asking
+``motune.sampler.plan_weight`` in turn on discrete events: no Optuna, no sleeping, the
+sampler's decisions alone, deterministic).
 
 Fronts: the synthetic fronts of tests/test_sampler.py (``sharp`` polyline, ``smooth``
 (1 - x²)/(1 + 30x), ``flat`` with a long straight stretch, ``short``: the smooth one with
@@ -24,12 +28,16 @@ Per front, mode and worker count (medians over ``--repeats``): ``trials`` to the
 ``dist``: worst distance of the confirmed knee (normalised by the front's own ideal and
 nadir) from the 1-worker knee; ``extra``: trials idle workers guessed (``knee:role`` = extra),
 ``hits``: those of them the one-worker search then asked for (the rest were wasted);
+``fulls``: full-fidelity retrains begun (more than 1: an idle worker's early retrain of a
+knee that then moved, wasted);
 ``tail``: trials whose result lies within 0.02 (normalised) of the front's far end, where
 it is flat or training has collapsed. Targets (issue 12): the same knee at every worker
 count (dist <= 0.02); at 8 workers, wall <= 1/2 of one worker's on fronts that need >= 6
 sequential trials, and trials <= 2x the sequential count.
 
     python bench/parallel.py --quick     # threads + journal, 1..16 workers, 50 ms trials, 1 repeat
+    python bench/parallel.py --modes sim # the same, simulated (seconds, deterministic)
+    python bench/parallel.py --unit 0.25 --repeats 1 --fronts sqrt,digits,smooth
     python bench/parallel.py             # 100 ms trials, 3 repeats
     python bench/parallel.py --sweep     # retrain the digits sweep (bench/digits_sweep.json)
 """

@@ -16,8 +16,9 @@ usable and tested without the one above it:
   :func:`knee_confirmed` are its steps);
 * **one search, any workers**: :func:`replay` replays the one-worker search from the
   records (its decisions read only the results it asked for, so the knee does not depend
-  on the number of workers); :func:`speculate` gives idle workers the weights it will
-  likely ask for next, and :func:`plan_weight` combines the two;
+  on the number of workers); :func:`guesses` / :func:`speculate` give idle workers the
+  weights it will likely ask for next (under fantasy results of the running trials,
+  :func:`arc_point`), and :func:`plan_weight` combines the two;
 * **coordinating**: :class:`KneeSampler` holds the Optuna hooks, writes each trial's
   weight to the storage before the trial runs, lets idle workers wait for a result, and
   resolves races between workers.
@@ -875,9 +876,10 @@ class KneeSampler(BaseSampler):
        knee is never taken on a truncated front (:func:`bracket` says when the end counts
        as reached);
     3. then, for adjacent supported points ``A, B`` of the front found so far, the
-       weight normal to the segment, ``λ_AB = (b1 - a1) / ((b1 - a1) + (a2 - b2))``.
-       Segments next to the current knee come first, then the others, longest (in
-       normalised objectives) first. A finished trial *closes* the segment it probed
+       weight normal to the segment, ``λ_AB = (b1 - a1) / ((b1 - a1) + (a2 - b2))``,
+       on a log grid once the front has more than two points (``grid``). Segments
+       next to the current knee come first, then the others, longest (in normalised
+       objectives) first. A finished trial *closes* the segment it probed
        (:func:`segments`): a result less than ``tolerance`` below ``AB`` is noise;
     4. once both segments next to the knee are closed the knee is *confirmed*; with
        ``full_fidelity`` one more trial retrains the knee's ``λ``, marked ``"full"``
@@ -892,8 +894,9 @@ class KneeSampler(BaseSampler):
     replayed from the trials (:func:`replay`): its decisions read only the results
     it asked for, so the confirmed knee does not depend on the number of workers.
     Idle workers meanwhile train weights that search will likely ask for next,
-    assuming each running trial returns what the front predicts (:func:`speculate`,
-    marked ``"knee:role" = "extra"``), or wait for a result (``idle_wait``).
+    under likely results of the running trials (:func:`guesses`, :func:`speculate`,
+    marked ``"knee:role" = "extra"``; possibly the knee's full retrain before its
+    confirmation lands, which confirms nothing), or wait for a result (``idle_wait``).
     The chosen weight and the fidelity are written to the new trial's
     system attributes in :meth:`before_trial` (``"knee:<param_name>"`` and
     ``"knee:fidelity"``); other workers see them and skip that weight while the
@@ -974,6 +977,13 @@ class KneeSampler(BaseSampler):
             studies pass ``False``: a collapsed network's f1 (ln of the number of
             classes) squeezes the live front and drags the knee to the last network
             before the collapse (docs/benchmarks.md, ``bench/knee_nadir.py``).
+        grid:
+            Weights per decade the search's weights are snapped to (default 10, steps
+            of 26 % in λ; ``0``: exact normal weights). Every segment's weight except
+            the first one (the extremes' normal) lies on this log grid, so that an idle
+            worker's guess can be exactly the weight the search asks for next (see
+            :func:`guesses`); a segment whose weight snaps onto a weight already tried
+            counts as closed. The knee's precision is one grid step in λ.
         independent_sampler:
             Sampler for all other parameters; default ``RandomSampler(seed)``.
         seed:
