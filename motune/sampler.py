@@ -684,7 +684,7 @@ def arc_point(
 _LIKELY = 0.6  # prior that a running dichotomic trial finds a new point (else it closes its segment)
 _SHAPES = (1.0,)  # arc_point sharpness a new point is predicted with (bench/parallel.py: adding 1.5, 2 or 3 did worse)
 _MIN_GUESS_P = 0.3  # a guess is trained only if the search asks for it with at least this prior
-_MIN_FULL_P = 0.5  # ... and a speculative full retrain (it costs more: front_epochs x 3 in motune)
+_MIN_FULL_P = 0.8  # ... and a speculative full retrain (it costs front_epochs x 3 in motune; 0.5 wasted more, no faster)
 _MAX_BRANCHES = 24  # fantasy branches explored per plan (more changed no guess in bench/parallel.py)
 # Front-fidelity guesses running at once (a speculative full retrain comes on top, one at a
 # time). bench/parallel.py: 2 let 8 workers halve the wall time (simulated) within 2x the
@@ -701,8 +701,9 @@ def _outcomes(read: Sequence[TrialRecord], lam: float, rules: SearchRules) -> li
     :data:`_SHAPES` (:func:`arc_point`; a shape whose point lies within ``tolerance`` of
     AB gives its share to closing), or closes AB (a point on it,
     :func:`motune.pareto.predict`) with the rest. When even the corner lies within
-    ``tolerance`` of AB, closing is certain. Elsewhere (the weight repeats a supported
-    point's) the front predicts the result. No front, or a weight beyond every result's
+    ``tolerance`` of AB, closing is certain. Elsewhere (no such A and B, e.g. noisy
+    results) the front's prediction gets prior :data:`_LIKELY` and nothing else is
+    fantasised. No front, or a weight beyond every result's
     (the bracket's extension, which may find more front): no fantasies.
     """
     front = search_front(read, rules)
@@ -715,12 +716,10 @@ def _outcomes(read: Sequence[TrialRecord], lam: float, rules: SearchRules) -> li
 
     closes = fantasy(pareto.predict(front.points[front.supported], lam))
     segment = _bracketing_segment(front, lam)
-    if segment is None:
-        return [(closes, 1.0)]
-    (a, la), (b, lb) = segment
-    arcs = [arc_point(a, la, b, lb, lam, sharpness) for sharpness in _SHAPES]
-    if arcs[0] is None:
-        return [(closes, 1.0)]
+    arcs = [] if segment is None else [arc_point(*segment[0], *segment[1], lam, w) for w in _SHAPES]
+    if not arcs or arcs[0] is None:
+        return [(closes, _LIKELY)]  # no triangle to bound the result: likely, never certain
+    (a, _), (b, _) = segment
     corner = arcs[0][1]
     if _depth(a, b, corner, front.scale) <= rules.tolerance:
         return [(closes, 1.0)]
