@@ -780,7 +780,6 @@ def guesses(
     certain; past them the guess is the bracket's next weight (:func:`_bracket_guess`).
     Most likely first.
     """
-    starts = [_clamp(w, bounds) for w in rules.start_weights]
     found: dict[tuple[float, str], float] = {}
     order = itertools.count()
     heap = [(-1.0, next(order), state)]
@@ -788,31 +787,40 @@ def guesses(
         if not heap:
             break
         neg, _, branch = heapq.heappop(heap)
-        if branch.next is None:
-            continue  # converged under fantasies
-        lam, fidelity = branch.next
-        start = rules.near_any(lam, starts)
-        has_front = len(search_front(branch.records, rules).supported) >= 2
-        if branch.running is None:
-            guess = lam if start or has_front or fidelity == FULL else _bracket_guess(records, rules, bounds)
+        if branch.next is None or (branch.running is not None and branch.next[1] == FULL):
+            continue  # converged under fantasies, or the knee's retrain runs: nothing beyond
+        outcomes = [] if branch.running is None else _branch_outcomes(branch, rules, bounds)
+        if not outcomes:  # nobody trains the weight asked for, or nothing to fantasise: a guess
+            guess = _leaf(records, rules, bounds, branch)
             if guess is not None:
-                found[(guess, fidelity)] = found.get((guess, fidelity), 0.0) - neg
+                found[guess] = found.get(guess, 0.0) - neg
             continue
-        if fidelity == FULL:
-            continue  # the knee's retrain runs: nothing to guess beyond it
-        outcomes = _outcomes(branch.records, lam, rules)
-        if not outcomes:
-            if not start:
-                guess = _bracket_guess(records, rules, bounds)
-                if guess is not None:
-                    found[(guess, FRONT)] = found.get((guess, FRONT), 0.0) - neg
-                continue
-            # A start weight's result does not decide the next start weight: any result will do.
-            outcomes = [(TrialRecord(-1 - len(branch.records), lam, TrialState.COMPLETE, FRONT), 1.0)]
         for fantasy, prior in outcomes:
             nxt = _replay_from(records, [*branch.records, fantasy], rules, bounds)
             heapq.heappush(heap, (neg * prior, next(order), nxt))
     return sorted(((lam, fidelity, p) for (lam, fidelity), p in found.items()), key=lambda g: -g[2])
+
+
+def _branch_outcomes(branch: Replay, rules: SearchRules, bounds: tuple[float, float]) -> list[tuple[TrialRecord, float]]:
+    """:func:`_outcomes` of the running trial a branch waits on; a start weight's result may be anything."""
+    lam = branch.next[0]
+    outcomes = _outcomes(branch.records, lam, rules)
+    if not outcomes and rules.near_any(lam, [_clamp(w, bounds) for w in rules.start_weights]):
+        # A start weight's result does not decide the next start weight: any result will do.
+        outcomes = [(TrialRecord(-1 - len(branch.records), lam, TrialState.COMPLETE, FRONT), 1.0)]
+    return outcomes
+
+
+def _leaf(
+    records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float], branch: Replay
+) -> tuple[float, str] | None:
+    """The guess a branch ends at: the weight it asks for, or, without a front to predict from, the bracket's step."""
+    lam, fidelity = branch.next
+    certain = fidelity == FULL or rules.near_any(lam, [_clamp(w, bounds) for w in rules.start_weights])
+    if branch.running is None and (certain or len(search_front(branch.records, rules).supported) >= 2):
+        return lam, fidelity
+    guess = _bracket_guess(records, rules, bounds)
+    return None if guess is None else (guess, FRONT)
 
 
 def speculate(
