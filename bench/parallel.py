@@ -3,10 +3,14 @@
 Simulation, no training: each trial "trains" by sleeping ``--unit`` seconds and returns a
 known front's point for its λ. KneeSampler (defaults: start weights 0 and 0.1, angle
 knee, tolerance 0.02, full-fidelity retrain of the knee) drives a plain Optuna study,
-stopped once the sampler says it has converged (the knee's retrain completed) or after
-``--budget`` trials. Two modes: ``threads`` (one process, ``study.optimize(n_jobs=N)``,
-in-memory storage) and ``journal`` (N processes, each ``study.optimize`` on one
-``JournalFileBackend`` file, as ``motune run --workers N`` does).
+stopped once the sampler says it has converged (the knee confirmed by completed trials
+and its full-fidelity retrain completed) or after ``--budget`` trials; the retrain sleeps
+``--full-units`` units (default 1; motune's retrain trains 3x the front epochs). Three
+modes: ``threads`` (one process, ``study.optimize(n_jobs=N)``, in-memory storage),
+``journal`` (N processes, each ``study.optimize`` on one ``JournalFileBackend`` file, as
+``motune run --workers N`` does) and ``sim`` (N simulated workers asking
+``motune.sampler.plan_weight`` in turn on discrete events: no Optuna, no sleeping, the
+sampler's decisions alone, deterministic).
 
 Fronts: the synthetic fronts of tests/test_sampler.py (``sharp`` polyline, ``smooth``
 (1 - x²)/(1 + 30x), ``flat`` with a long straight stretch, ``short``: the smooth one with
@@ -24,12 +28,16 @@ Per front, mode and worker count (medians over ``--repeats``): ``trials`` to the
 ``dist``: worst distance of the confirmed knee (normalised by the front's own ideal and
 nadir) from the 1-worker knee; ``extra``: trials idle workers guessed (``knee:role`` = extra),
 ``hits``: those of them the one-worker search then asked for (the rest were wasted);
+``fulls``: full-fidelity retrains begun (more than 1: an idle worker's early retrain of a
+knee that then moved, wasted);
 ``tail``: trials whose result lies within 0.02 (normalised) of the front's far end, where
 it is flat or training has collapsed. Targets (issue 12): the same knee at every worker
 count (dist <= 0.02); at 8 workers, wall <= 1/2 of one worker's on fronts that need >= 6
 sequential trials, and trials <= 2x the sequential count.
 
     python bench/parallel.py --quick     # threads + journal, 1..16 workers, 50 ms trials, 1 repeat
+    python bench/parallel.py --modes sim # the same, simulated (seconds, deterministic)
+    python bench/parallel.py --unit 0.25 --repeats 1 --fronts sqrt,digits,smooth
     python bench/parallel.py             # 100 ms trials, 3 repeats
     python bench/parallel.py --sweep     # retrain the digits sweep (bench/digits_sweep.json)
 """
@@ -37,6 +45,8 @@ sequential trials, and trials <= 2x the sequential count.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import heapq
 import itertools
 import json
 import multiprocessing
@@ -51,11 +61,22 @@ import numpy as np
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _common import RESULTS, machine_info, table, write_json
 
-from motune.sampler import EXTRA, FULL, KneeSampler, SearchRules, read_trials, replay
+from motune.sampler import (
+    EXTRA,
+    FULL,
+    KneeSampler,
+    SearchRules,
+    TrialRecord,
+    plan_weight,
+    read_trials,
+    replay,
+    search_front,
+)
 
 Front = Callable[[float], np.ndarray]
 SWEEP = Path(__file__).resolve().parent / "digits_sweep.json"
@@ -125,11 +146,11 @@ def fronts() -> dict[str, Front]:
 FRONTS: dict[str, Front] = {}  # filled in main(); forked worker processes inherit it
 
 
-def _objective(front: Front, unit: float) -> Callable[[optuna.Trial], tuple[float, float]]:
+def _objective(front: Front, unit: float, full_units: float) -> Callable[[optuna.Trial], tuple[float, float]]:
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         lam = trial.suggest_float("l1_weight", 0.0, 1.0)
         trial.set_user_attr("began", time.time())
-        time.sleep(unit)
+        time.sleep(unit * (full_units if KneeSampler.fidelity(trial) == FULL else 1.0))
         v = front(lam)
         trial.set_user_attr("ended", time.time())
         return float(v[0]), float(v[1])
@@ -137,7 +158,7 @@ def _objective(front: Front, unit: float) -> Callable[[optuna.Trial], tuple[floa
     return objective
 
 
-def _optimize(study: optuna.Study, front: Front, unit: float, budget: int, n_jobs: int) -> None:
+def _optimize(study: optuna.Study, front: Front, unit: float, full_units: float, budget: int, n_jobs: int) -> None:
     sampler = study.sampler
     assert isinstance(sampler, KneeSampler)
 
@@ -145,63 +166,106 @@ def _optimize(study: optuna.Study, front: Front, unit: float, budget: int, n_job
         if sampler.is_converged(study) or len(study.get_trials(deepcopy=False)) >= budget:
             study.stop()
 
-    study.optimize(_objective(front, unit), n_trials=budget, n_jobs=n_jobs, callbacks=[stop])
+    study.optimize(_objective(front, unit, full_units), n_trials=budget, n_jobs=n_jobs, callbacks=[stop])
 
 
-def _journal_worker(path: str, name: str, unit: float, budget: int) -> None:
+def _journal_worker(path: str, name: str, unit: float, full_units: float, budget: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name="parallel", storage=JournalStorage(JournalFileBackend(path)),
                               sampler=KneeSampler(seed=0))
-    _optimize(study, FRONTS[name], unit, budget, 1)
+    _optimize(study, FRONTS[name], unit, full_units, budget, 1)
 
 
-def run(name: str, mode: str, workers: int, unit: float, budget: int) -> dict[str, Any]:
-    """One search with ``workers`` threads or journal processes; the figures of one table cell."""
+def run(name: str, mode: str, workers: int, unit: float, budget: int, full_units: float = 1.0) -> dict[str, Any]:
+    """One search with ``workers`` threads, journal processes or simulated workers; the figures of one table cell."""
     front = FRONTS[name]
+    if mode == "sim":
+        return simulate(front, workers, budget, full_units)
     if mode == "threads":
         study = optuna.create_study(directions=["minimize", "minimize"], sampler=KneeSampler(seed=0))
-        _optimize(study, front, unit, budget, workers)
+        _optimize(study, front, unit, full_units, budget, workers)
     else:
         tmp = tempfile.mkdtemp(prefix="motune-parallel-")
         path = str(Path(tmp, "study.journal"))
         storage = JournalStorage(JournalFileBackend(path))
         study = optuna.create_study(study_name="parallel", storage=storage, directions=["minimize", "minimize"])
         ctx = multiprocessing.get_context("fork")
-        procs = [ctx.Process(target=_journal_worker, args=(path, name, unit, budget)) for _ in range(workers)]
+        procs = [ctx.Process(target=_journal_worker, args=(path, name, unit, full_units, budget)) for _ in range(workers)]
         for p in procs:
             p.start()
         for p in procs:
             p.join()
         study = optuna.load_study(study_name="parallel", storage=storage, sampler=KneeSampler(seed=0))
-    return measure(study, front, unit)
-
-
-def measure(study: optuna.Study, front: Front, unit: float) -> dict[str, Any]:
-    """Trials and wall time to the knee, the knee (normalised), extra and tail trials."""
-    sampler = study.sampler
-    assert isinstance(sampler, KneeSampler)
     trials = [t for t in study.get_trials(deepcopy=False) if "began" in t.user_attrs]
-    full = [t for t in trials if KneeSampler.fidelity(t) == FULL and t.state.is_finished() and t.values is not None]
-    t0 = min(t.user_attrs["began"] for t in trials)
-    last = max(t.user_attrs["ended"] for t in trials if "ended" in t.user_attrs)
-    done_at = min((t.user_attrs["ended"] for t in full), default=last)
-    before = [t for t in trials if t.user_attrs["began"] < done_at]
+    spans = [(t.user_attrs["began"] / unit, t.user_attrs.get("ended", np.inf) / unit) for t in trials]
+    return measure(read_trials(trials), spans, front)
+
+
+def simulate(front: Front, workers: int, budget: int, full_units: float = 1.0) -> dict[str, Any]:
+    """The search with ``workers`` simulated workers: no Optuna, no sleeping, the sampler's own planning.
+
+    Discrete events: a trial takes one unit (a full-fidelity one ``full_units``); whenever
+    workers are free they ask :func:`motune.sampler.plan_weight` in turn, as
+    ``KneeSampler`` does, and one that gets ``None`` waits for the next result. The
+    figures are those of the sampler's decisions alone, without the machine's noise or
+    the sampler's own time.
+    """
+    rules, records, spans = SearchRules(), [], []
+    running: list[tuple[float, int]] = []
+    now, free = 0.0, workers
+    while len(records) < budget:
+        while free and len(records) < budget and (plan := plan_weight(records, rules)) is not None:
+            lam, fidelity, role = plan
+            records.append(TrialRecord(len(records), lam, TrialState.RUNNING, fidelity, None, role))
+            spans.append((now, now + (full_units if fidelity == FULL else 1.0)))
+            heapq.heappush(running, (spans[-1][1], len(records) - 1))
+            free -= 1
+        if not running:
+            break
+        now, number = heapq.heappop(running)
+        r = records[number]
+        v = front(r.lam)
+        records[number] = dataclasses.replace(r, state=TrialState.COMPLETE, values=(float(v[0]), float(v[1])))
+        free += 1
+        if replay(records, rules).next is None:
+            break
+    return measure(records, spans, front)
+
+
+def measure(records: list[TrialRecord], spans: list[tuple[float, float]], front: Front) -> dict[str, Any]:
+    """Trials and wall time to the knee, the knee (normalised), guesses, retrains and tail trials.
+
+    ``records`` are the study's trials (:func:`motune.sampler.read_trials`) and ``spans``
+    their (start, end) in trial units, in the same order. The knee counts as found at the
+    first result after which the study has converged (:func:`motune.sampler.replay`: the
+    one-worker search has read its knee's completed retrain); a retrain guessed early
+    counts from then, not from its own end, and a wasted one counts as a trial.
+    """
+    rules = SearchRules()
+    ends = sorted(end for _, end in spans if np.isfinite(end))
+    done_at = next((e for e in ends if replay([r for r, (_, end) in zip(records, spans) if end <= e and not r.pending],
+                                                rules).next is None), ends[-1])
+    t0 = min(start for start, _ in spans)
+    before = [r for r, (start, _) in zip(records, spans) if start < done_at]
+    state = replay([r for r, (_, end) in zip(records, spans) if end <= done_at and not r.pending], rules)
+    knee_front = search_front(state.records, rules)
     ideal, nadir = front(0.0), front(1.0)
     lo, span = np.array([ideal[0], nadir[1]]), np.abs(nadir - ideal)
     end = (nadir - lo) / span
-    knee = sampler.knee_trial(study)
-    tail = sum(t.values is not None and np.hypot(*((np.asarray(t.values) - lo) / span - end)) <= 0.02 for t in before)
+    knee = None if knee_front.knee is None else knee_front.records[knee_front.knee]
+    tail = sum(r.values is not None and np.hypot(*((np.asarray(r.values) - lo) / span - end)) <= 0.02 for r in before)
     return {
-        "converged": sampler.is_converged(study),
+        "converged": state.next is None,
         "trials": len(before),
-        "trials_total": len(trials),
-        "wall_units": (done_at - t0) / unit,
+        "trials_total": len(records),
+        "wall_units": done_at - t0,
         "knee": None if knee is None else ((np.asarray(knee.values) - lo) / span).tolist(),
-        "knee_lambda": None if knee is None else knee.params.get("l1_weight"),
-        "extra": sum(t.system_attrs.get("knee:role") == EXTRA for t in before),
-        "hits": sum(r.role == EXTRA for r in replay(read_trials(trials), SearchRules()).records),
+        "knee_lambda": None if knee is None else knee.lam,
+        "extra": sum(r.role == EXTRA for r in before),
+        "hits": sum(r.role == EXTRA for r in state.records),
+        "fulls": sum(r.fidelity == FULL for r in before),
         "tail": int(tail),
-        "lambdas": [t.params.get("l1_weight") for t in before],
+        "lambdas": [r.lam for r in before],
     }
 
 
@@ -210,11 +274,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="50 ms trials, 1 repeat")
     parser.add_argument("--sweep", action="store_true", help="retrain the digits sweep into bench/digits_sweep.json and exit")
     parser.add_argument("--workers", default="1,2,4,8,16", help="comma-separated worker counts (default 1,2,4,8,16)")
-    parser.add_argument("--modes", default="threads,journal", help="threads, journal or both (default)")
+    parser.add_argument("--modes", default="threads,journal",
+                        help="comma-separated: threads, journal (default both), sim (simulated workers, no sleeping)")
     parser.add_argument("--fronts", default=None, help="comma-separated front names (default all)")
     parser.add_argument("--unit", type=float, default=None, help="seconds one trial sleeps (default 0.1, --quick 0.05)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3, --quick 1)")
     parser.add_argument("--budget", type=int, default=60, help="most trials per run")
+    parser.add_argument("--full-units", type=float, default=1.0,
+                        help="length of the knee's full-fidelity retrain in trial units (default 1; motune's is 3)")
     parser.add_argument("--json", default=str(RESULTS / "parallel.json"), help="where to write the JSON results")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -234,19 +301,20 @@ def main() -> None:
     for name, mode in itertools.product(names, modes):
         cells = []
         for w in counts:
-            runs = [run(name, mode, w, unit, args.budget) for _ in range(repeats)]
+            runs = [run(name, mode, w, unit, args.budget, args.full_units) for _ in range(1 if mode == "sim" else repeats)]
             cells.append({"workers": w, "runs": runs})
             print(f"{name} {mode} {w}: {[(r['trials'], round(r['wall_units'], 1)) for r in runs]}", file=sys.stderr, flush=True)
         reference = np.asarray(cells[0]["runs"][0]["knee"])
         for cell in cells:
             dists = [float(np.hypot(*(np.asarray(r["knee"]) - reference))) for r in cell["runs"]]
             cell["worst_dist"] = max(dists)
-            keys = ("trials", "wall_units", "extra", "hits", "tail")
+            keys = ("trials", "wall_units", "extra", "hits", "fulls", "tail")
             cell.update({k: float(np.median([r[k] for r in cell["runs"]])) for k in keys})
             cell["converged"] = all(r["converged"] for r in cell["runs"])
             knee = cell["runs"][0]["knee"]
             rows.append([name, mode, cell["workers"], cell["trials"], cell["wall_units"], f"({knee[0]:.3f}, {knee[1]:.3f})",
-                         cell["worst_dist"], cell["extra"], cell["hits"], cell["tail"], "yes" if cell["converged"] else "NO"])
+                         cell["worst_dist"], cell["extra"], cell["hits"], cell["fulls"], cell["tail"],
+                         "yes" if cell["converged"] else "NO"])
         results.setdefault(name, {})[mode] = cells
         one = cells[0]
         same = all(c["worst_dist"] <= 0.02 for c in cells)
@@ -257,12 +325,14 @@ def main() -> None:
             line += (f"; 8 workers: wall {wall:.2f}x one worker's (target <= 0.5: {'met' if wall <= 0.5 else 'MISSED'}),"
                      f" trials {trials:.2f}x (target <= 2: {'met' if trials <= 2 else 'MISSED'})")
         verdicts.append(line)
-    head = ["front", "mode", "workers", "trials", "wall", "knee (1st run)", "dist", "extra", "hits", "tail", "converged"]
+    head = ["front", "mode", "workers", "trials", "wall", "knee (1st run)", "dist", "extra", "hits", "fulls", "tail",
+            "converged"]
     print(table(rows, head))
     print()
     print("\n".join(verdicts))
     info = machine_info()
     out = write_json(args.json, {"benchmark": "parallel", "machine": info, "unit_s": unit, "repeats": repeats,
+                                 "full_units": args.full_units, "command": " ".join(sys.argv),
                                  "verdicts": verdicts, "fronts": results})
     print(f"wrote {out}")
 

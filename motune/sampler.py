@@ -16,8 +16,9 @@ usable and tested without the one above it:
   :func:`knee_confirmed` are its steps);
 * **one search, any workers**: :func:`replay` replays the one-worker search from the
   records (its decisions read only the results it asked for, so the knee does not depend
-  on the number of workers); :func:`speculate` gives idle workers the weights it will
-  likely ask for next, and :func:`plan_weight` combines the two;
+  on the number of workers); :func:`guesses` / :func:`speculate` give idle workers the
+  weights it will likely ask for next (under fantasy results of the running trials,
+  :func:`arc_point`), and :func:`plan_weight` combines the two;
 * **coordinating**: :class:`KneeSampler` holds the Optuna hooks, writes each trial's
   weight to the storage before the trial runs, lets idle workers wait for a result, and
   resolves races between workers.
@@ -31,6 +32,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import heapq
 import itertools
 import math
 import time
@@ -197,6 +200,7 @@ class SearchRules:
     f2_floor: float | None = 0.0
     full_fidelity: bool = True
     collapsed_nadir: bool = True  # False: results at f2_floor do not set the knee's nadir
+    grid: int = 10  # weights per decade the search snaps to (0: none)
 
     def __post_init__(self) -> None:
         weights = list(self.start_weights)
@@ -208,8 +212,16 @@ class SearchRules:
             raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
         if not 0.0 < self.min_lambda_gap < 1.0:
             raise ValueError(f"min_lambda_gap must be in (0, 1), got {self.min_lambda_gap}")
+        if self.grid < 0:
+            raise ValueError(f"grid must be a number of weights per decade >= 0 (0: no grid), got {self.grid}")
         if self.f2_floor is not None and not math.isfinite(self.f2_floor):
             raise ValueError(f"f2_floor must be a finite number or None, got {self.f2_floor}")
+
+    def snap(self, lam: float) -> float:
+        """``lam`` on the search's log grid (``grid`` weights per decade); 0 and ``grid = 0`` leave it."""
+        if self.grid <= 0 or lam <= 0.0:
+            return lam
+        return float(10.0 ** (round(math.log10(lam) * self.grid) / self.grid))
 
     def same(self, a: float, b: float) -> bool:
         """Whether two weights are the same weight (within a relative ``min_lambda_gap``)."""
@@ -263,9 +275,14 @@ def search_front(records: Sequence[TrialRecord], rules: SearchRules) -> SearchFr
     better in f1) end the front but do not set the knee's nadir
     (:func:`motune.pareto.knee_index` with ``floor``).
     """
-    found = tuple(r for r in records if r.fidelity == FRONT and r.values is not None)
+    return _front_of(tuple(r for r in records if r.fidelity == FRONT and r.values is not None), rules)
+
+
+@functools.lru_cache(maxsize=1024)
+def _front_of(found: tuple[TrialRecord, ...], rules: SearchRules) -> SearchFront:
+    """:func:`search_front` of its results, remembered: the replay and the guesses ask for the same fronts often."""
     points = np.array([r.values for r in found], dtype=float).reshape(-1, 2)
-    return SearchFront(
+    front = SearchFront(
         records=found,
         points=points,
         scale=pareto.front_scale(points),
@@ -273,6 +290,9 @@ def search_front(records: Sequence[TrialRecord], rules: SearchRules) -> SearchFr
         knee=pareto.knee_index(points, rules.knee, rules.tolerance,
                                floor=None if rules.collapsed_nadir else rules.f2_floor),
     )
+    for array in (front.points, front.scale, front.supported):
+        array.setflags(write=False)  # shared by every caller of the cache
+    return front
 
 
 def _front_weights(records: Sequence[TrialRecord], pending: bool) -> list[float]:
@@ -291,17 +311,18 @@ def segments(front: SearchFront, records: Sequence[TrialRecord], rules: SearchRu
     probed, planned = _front_weights(records, False), _front_weights(records, True)
     vertices = front.points[front.supported]
     weights, lengths = pareto.hull_segments(vertices, front.scale)
+    snap = rules.snap if len(vertices) > 2 else float
 
     def probes(pos: int, lams: list[float]) -> bool:
         if not lams:
             return False
         a, b = vertices[pos], vertices[pos + 1]
-        return rules.near_any(float(weights[pos]), lams) or bool(
+        return rules.near_any(snap(float(weights[pos])), lams) or bool(
             np.any(pareto.weights_tie(a, b, np.asarray(lams), front.scale, rules.tolerance))
         )
 
     return [
-        Segment(pos, float(weights[pos]), float(lengths[pos]), probes(pos, probed), probes(pos, planned))
+        Segment(pos, snap(float(weights[pos])), float(lengths[pos]), probes(pos, probed), probes(pos, planned))
         for pos in range(len(weights))
     ]
 
@@ -402,7 +423,6 @@ def choose_weight(
             lam, fidelity = choose_weight(records, SearchRules())
             assert fidelity == "front" and abs(lam - 2.25 / 3002.25) < 1e-12  # the extremes' normal
     """
-    rng = rng if rng is not None else np.random.RandomState(0)
     front = search_front(records, rules)
     taken = [r.lam for r in records if r.fidelity == FRONT]
     for w in rules.start_weights:
@@ -444,7 +464,7 @@ def _fill_gap(
     taken: list[float],
     rules: SearchRules,
     bounds: tuple[float, float],
-    rng: np.random.RandomState,
+    rng: np.random.RandomState | None,
 ) -> float:
     """A new weight when no segment is open: bisect the gap whose results differ most.
 
@@ -474,6 +494,7 @@ def _fill_gap(
     for lam in edges:
         if low < lam < high and not rules.near_any(lam, taken):
             return lam
+    rng = rng if rng is not None else np.random.RandomState(0)  # only now: seeding costs more than the rest
     for _ in range(100):
         lam = float(rng.uniform(low, high))
         if not rules.near_any(lam, taken):
@@ -592,10 +613,17 @@ def replay(
             assert [r.number for r in state.records] == [0]
             assert state.next == (0.1, "front") and state.running.number == 2
     """
-    read = [r for r in records if r.role is None and not r.pending]
+    return _replay_from(records, [r for r in records if r.role is None and not r.pending], rules, bounds)
+
+
+def _replay_from(
+    records: Sequence[TrialRecord], read: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float]
+) -> Replay:
+    """:func:`replay` from a given start: the search that has read ``read`` (fantasies allowed) goes on."""
+    read = list(read)
     numbers = {r.number for r in read}
     while not _converged(read, rules, bounds):
-        lam, fidelity = choose_weight(read, rules, bounds, np.random.RandomState(0))
+        lam, fidelity = choose_weight(read, rules, bounds)
         at = _unread_at(records, lam, fidelity, rules, numbers)
         done = [r for r in at if not r.pending]
         running = [r for r in at if r.pending]
@@ -607,76 +635,213 @@ def replay(
     return Replay(tuple(read), None, None)
 
 
-_SPECULATION_DEPTH = 8  # running trials fantasised in a row before an idle worker waits instead
-# Guesses running at once. bench/parallel.py: a second one in flight rarely shortens the
-# search (the one-worker path is a chain of dependent trials) and a third never did; more
-# only spend trials.
+def arc_point(
+    a: np.ndarray, la: float, b: np.ndarray, lb: float, lam: float, sharpness: float = 1.0
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where the front between A and B likely touches weight ``lam``: ``(point, corner)``, or None.
+
+    A was found with weight ``la`` and B with ``lb`` (``la < lam < lb``), so the front
+    lies above the line of weight ``la`` through A and the one of ``lb`` through B, and
+    below the segment AB: inside the triangle of A, B and the lines' crossing, the
+    *corner*. The likely arc is a conic through A and B with those lines as tangents: the
+    rational quadratic Bézier curve with the corner as control point, of weight
+    ``sharpness`` (1: a parabola, as a smooth front looks between close points; larger:
+    a sharper knee, nearer the corner). The point returned is the weighted sum's optimum
+    on it, where its tangent has weight ``lam`` (to 1/1024 of the curve). ``None`` when
+    the weights do not bracket ``lam`` or the lines do not cross between A and B (noise).
+
+    Example: the extremes of ``√f1 + √f2 = 1`` (found with weights 0 and 1) predict
+    the front exactly, a parabola with its corner at the origin; a sharper prior puts
+    the point nearer the corner.
+
+        >>> a, b = np.array([0.0, 1.0]), np.array([1.0, 0.0])
+        >>> point, corner = arc_point(a, 0.0, b, 1.0, 0.5)
+        >>> point.tolist(), corner.tolist()
+        ([0.25, 0.25], [0.0, 0.0])
+        >>> arc_point(a, 0.0, b, 1.0, 0.5, sharpness=3.0)[0].tolist()
+        [0.125, 0.125]
+    """
+
+    def normal(w: float) -> np.ndarray:
+        return np.array([1.0 - w, w])
+
+    if not la < lam < lb:
+        return None
+    lines = np.array([normal(la), normal(lb)])
+    if abs(float(np.linalg.det(lines))) < 1e-15:
+        return None
+    corner = np.linalg.solve(lines, np.array([normal(la) @ a, normal(lb) @ b]))
+    if not (a[0] <= corner[0] <= b[0] and b[1] <= corner[1] <= a[1]):
+        return None
+    if not float(normal(lam) @ (corner - a)) < 0.0 < float(normal(lam) @ (b - corner)):
+        return None
+    s = np.linspace(0.0, 1.0, 1025)[:, None]
+    basis = ((1 - s) ** 2, 2 * sharpness * s * (1 - s), s**2)
+    curve = (basis[0] * a + basis[1] * corner + basis[2] * b) / sum(basis)
+    return curve[int(np.argmin(curve @ normal(lam)))], corner
+
+
+_LIKELY = 0.6  # prior that a running dichotomic trial finds a new point (else it closes its segment)
+_SHAPES = (1.0,)  # arc_point sharpness a new point is predicted with (bench/parallel.py: adding 1.5, 2 or 3 did worse)
+_MIN_GUESS_P = 0.3  # a guess is trained only if the search asks for it with at least this prior
+_MIN_FULL_P = 0.8  # ... and a speculative full retrain (it costs front_epochs x 3 in motune; 0.5 wasted more, no faster)
+_MAX_BRANCHES = 24  # fantasy branches explored per plan (more changed no guess in bench/parallel.py)
+# Front-fidelity guesses running at once (a speculative full retrain comes on top, one at a
+# time). bench/parallel.py: 2 let 8 workers halve the wall time (simulated) within 2x the
+# sequential trials; 3 or 4 spent more trials (digits: over 2x) for the same wall time.
 _MAX_GUESSES = 2
+_SURE = 0.9  # a guess this likely runs even past the cap (e.g. a segment whose neighbour surely closes)
 
 
-def _fantasy(read: Sequence[TrialRecord], lam: float, rules: SearchRules) -> TrialRecord | None:
-    """A running trial's assumed result: the point the front of ``read`` predicts for ``lam``."""
+def _outcomes(read: Sequence[TrialRecord], lam: float, rules: SearchRules) -> list[tuple[TrialRecord, float]]:
+    """A running trial's likely results (fantasies) and their priors, given the front of ``read``.
+
+    With ``lam`` between the weights of two adjacent supported points A and B, the trial
+    finds a new point with prior :data:`_LIKELY`, shared by the shapes of
+    :data:`_SHAPES` (:func:`arc_point`; a shape whose point lies within ``tolerance`` of
+    AB gives its share to closing), or closes AB (a point on it,
+    :func:`motune.pareto.predict`) with the rest. When even the corner lies within
+    ``tolerance`` of AB, closing is certain. Elsewhere (no such A and B, e.g. noisy
+    results) the front's prediction gets prior :data:`_LIKELY` and nothing else is
+    fantasised. No front, or a weight beyond every result's
+    (the bracket's extension, which may find more front): no fantasies.
+    """
     front = search_front(read, rules)
-    if len(front.supported) < 2:
-        return None  # no front to predict from
-    v = pareto.predict(front.points[front.supported], lam)
-    return TrialRecord(-1 - len(read), lam, TrialState.COMPLETE, FRONT, (float(v[0]), float(v[1])))
+    if len(front.supported) < 2 or lam > front.lambdas.max():
+        return []  # no front to predict from, or the bracket's extension: it may find more front
+    number = -1 - len(read)
+
+    def fantasy(v: np.ndarray) -> TrialRecord:
+        return TrialRecord(number, lam, TrialState.COMPLETE, FRONT, (float(v[0]), float(v[1])))
+
+    closes = fantasy(pareto.predict(front.points[front.supported], lam))
+    segment = _bracketing_segment(front, lam)
+    arcs = [] if segment is None else [arc_point(*segment[0], *segment[1], lam, w) for w in _SHAPES]
+    if not arcs or arcs[0] is None:
+        return [(closes, _LIKELY)]  # no triangle to bound the result: likely, never certain
+    (a, _), (b, _) = segment
+    corner = arcs[0][1]
+    if _depth(a, b, corner, front.scale) <= rules.tolerance:
+        return [(closes, 1.0)]
+    found = [(fantasy(arc[0]), _LIKELY / len(_SHAPES)) for arc in arcs
+             if arc is not None and _depth(a, b, arc[0], front.scale) > rules.tolerance]
+    return [*found, (closes, 1.0 - sum(p for _, p in found))]
+
+
+def _bracketing_segment(front: SearchFront, lam: float) -> tuple[tuple[np.ndarray, float], tuple[np.ndarray, float]] | None:
+    """Adjacent supported points A, B with the weights that found them, ``la < lam < lb``; None if none."""
+    weights: dict[tuple[float, float], list[float]] = {}
+    for r in front.records:
+        weights.setdefault(r.values, []).append(r.lam)
+    vertices = front.points[front.supported]
+    for a, b in itertools.pairwise(vertices):
+        la, lb = max(weights[tuple(a)]), min(weights[tuple(b)])  # the tightest lines through A and B
+        if la < lam < lb:
+            return (a, la), (b, lb)
+    return None
+
+
+def _depth(a: np.ndarray, b: np.ndarray, point: np.ndarray, scale: np.ndarray) -> float:
+    """Distance of ``point`` below the line through ``a`` and ``b``, in objectives divided by ``scale``."""
+    a, b, point = a / scale, b / scale, point / scale
+    n = np.array([a[1] - b[1], b[0] - a[0]])
+    return float((n @ a - point @ n) / np.linalg.norm(n))
 
 
 def _bracket_guess(records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float]) -> float | None:
-    """Ten times the largest weight while the search's own trial there runs (the bracket's likely next step)."""
+    """Ten times the largest weight while the trial there runs (the bracket's likely next step).
+
+    Only one step ahead: not past a guess, unless that guess is a start weight (certain).
+    """
     lams = [r.lam for r in records if r.fidelity == FRONT]
     if not lams:
         return None
     top = max(lams)
-    if not all(r.pending and r.role != EXTRA for r in records if r.fidelity == FRONT and rules.same(r.lam, top)):
-        return None  # known already, or itself a guess: one step ahead at most
+    starts = [_clamp(w, bounds) for w in rules.start_weights]
+    at_top = [r for r in records if r.fidelity == FRONT and rules.same(r.lam, top)]
+    if not all(r.pending and (r.role != EXTRA or rules.near_any(top, starts)) for r in at_top):
+        return None  # known already, or itself a guess
     lam = _clamp(10.0 * top, bounds)
     return lam if lam > top and not rules.near_any(lam, lams) else None
 
 
+def guesses(
+    records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float], state: Replay
+) -> list[tuple[float, str, float]]:
+    """Weights the one-worker search will likely ask for next and nobody trains: ``(λ, fidelity, prior)``.
+
+    Fantasy results ("constant liar", several lies): each running trial the search waits
+    on is given its likely results (:func:`_outcomes`) and the replay goes on from each
+    (:func:`_replay_from`), most likely branch first, up to :data:`_MAX_BRANCHES`; a
+    branch ends at the first weight nobody trains, a guess whose prior is the
+    product of the branch's. Priors of the same guess on several branches add up. Guesses
+    never include a weight finished trials have (the replay reads those), nor one whose
+    segment they closed. Before the front has two points only the start weights are
+    certain; past them the guess is the bracket's next weight (:func:`_bracket_guess`).
+    Most likely first.
+    """
+    found: dict[tuple[float, str], float] = {}
+    order = itertools.count()
+    heap = [(-1.0, next(order), state)]
+    for _ in range(_MAX_BRANCHES):
+        if not heap:
+            break
+        neg, _, branch = heapq.heappop(heap)
+        if branch.next is None or (branch.running is not None and branch.next[1] == FULL):
+            continue  # converged under fantasies, or the knee's retrain runs: nothing beyond
+        outcomes = [] if branch.running is None else _branch_outcomes(branch, rules, bounds)
+        if not outcomes:  # nobody trains the weight asked for, or nothing to fantasise: a guess
+            guess = _leaf(records, rules, bounds, branch)
+            if guess is not None:
+                found[guess] = found.get(guess, 0.0) - neg
+            continue
+        for fantasy, prior in outcomes:
+            nxt = _replay_from(records, [*branch.records, fantasy], rules, bounds)
+            heapq.heappush(heap, (neg * prior, next(order), nxt))
+    return sorted(((lam, fidelity, p) for (lam, fidelity), p in found.items()), key=lambda g: -g[2])
+
+
+def _branch_outcomes(branch: Replay, rules: SearchRules, bounds: tuple[float, float]) -> list[tuple[TrialRecord, float]]:
+    """:func:`_outcomes` of the running trial a branch waits on; a start weight's result may be anything."""
+    lam = branch.next[0]
+    outcomes = _outcomes(branch.records, lam, rules)
+    if not outcomes and rules.near_any(lam, [_clamp(w, bounds) for w in rules.start_weights]):
+        # A start weight's result does not decide the next start weight: any result will do.
+        outcomes = [(TrialRecord(-1 - len(branch.records), lam, TrialState.COMPLETE, FRONT), 1.0)]
+    return outcomes
+
+
+def _leaf(
+    records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float], branch: Replay
+) -> tuple[float, str] | None:
+    """The guess a branch ends at: the weight it asks for, or, without a front to predict from, the bracket's step."""
+    lam, fidelity = branch.next
+    certain = fidelity == FULL or rules.near_any(lam, [_clamp(w, bounds) for w in rules.start_weights])
+    if branch.running is None and (certain or len(search_front(branch.records, rules).supported) >= 2):
+        return lam, fidelity
+    guess = _bracket_guess(records, rules, bounds)
+    return None if guess is None else (guess, FRONT)
+
+
 def speculate(
     records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float], state: Replay
-) -> float | None:
-    """A weight for an idle worker while the one-worker search waits; ``None``: nothing likely needed.
+) -> tuple[float, str] | None:
+    """The guess for an idle worker (:func:`guesses`), or ``None``: nothing likely enough, or enough running.
 
-    Fantasy results ("constant liar"): each running trial the search waits on is assumed
-    to return the point the front found so far predicts for its λ
-    (:func:`motune.pareto.predict`: a point on the front, which closes the segment it
-    probes), and the replay goes on from there; the first weight it then asks for that
-    nobody trains is returned. Idle workers so split the other open segments next to
-    the knee candidate, in the order one worker would if the running trials closed
-    theirs, and never a segment that finished trials closed. Under fantasies the search
-    never goes as far as the full-fidelity retrain, nor past :data:`_SPECULATION_DEPTH`
-    running trials. Before the front has two points there is nothing to predict from:
-    the guesses are the remaining start weights, then the bracket's next weight
-    (:func:`_bracket_guess`).
+    A full-fidelity retrain of the knee that likely branches confirm comes first (it ends
+    the search; a wasted one costs the most, so it needs a prior of :data:`_MIN_FULL_P`,
+    one at a time). A front-fidelity guess needs :data:`_MIN_GUESS_P` and fewer than
+    :data:`_MAX_GUESSES` guesses running, unless it is near certain (:data:`_SURE`).
     """
-    read = list(state.records)
-    numbers = {r.number for r in read}
-    wanted = state.next
-    starts = [_clamp(w, bounds) for w in rules.start_weights]
-    for _ in range(_SPECULATION_DEPTH):
-        if wanted is None or wanted[1] == FULL:
-            return None
-        lam = wanted[0]
-        start = rules.near_any(lam, starts)
-        at = _unread_at(records, lam, FRONT, rules, numbers)
-        if not at:
-            # Without a front only the start weights are certain; past them, the bracket's guess.
-            return lam if start or len(search_front(read, rules).supported) >= 2 else _bracket_guess(records, rules, bounds)
-        done = [r for r in at if not r.pending]
-        guess = None if done else _fantasy(read, lam, rules)
-        if not done and guess is None:
-            if not start:
-                return _bracket_guess(records, rules, bounds)
-            # A start weight's result does not decide the next start weight: any result will do.
-            guess = TrialRecord(-1 - len(read), lam, TrialState.COMPLETE, FRONT)
-        read.extend(done or [guess])
-        numbers.update(r.number for r in done)
-        if _converged(read, rules, bounds):
-            return None
-        wanted = choose_weight(read, rules, bounds, np.random.RandomState(0))
+    front_guesses = sum(r.pending and r.role == EXTRA and r.fidelity == FRONT for r in records)
+    full_guesses = sum(r.pending and r.role == EXTRA and r.fidelity == FULL for r in records)
+    likely = guesses(records, rules, bounds, state)
+    for lam, fidelity, prior in likely:
+        if fidelity == FULL and prior >= _MIN_FULL_P and not full_guesses:
+            return lam, FULL
+    for lam, fidelity, prior in likely:
+        if fidelity == FRONT and prior >= _MIN_GUESS_P and (front_guesses < _MAX_GUESSES or prior >= _SURE):
+            return lam, FRONT
     return None
 
 
@@ -689,8 +854,7 @@ def plan_weight(
     """``(λ, fidelity, role)`` for a new trial, or ``None``: better wait for a running result.
 
     The one-worker search's next weight if nobody trains it (:func:`replay`); else a
-    likely-needed guess (:func:`speculate`), an :data:`EXTRA`, unless
-    :data:`_MAX_GUESSES` guesses already run; else ``None``. Once the
+    likely-needed guess (:func:`speculate`), an :data:`EXTRA`; else ``None``. Once the
     search has converged, :func:`choose_weight` over all records refines anywhere
     (:data:`EXTRA`: it no longer moves the confirmed knee).
     """
@@ -699,10 +863,8 @@ def plan_weight(
         return (*choose_weight(records, rules, bounds, rng), EXTRA)
     if state.running is None:
         return (*state.next, PATH)
-    if sum(r.pending and r.role == EXTRA for r in records) >= _MAX_GUESSES:
-        return None
-    lam = speculate(records, rules, bounds, state)
-    return None if lam is None else (lam, FRONT, EXTRA)
+    guess = speculate(records, rules, bounds, state)
+    return None if guess is None else (*guess, EXTRA)
 
 
 # ------------------------------------------------------------------------ coordinating
@@ -721,9 +883,10 @@ class KneeSampler(BaseSampler):
        knee is never taken on a truncated front (:func:`bracket` says when the end counts
        as reached);
     3. then, for adjacent supported points ``A, B`` of the front found so far, the
-       weight normal to the segment, ``λ_AB = (b1 - a1) / ((b1 - a1) + (a2 - b2))``.
-       Segments next to the current knee come first, then the others, longest (in
-       normalised objectives) first. A finished trial *closes* the segment it probed
+       weight normal to the segment, ``λ_AB = (b1 - a1) / ((b1 - a1) + (a2 - b2))``,
+       on a log grid once the front has more than two points (``grid``). Segments
+       next to the current knee come first, then the others, longest (in normalised
+       objectives) first. A finished trial *closes* the segment it probed
        (:func:`segments`): a result less than ``tolerance`` below ``AB`` is noise;
     4. once both segments next to the knee are closed the knee is *confirmed*; with
        ``full_fidelity`` one more trial retrains the knee's ``λ``, marked ``"full"``
@@ -738,8 +901,9 @@ class KneeSampler(BaseSampler):
     replayed from the trials (:func:`replay`): its decisions read only the results
     it asked for, so the confirmed knee does not depend on the number of workers.
     Idle workers meanwhile train weights that search will likely ask for next,
-    assuming each running trial returns what the front predicts (:func:`speculate`,
-    marked ``"knee:role" = "extra"``), or wait for a result (``idle_wait``).
+    under likely results of the running trials (:func:`guesses`, :func:`speculate`,
+    marked ``"knee:role" = "extra"``; possibly the knee's full retrain before its
+    confirmation lands, which confirms nothing), or wait for a result (``idle_wait``).
     The chosen weight and the fidelity are written to the new trial's
     system attributes in :meth:`before_trial` (``"knee:<param_name>"`` and
     ``"knee:fidelity"``); other workers see them and skip that weight while the
@@ -820,6 +984,13 @@ class KneeSampler(BaseSampler):
             studies pass ``False``: a collapsed network's f1 (ln of the number of
             classes) squeezes the live front and drags the knee to the last network
             before the collapse (docs/benchmarks.md, ``bench/knee_nadir.py``).
+        grid:
+            Weights per decade the search's weights are snapped to (default 10, steps
+            of 26 % in λ; ``0``: exact normal weights). Every segment's weight except
+            the first one (the extremes' normal) lies on this log grid, so that an idle
+            worker's guess can be exactly the weight the search asks for next (see
+            :func:`guesses`); a segment whose weight snaps onto a weight already tried
+            counts as closed. The knee's precision is one grid step in λ.
         independent_sampler:
             Sampler for all other parameters; default ``RandomSampler(seed)``.
         seed:
@@ -851,6 +1022,7 @@ class KneeSampler(BaseSampler):
         f2_floor: float | None = 0.0,
         full_fidelity: bool = True,
         collapsed_nadir: bool = True,
+        grid: int = 10,
         independent_sampler: BaseSampler | None = None,
         seed: int | None = None,
         param_name: str = "l1_weight",
@@ -869,6 +1041,7 @@ class KneeSampler(BaseSampler):
             f2_floor=None if f2_floor is None else float(f2_floor),
             full_fidelity=bool(full_fidelity),
             collapsed_nadir=bool(collapsed_nadir),
+            grid=int(grid),
         )
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         self._rng = LazyRandomState(seed)

@@ -36,8 +36,10 @@ from motune.sampler import (
     KneeSampler,
     SearchRules,
     TrialRecord,
+    arc_point,
     bracket,
     choose_weight,
+    guesses,
     is_confirmed,
     plan_weight,
     read_trials,
@@ -323,9 +325,9 @@ def test_running_trials_get_different_weights() -> None:
     lam0 = t0.suggest_float("l1_weight", 0.0, 1.0)
     lam1 = t1.suggest_float("l1_weight", 0.0, 1.0)
     assert (lam0, lam1) == (0.0, 0.1)
-    t2 = study.ask()  # both start weights running, no result yet: fill a gap
+    t2 = study.ask()  # both start weights running, no result yet: the bracket's next step
     lam2 = t2.suggest_float("l1_weight", 0.0, 1.0)
-    assert lam2 not in (0.0, 0.1) and 0 < lam2 < 1
+    assert lam2 == 1.0
     for t in (t0, t1, t2):
         study.tell(t, tuple(SHARP(t.params["l1_weight"])))
     # the next two are the normal of the extremes' segment and, while that one
@@ -832,12 +834,22 @@ def test_idle_workers_split_the_other_knee_segment_then_wait() -> None:
     assert first == (max(segs, key=lambda s: s.length).lam, FRONT)
     assert plan_weight(recs, rules) == (*first, PATH)
     running = [*recs, TrialRecord(3, first[0], RUNNING, role=PATH)]
-    # Fantasy: the running trial closes its segment; the search would then split the other.
+    # Whatever the running trial returns, the search would split the other knee segment next.
     other = next(s.lam for s in segs if s.lam != first[0])
     assert plan_weight(running, rules) == (other, FRONT, EXTRA)
-    # Both knee segments running: the next step is the knee's retrain, which waits for real results.
+    # Both knee segments running: the likeliest branch (the longer one finds a point, as the
+    # arc through its ends predicts) splits a segment next to that point, a weight on the grid.
     both = [*running, TrialRecord(4, other, RUNNING, role=EXTRA)]
-    assert plan_weight(both, rules) is None
+    lam, fidelity, role = plan_weight(both, rules)
+    assert (fidelity, role) == (FRONT, EXTRA) and lam == rules.snap(lam)
+    assert not rules.near_any(lam, [r.lam for r in both])
+    # Two guesses run (the cap): only the knee's retrain, confirmed on every branch, comes on top,
+    # marked extra (it confirms nothing); then the worker waits for real results.
+    three = [*both, TrialRecord(5, lam, RUNNING, role=EXTRA)]
+    knee = search_front(recs, rules).knee
+    assert plan_weight(three, rules) == (recs[knee].lam, FULL, EXTRA)
+    assert plan_weight([*three, TrialRecord(6, recs[knee].lam, RUNNING, FULL, role=EXTRA)], rules) is None
+    assert not is_confirmed(three, rules, (0.0, 1.0))
 
 
 def test_idle_workers_guess_the_bracket_while_the_start_weights_run() -> None:
@@ -860,3 +872,86 @@ def test_confirmed_knee_stays_put_as_more_points_arrive() -> None:
     study.optimize(make_objective(front), n_trials=15)
     assert sampler.is_converged(study) and sampler.knee_trial(study).values == knee
     assert len(front_lambdas(study)) >= 24  # 15 more weights on the front
+
+
+# ------------------------------------------------------------- the grid and the guesses
+
+
+def test_search_weights_lie_on_a_log_grid() -> None:
+    """Past the extremes' normal every segment's weight is on the grid (10 per decade), so a guess can hit it exactly."""
+    rules = SearchRules()
+    assert rules.grid == 10
+    assert rules.snap(0.0) == 0.0 and rules.snap(0.1) == pytest.approx(0.1)
+    assert rules.snap(0.0104) == pytest.approx(0.01) and rules.snap(0.0115) == pytest.approx(10**-1.9)
+    assert SearchRules(grid=0).snap(0.0104) == 0.0104
+    with pytest.raises(ValueError, match="grid"):
+        SearchRules(grid=-1)
+    # Two points: the extremes' normal, exact (it depends on no running trial's result).
+    recs = sharp_records(0.0, 0.1)
+    (seg,) = segments(search_front(recs, rules), recs, rules)
+    assert seg.lam == pytest.approx(EXTREMES_NORMAL) and seg.lam != rules.snap(seg.lam)
+    # Then every segment's weight is a grid weight.
+    recs = sharp_records(0.0, 0.1, EXTREMES_NORMAL)
+    for s in segments(search_front(recs, rules), recs, rules):
+        assert s.lam == rules.snap(s.lam) and math.log10(s.lam) * 10 == pytest.approx(round(math.log10(s.lam) * 10))
+    # A whole search: start weights, the extremes' normal, then grid weights only.
+    study = new_study(KneeSampler(seed=0))
+    run_until_converged(study, make_objective(SMOOTH), 20)
+    lams = front_lambdas(study)
+    assert lams[:3] == [0.0, 0.1, pytest.approx(rules.snap(lams[2]), rel=0.2)]
+    assert all(lam == rules.snap(lam) for lam in lams[3:])
+
+
+def test_a_segment_whose_weight_snaps_onto_an_end_is_closed() -> None:
+    """Between two adjacent grid weights the grid has nothing left to try: that segment counts as an edge."""
+    lo, hi = 10**-3.0, 10**-2.9
+    # B - A has normal weight 1.1e-3, between the weights that found A and B; it snaps onto lo.
+    a, b = (0.3, 2500.0), (0.3 + 1000 * 1.1e-3 / (1 - 1.1e-3), 1500.0)
+    recs = records((0.0, (0.05, 3000.0)), (lo, a), (hi, b), (1.0, (9.0, 1400.0)))
+    for grid, closed in ((10, True), (0, False)):
+        rules = SearchRules(grid=grid, tolerance=0.0)  # no closing by ties: only by the weight itself
+        front = search_front(recs, rules)
+        (seg,) = [s for s in segments(front, recs, rules) if front.points[front.supported][s.pos].tolist() == list(a)]
+        assert seg.lam == pytest.approx(lo if grid else 1.1e-3) and seg.closed == closed
+
+
+def test_arc_point_lies_in_the_triangle_of_the_tangent_lines() -> None:
+    a, b = np.array([0.05, 3000.0]), np.array([2.3, 0.0])
+    lam = 2.25 / 3002.25  # the extremes' normal
+    point, corner = arc_point(a, 0.0, b, 0.1, lam)
+    assert corner[0] == pytest.approx(0.05) and 0.0 <= corner[1] < 30.0  # near the ideal point
+    # Below the chord AB, above both tangent lines.
+    chord = (b[1] - a[1]) / (b[0] - a[0])
+    assert point[1] < a[1] + chord * (point[0] - a[0])
+    assert point[0] >= a[0] and 0.9 * (point[0] - b[0]) + 0.1 * (point[1] - b[1]) >= -1e-9
+    # Its weighted sum is no worse than A's or B's: the optimum of the arc, not of the chord.
+    score = lambda v: (1 - lam) * v[0] + lam * v[1]  # noqa: E731
+    assert score(point) < min(score(a), score(b))
+    assert arc_point(a, 0.0, b, 0.1, 0.2) is None  # the weights do not bracket lam
+    assert arc_point(a, lam, b, 0.1, lam) is None
+
+
+def test_guesses_are_new_weights_with_priors() -> None:
+    rules = SearchRules()
+    recs = [dataclasses.replace(r, role=PATH) for r in sharp_records(0.0, 0.1, EXTREMES_NORMAL)]
+    first = choose_weight(recs, rules)
+    running = [*recs, TrialRecord(3, first[0], RUNNING, role=PATH)]
+    found = guesses(running, rules, (0.0, 1.0), replay(running, rules))
+    assert found and all(0.0 < p <= 1.0 + 1e-12 for *_, p in found)
+    assert [p for *_, p in found] == sorted((p for *_, p in found), reverse=True)
+    taken = [r.lam for r in running]
+    assert not any(rules.near_any(lam, taken) for lam, fidelity, _ in found if fidelity == FRONT)
+
+
+def test_a_guessed_retrain_confirms_nothing_and_a_wasted_one_is_not_the_knee() -> None:
+    """A full retrain an idle worker guessed at the wrong weight: the knee and its retrain are the search's."""
+    rules = SearchRules()
+    path = sharp_path()
+    knee = search_front(path, rules).knee
+    wrong = next(r.lam for i, r in enumerate(path) if i != knee and r.lam > 0)
+    stray = TrialRecord(len(path), wrong, DONE, FULL, (0.4, 60.0), EXTRA)
+    state = replay([*path, stray], rules)
+    assert state.next == (path[knee].lam, FULL) and state.running is None
+    assert plan_weight([*path, stray], rules) == (path[knee].lam, FULL, PATH)
+    right = TrialRecord(len(path) + 1, path[knee].lam, DONE, FULL, (0.15, 200.0), EXTRA)
+    assert replay([*path, stray, right], rules).next is None
