@@ -517,12 +517,17 @@ def _gmp_waiting(study: optuna.Study) -> bool:
 
 
 def _gmp_after_knee(config: StudyConfig) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """A callback: when ``trial`` is the knee's completed full-fidelity retrain, queue its GMP trial (motune.gmp)."""
+    """A callback: once the search has converged (its knee retrained), queue the knee's GMP trial (motune.gmp).
+
+    Any worker, after any trial: the retrain may have completed before the trial that
+    confirmed its knee (an idle worker's early retrain, :mod:`motune.sampler`), and
+    queueing is idempotent (a GMP trial queued twice in a race runs once).
+    """
+    sampler = make_sampler(config)
 
     def after(study: optuna.Study, trial: FrozenTrial) -> None:
-        knee = knee_trial(study, config)
-        if knee is not None and knee.number == trial.number:
-            enqueue_for_knee(study, knee)
+        if trial.state == TrialState.COMPLETE and trial_kind(trial) != GMP and sampler.is_converged(study):
+            enqueue_for_knee(study, sampler.knee_trial(study))
 
     return after
 

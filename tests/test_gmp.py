@@ -126,22 +126,23 @@ def test_export_select_writes_only_the_selected_checkpoint(gmp_run, run_motune) 
     assert motune.load_model(work / "sel" / "checkpoints" / f"trial-{knee.number:04d}.pt") is not None
 
 
-def test_only_the_knee_retrain_queues_the_gmp_trial_and_only_once(gmp_run) -> None:
-    """What each worker does after its own trial (several workers: only the knee's trainer queues)."""
+def test_the_gmp_trial_is_queued_once_the_knee_is_retrained_and_only_once(gmp_run) -> None:
+    """What each worker does after its own trial: nothing before the knee's retrain, then queue it once."""
     _, _, finished = gmp_run
     study = optuna.create_study(directions=["minimize", "minimize"])
-    for t in finished.get_trials():
-        if trial_kind(t) != GMP:
-            study.add_trial(t)
     study.set_user_attr(CONFIG_ATTR, finished.user_attrs[CONFIG_ATTR])
     after = _gmp_after_knee(motune.StudyConfig.from_dict(finished.user_attrs[CONFIG_ATTR]))
-    knee = motune.knee_trial(study)
-    for t in study.get_trials():
-        if t.number != knee.number:
-            after(study, t)  # another worker's trial: nothing queued
+    trials = [t for t in finished.get_trials() if trial_kind(t) != GMP]
+    retrain = next(t for t in trials if is_full(t) and trial_kind(t) == "weighted_sum")
+    for t in trials:
+        if t.number != retrain.number:
+            study.add_trial(t)
+            after(study, study.trials[-1])  # the search has not converged: nothing queued
     assert gmp_trials(study) == []
-    after(study, knee)
-    after(study, knee)  # a resumed or retried caller finds it
+    study.add_trial(retrain)
+    after(study, study.trials[-1])
+    after(study, study.trials[0])  # another worker's trial, or a resumed caller: finds it
+    knee = motune.knee_trial(study)
     queued = gmp_trials(study)
     assert len(queued) == 1 and queued[0].state == TrialState.WAITING
     assert queued[0].user_attrs[GMP_OF] == knee.number and queued[0].user_attrs[GMP_TARGET] == knee.user_attrs["fraction_kept"]
