@@ -454,24 +454,35 @@ def run_seed(seed: int, methods: tuple[str, ...], budget: int, sweep: list[float
             + (f"  ERROR {runs[method]['error']}" if "error" in runs[method] else ""))
 
     sweep_pts = np.array([[r["f1"], r["f2"]] for r in sweep_rows])
-    union = np.vstack([sweep_pts, *(points_of(run["rows"]) for run in runs.values() if run.get("rows"))])
-    front = union[pareto.nondominated_mask(union)]
-    ideal, nadir = front.min(axis=0), front.max(axis=0)
+    ok = {m: run for m, run in runs.items() if run.get("rows")}
+    # Normalisation: for the fresh reference, as before continuation, by the sweep and the fresh
+    # methods' points (so their numbers do not move with the continuation runs; a continuation
+    # point may land outside [0, 1], which the hypervolume handles); for ``all`` and ``own``,
+    # by every point.
+    fresh_union = np.vstack([sweep_pts, *(points_of(run["rows"]) for m, run in ok.items() if not split_method(m)[1])])
+    union = np.vstack([sweep_pts, *(points_of(run["rows"]) for run in ok.values())])
+    bounds = {}
+    for name, pts in (("fresh", fresh_union), ("all", union)):
+        front = pts[pareto.nondominated_mask(pts)]
+        bounds[name] = (front.min(axis=0), front.max(axis=0))
 
-    def reference(points: np.ndarray) -> tuple[float, np.ndarray, int]:
+    def reference(points: np.ndarray, norm_by: str) -> tuple[float, np.ndarray, int]:
         """Hypervolume, normalised knee and knee index of a reference point set."""
-        norm = pareto.normalise(points, ideal, nadir)
+        norm = pareto.normalise(points, *bounds[norm_by])
         k = pareto.knee_index(points, KNEE_CRITERION, KNEE_TOLERANCE)
         return pareto.hypervolume(norm, REFERENCE), norm[k], k
 
-    hv_ref, knee_ref, k = reference(sweep_pts)
-    hv_all, knee_all, k_all = reference(union)
+    hv_ref, knee_ref, k = reference(sweep_pts, "fresh")
+    hv_all, knee_all, k_all = reference(union, "all")
+    ideal, nadir = bounds["fresh"]
     out: dict[str, Any] = {
         "seed": seed,
         "ideal": ideal.tolist(),
         "nadir": nadir.tolist(),
+        "ideal_all": bounds["all"][0].tolist(),
+        "nadir_all": bounds["all"][1].tolist(),
         "reference_hypervolume": hv_ref,
-        "union_hypervolume_fraction": hv_all / hv_ref,
+        "union_hypervolume_fraction": hv_all / reference(sweep_pts, "all")[0],  # all / sweep, same normalisation
         "reference_knee": {"lambda": sweep_rows[k]["lam"], "f1": sweep_rows[k]["f1"], "f2": sweep_rows[k]["f2"],
                            "normalised": knee_ref.tolist(), "val_accuracy": sweep_rows[k]["val_accuracy"],
                            "fraction_kept": sweep_rows[k]["fraction_kept"]},
@@ -486,11 +497,10 @@ def run_seed(seed: int, methods: tuple[str, ...], budget: int, sweep: list[float
             continue
         rows = run["rows"]
         n_max = min(budget, len(rows))
-        c = curves(rows, ideal, nadir, hv_ref, knee_ref, n_max)
-        ca = curves(rows, ideal, nadir, hv_all, knee_all, n_max)
-        own_pts = points_of(rows)
-        hv_own, knee_own, k_own = reference(own_pts)
-        co = curves(rows, ideal, nadir, hv_own, knee_own, n_max)
+        c = curves(rows, *bounds["fresh"], hv_ref, knee_ref, n_max)
+        ca = curves(rows, *bounds["all"], hv_all, knee_all, n_max)
+        hv_own, knee_own, k_own = reference(points_of(rows), "all")
+        co = curves(rows, *bounds["all"], hv_own, knee_own, n_max)
         own_rows = [r for r in rows if r["f1"] is not None]
         knee_row = own_rows[k_own]
         out["methods"][method] = {
