@@ -136,6 +136,9 @@ LOW, HIGH = 1e-6, 1e-1
 DIGITS = motune.StudyConfig()  # studies/digits.toml
 KNEE_CRITERION = "angle"
 KNEE_TOLERANCE = 0.02  # KneeSampler's default: depth below a segment that makes a vertex
+# The knee measured with collapsed points in the nadir (None, KneeSampler's default), or, with
+# --live-knee, without them (0.0: l1's floor), as motune's studies choose it (make_sampler).
+KNEE_FLOOR: float | None = None
 KNEE_REACHED = 0.05  # "reached the knee": within this distance in normalised objectives
 HV_FRACTION = 0.95
 REFERENCE = np.array([1.1, 1.1])
@@ -243,7 +246,8 @@ def grid_order(n_log: int) -> list[float]:
 
 def make_sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
     if method == "knee":
-        return motune.KneeSampler(full_fidelity=False, seed=seed)
+        # --live-knee: as motune.study.make_sampler builds it (collapsed networks do not set the knee's nadir)
+        return motune.KneeSampler(full_fidelity=False, seed=seed, collapsed_nadir=KNEE_FLOOR is None)
     if method == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if method == "nsga2":
@@ -367,7 +371,7 @@ def curves(rows: list[dict[str, Any]], ideal: np.ndarray, nadir: np.ndarray, hv_
             continue
         norm = pareto.normalise(points, ideal, nadir)
         hv.append(pareto.hypervolume(norm, REFERENCE) / hv_ref)
-        i = pareto.knee_index(points, KNEE_CRITERION, KNEE_TOLERANCE)
+        i = pareto.knee_index(points, KNEE_CRITERION, KNEE_TOLERANCE, floor=KNEE_FLOOR)
         dist.append(None if i is None else float(np.linalg.norm(norm[i] - knee_ref)))
     return {"hv_fraction": hv, "knee_distance": dist, "epochs": spent}
 
@@ -469,7 +473,7 @@ def run_seed(seed: int, methods: tuple[str, ...], budget: int, sweep: list[float
     def reference(points: np.ndarray, norm_by: str) -> tuple[float, np.ndarray, int]:
         """Hypervolume, normalised knee and knee index of a reference point set."""
         norm = pareto.normalise(points, *bounds[norm_by])
-        k = pareto.knee_index(points, KNEE_CRITERION, KNEE_TOLERANCE)
+        k = pareto.knee_index(points, KNEE_CRITERION, KNEE_TOLERANCE, floor=KNEE_FLOOR)
         return pareto.hypervolume(norm, REFERENCE), norm[k], k
 
     hv_ref, knee_ref, k = reference(sweep_pts, "fresh")
@@ -723,9 +727,14 @@ def main() -> None:
                         help="comma-separated methods that also run with continuation (METHOD+cont[+prune]); '' for none")
     parser.add_argument("--continuation-epochs", type=int, default=None,
                         help="epochs of a warm-started trial (default: the study's, half of --epochs)")
+    parser.add_argument("--live-knee", action="store_true",
+                        help="measure the knee without collapsed points in the nadir (pareto.knee_index floor=0) and run "
+                             "KneeSampler(collapsed_nadir=False), as motune.study.make_sampler does")
     parser.add_argument("--json", default=str(RESULTS / "samplers.json"), help="where to write the JSON results")
     parser.add_argument("--html", default=None, help="figure path (default: the JSON path with .html)")
     args = parser.parse_args()
+    global KNEE_FLOOR
+    KNEE_FLOOR = 0.0 if args.live_knee else None
     seeds = args.seeds or (2 if args.quick else 5)
     budget = args.budget or (20 if args.quick else 40)
     n_sweep = args.sweep or (30 if args.quick else 60)
@@ -763,11 +772,13 @@ def main() -> None:
             "reference_sweep": f"0 plus {n_sweep} log-spaced weights in [{LOW}, {HIGH}]",
             "grid": "0 plus 25 log-spaced weights in [1e-6, 1e-1], coarse-to-fine order",
             "peer_start": "the range ends 1e-6 and 0.1 enqueued as trials 1 and 2",
-            "knee_sampler": "KneeSampler(full_fidelity=False, seed=seed), defaults otherwise, λ in [0, 0.1]",
+            "knee_sampler": f"KneeSampler(full_fidelity=False, seed=seed, collapsed_nadir={KNEE_FLOOR is None}), "
+                            "defaults otherwise, λ in [0, 0.1]",
             "samplers": {"tpe": "TPESampler(seed)", "nsga2": "NSGAIISampler(population_size=8, crossover=SBXCrossover(), "
                                                              "mutation=PolynomialMutation(), seed)",
                          "gp": "GPSampler(seed)", "random": "RandomSampler(seed)"},
-            "knee": {"criterion": KNEE_CRITERION, "tolerance": KNEE_TOLERANCE, "reached_within": KNEE_REACHED},
+            "knee": {"criterion": KNEE_CRITERION, "tolerance": KNEE_TOLERANCE, "floor": KNEE_FLOOR,
+                     "reached_within": KNEE_REACHED},
             "hypervolume": "normalised by ideal/nadir of the nondominated union (all methods + sweep), "
                            "reference (1.1, 1.1), as a fraction of the sweep's",
             "torch_threads": 1,
