@@ -139,6 +139,7 @@ KNEE_TOLERANCE = 0.02  # KneeSampler's default: depth below a segment that makes
 # The knee measured with collapsed points in the nadir (None, KneeSampler's default), or, with
 # --live-knee, without them (0.0: l1's floor), as motune's studies choose it (make_sampler).
 KNEE_FLOOR: float | None = None
+SAMPLER_TOLERANCE = KNEE_TOLERANCE  # --knee-tolerance: KneeSampler's only (an experiment; a study uses 0.02)
 KNEE_REACHED = 0.05  # "reached the knee": within this distance in normalised objectives
 HV_FRACTION = 0.95
 REFERENCE = np.array([1.1, 1.1])
@@ -247,7 +248,8 @@ def grid_order(n_log: int) -> list[float]:
 def make_sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
     if method == "knee":
         # --live-knee: as motune.study.make_sampler builds it (collapsed networks do not set the knee's nadir)
-        return motune.KneeSampler(full_fidelity=False, seed=seed, collapsed_nadir=KNEE_FLOOR is None)
+        return motune.KneeSampler(full_fidelity=False, seed=seed, collapsed_nadir=KNEE_FLOOR is None,
+                                  tolerance=SAMPLER_TOLERANCE)
     if method == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if method == "nsga2":
@@ -730,11 +732,15 @@ def main() -> None:
     parser.add_argument("--live-knee", action="store_true",
                         help="measure the knee without collapsed points in the nadir (pareto.knee_index floor=0) and run "
                              "KneeSampler(collapsed_nadir=False), as motune.study.make_sampler does")
+    parser.add_argument("--knee-tolerance", type=float, default=KNEE_TOLERANCE,
+                        help="KneeSampler's tolerance (an experiment: studies use the default; the knee is always "
+                             f"measured with {KNEE_TOLERANCE})")
     parser.add_argument("--json", default=str(RESULTS / "samplers.json"), help="where to write the JSON results")
     parser.add_argument("--html", default=None, help="figure path (default: the JSON path with .html)")
     args = parser.parse_args()
-    global KNEE_FLOOR
+    global KNEE_FLOOR, SAMPLER_TOLERANCE
     KNEE_FLOOR = 0.0 if args.live_knee else None
+    SAMPLER_TOLERANCE = args.knee_tolerance
     seeds = args.seeds or (2 if args.quick else 5)
     budget = args.budget or (20 if args.quick else 40)
     n_sweep = args.sweep or (30 if args.quick else 60)
@@ -772,7 +778,8 @@ def main() -> None:
             "reference_sweep": f"0 plus {n_sweep} log-spaced weights in [{LOW}, {HIGH}]",
             "grid": "0 plus 25 log-spaced weights in [1e-6, 1e-1], coarse-to-fine order",
             "peer_start": "the range ends 1e-6 and 0.1 enqueued as trials 1 and 2",
-            "knee_sampler": f"KneeSampler(full_fidelity=False, seed=seed, collapsed_nadir={KNEE_FLOOR is None}), "
+            "knee_sampler": f"KneeSampler(full_fidelity=False, seed=seed, collapsed_nadir={KNEE_FLOOR is None}, "
+                            f"tolerance={SAMPLER_TOLERANCE}), "
                             "defaults otherwise, λ in [0, 0.1]",
             "samplers": {"tpe": "TPESampler(seed)", "nsga2": "NSGAIISampler(population_size=8, crossover=SBXCrossover(), "
                                                              "mutation=PolynomialMutation(), seed)",
