@@ -29,7 +29,7 @@ these tiny networks many times slower.
 
 Measures, per seed and against the number of trials n: the hypervolume of the first n
 points in normalised objectives (ideal and nadir of the nondominated union of every
-method's points and a dense reference sweep of 0 plus 60 log-spaced λ in [1e-6, 1e-1],
+fresh method's points and a dense reference sweep of 0 plus 60 log-spaced λ in [1e-6, 1e-1],
 the same seed; reference point (1.1, 1.1)), as a fraction of the sweep's hypervolume;
 and the distance, in the same normalised objectives, from the knee of the first n
 points (``motune.pareto.knee_index(points, "angle", 0.02)``, KneeSampler's own
