@@ -29,7 +29,7 @@ these tiny networks many times slower.
 
 Measures, per seed and against the number of trials n: the hypervolume of the first n
 points in normalised objectives (ideal and nadir of the nondominated union of every
-method's points and a dense reference sweep of 0 plus 60 log-spaced λ in [1e-6, 1e-1],
+fresh method's points and a dense reference sweep of 0 plus 60 log-spaced λ in [1e-6, 1e-1],
 the same seed; reference point (1.1, 1.1)), as a fraction of the sweep's hypervolume;
 and the distance, in the same normalised objectives, from the knee of the first n
 points (``motune.pareto.knee_index(points, "angle", 0.02)``, KneeSampler's own
@@ -52,8 +52,39 @@ one contributes nothing. Training is deterministic, so a trial pruned at epoch e
 exactly the first e epochs of the full run: one memoised training (with validation every
 epoch) serves both variants. ``epochs_to_95pct_hv`` / ``epochs_to_knee``: the epochs
 spent up to and including the trial that gets there. Target (issue 11): KneeSampler with
-pruning needs at most half the epochs of the best Optuna sampler (TPE, NSGA-II, GP,
-random; with or without pruning, whichever is better) for both.
+continuation and pruning (``knee+cont+prune``; ``knee+prune`` is reported too) needs at
+most half the epochs of the best Optuna sampler (TPE, NSGA-II, GP, random; with or
+without pruning, whichever is better) for both.
+
+Continuation (issue 11): each method also runs as ``METHOD+cont`` and
+``METHOD+cont+prune`` (``--cont`` picks which; default all): a trial starts from the
+trained network of its parent, the completed trial of the same run with the nearest
+smaller λ (:func:`motune.continuation.choose_parent`, the rule a study with ``[study]
+continuation = true`` uses; a pruned trial is never a parent), and trains
+``continuation_epochs`` (the study's default: half of the front epochs, 5); a trial with no
+parent (the smallest λ so far) trains fresh for the full 10. Its cost is the epochs it
+trains itself (its parent's are counted where the parent ran). Memoisation keys a warm
+training on its lineage: (λ, seed, parent's key, epochs). With pruning, a warm-started
+trial is judged only against warm-started completed trials, as in a study. Optuna's
+samplers with continuation are not Optuna (it has no continuation: ``run_study(sampler=...)``
+would give them motune's); they are listed to separate the sampler's share of the gain
+from the lever's, and are not the target's "best Optuna sampler".
+
+Three references, because a continuation front is another front (its networks have
+trained along a lineage, 15-40 epochs each; they dominate fresh ones in the middle and do
+not collapse at large λ, so the fresh front's cliff and knee are not where its are):
+
+- ``fresh`` (the columns without prefix): the dense sweep of fresh trials, as for every
+  method before: hypervolume as a fraction of the sweep's, knee distance to the sweep's
+  knee. A continuation run can exceed 1.0 and may never "reach" a knee its front does not
+  have.
+- ``all``: the nondominated union of the sweep and every point any method found on that
+  seed (continuation runs included), its hypervolume and its knee: the best front known.
+  Fresh methods can rarely reach it where continuation points define it.
+- ``own``: the method's own points after its whole budget (hypervolume and knee): how fast
+  the search settles on what it finally finds, each method on its own front. Not a
+  quality measure (a search that settles early on a poor knee scores well); read it with
+  ``final_knee`` (validation accuracy, fraction kept and lineage epochs of that knee).
 
 Calibration of the pruning rule: on every seed's reference sweep, each sweep trial is
 judged against all the other sweep trials (the most references a study could have) for
@@ -61,13 +92,14 @@ patience 1-3 and margins 0-0.2; a prune is *false* when a collapsed-judged netwo
 alive (above chance, weights left) or a dominance-pruned trial's final point is on the
 sweep's front (the JSON lists, per patience, the smallest margin without a false prune).
 
-    python bench/samplers.py            # full: 5 seeds, 40 trials per method, 61-point sweep
+    python bench/samplers.py            # full: 5 seeds, 40 trials per method, 61-point sweep, all variants
     python bench/samplers.py --quick    # 2 seeds, 20 trials per method, 31-point sweep
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import time
@@ -78,13 +110,16 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.distributions import FloatDistribution
 from optuna.samplers.nsgaii import PolynomialMutation, SBXCrossover
+from optuna.trial import FrozenTrial, create_trial
 
 import motune
 from motune import pareto
-from motune.sampler import FRONT_END_ATTR
+from motune.continuation import choose_parent, continuation_epochs
+from motune.sampler import FRONT, FRONT_END_ATTR
 from motune.trial_pruning import DEFAULT_MARGIN, DEFAULT_PATIENCE, FrontPruner, Intermediate, collapse_reason, front_end
-from motune.trials import PARAM
+from motune.trials import CHECKPOINT, FIDELITY, PARAM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _common import (
@@ -101,12 +136,18 @@ LOW, HIGH = 1e-6, 1e-1
 DIGITS = motune.StudyConfig()  # studies/digits.toml
 KNEE_CRITERION = "angle"
 KNEE_TOLERANCE = 0.02  # KneeSampler's default: depth below a segment that makes a vertex
+# The knee measured with collapsed points in the nadir (None, KneeSampler's default), or, with
+# --live-knee, without them (0.0: l1's floor), as motune's studies choose it (make_sampler).
+KNEE_FLOOR: float | None = None
+SAMPLER_TOLERANCE = KNEE_TOLERANCE  # --knee-tolerance: KneeSampler's only (an experiment; a study uses 0.02)
 KNEE_REACHED = 0.05  # "reached the knee": within this distance in normalised objectives
 HV_FRACTION = 0.95
 REFERENCE = np.array([1.1, 1.1])
 METHODS = ("knee", "tpe", "nsga2", "gp", "random", "grid26")
 OPTUNA_SAMPLERS = ("tpe", "nsga2", "gp", "random")
 PRUNE = "+prune"  # suffix of a method run with trial pruning
+CONT = "+cont"  # suffix of a method run with warm-start continuation along λ (before +prune: knee+cont+prune)
+LAMBDA_DISTRIBUTION = FloatDistribution(0.0, 1.0)  # the study's: suggest_float(PARAM, 0.0, 1.0)
 TARGET_RATIO = 1 / 3
 TARGET_EPOCH_RATIO = 1 / 2
 NUM_CLASSES = 10
@@ -114,50 +155,75 @@ CALIBRATION = {"patience": (1, 2, 3), "margin": (0.0, 0.01, 0.02, 0.05, 0.1, 0.2
 
 
 class CachedObjective:
-    """Train digits_cnn at (λ, seed), memoised: the result is deterministic given both."""
+    """Train digits_cnn at (λ, seed), or continue a parent's network at λ, memoised: the result is deterministic.
 
-    def __init__(self, data: motune.Dataset, epochs: int) -> None:
+    A fresh training is keyed by (λ to 12 significant digits, seed); a warm-started one
+    (continuation) by (λ, seed, its parent's key, its epochs), so the key is the whole
+    lineage back to a fresh network: the same λ continued from another parent is another
+    training. Every result keeps its trained weights (``state``), which a child starts from.
+    """
+
+    def __init__(self, data: motune.Dataset, epochs: int, continuation_epochs: int) -> None:
         self.data = data
         self.epochs = epochs
-        self.cache: dict[tuple[str, int], dict[str, float]] = {}
+        self.continuation_epochs = continuation_epochs
+        self.cache: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.trainings = 0
         self.train_seconds = 0.0
+        self.epochs_trained = 0  # by distinct trainings (memoised ones count once)
 
-    def __call__(self, lam: float, seed: int) -> dict[str, float]:
-        key = (f"{lam:.11e}", seed)
+    def __call__(self, lam: float, seed: int, parent: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The result at ``lam``: fresh (``front`` epochs), or from ``parent``'s weights (continuation epochs)."""
+        key: tuple[Any, ...] = (f"{lam:.11e}", seed)
+        if parent is not None:
+            key = (*key, parent["key"], self.continuation_epochs)
         if key not in self.cache:
+            epochs = self.epochs if parent is None else self.continuation_epochs
             # The digits study's training settings (motune's defaults), at this run's length, on the CPU.
             # Validation every epoch (what a pruned study does): the intermediates the pruner reads.
             cfg = DIGITS.train_config(l1_weight=float(lam), seed=seed).replace(
-                epochs=self.epochs, device="cpu", eval_every_epoch=True)
+                epochs=epochs, device="cpu", eval_every_epoch=True)
             t0 = time.perf_counter()
-            r = motune.train(cfg, data=self.data)
+            # A warm start loads the parent's trained weights, as motune.continuation does from its checkpoint.
+            r = motune.train(cfg, data=self.data, init_state=None if parent is None else parent["state"])
             self.train_seconds += time.perf_counter() - t0
             self.trainings += 1
+            self.epochs_trained += epochs
             self.cache[key] = {"lam": float(lam), "f1": r.cross_entropy, "f2": r.l1,
                                "val_accuracy": r.val_accuracy, "fraction_kept": r.fraction_kept,
                                "history": [Intermediate(h.epoch, h.val_cross_entropy, h.l1, h.val_accuracy)
-                                           for h in r.history]}
+                                           for h in r.history],
+                               "key": key, "state": r.state_dict, "planned_epochs": epochs,
+                               # epochs along the lineage, this training included: what this network cost
+                               "lineage_epochs": epochs + (0 if parent is None else parent["lineage_epochs"])}
         return self.cache[key]
 
 
-def judge(row: dict[str, Any], pruner: FrontPruner | None, reference: dict[int, list[Intermediate]],
-          epochs: int) -> dict[str, Any]:
+def public(row: dict[str, Any]) -> dict[str, Any]:
+    """A training's result for the JSON (no weights, history or key)."""
+    return {k: v for k, v in row.items() if k not in ("history", "state", "key")}
+
+
+def judge(row: dict[str, Any], pruner: FrontPruner | None, reference: dict[int, list[Intermediate]]) -> dict[str, Any]:
     """One trial as a study with (or without) trial pruning would record it.
 
     Returns ``state`` (complete / collapsed / dominated), the ``epochs`` it trained, and
-    the point it contributes (``f1``, ``f2``; None for a dominated trial).
+    the point it contributes (``f1``, ``f2``; None for a dominated trial). ``reference``:
+    the completed trials the pruner compares with (a study's: same fidelity and warm-start
+    status); the trial's planned length is its training's.
     """
     out = {"lam": row["lam"], "val_accuracy": row["val_accuracy"], "fraction_kept": row["fraction_kept"]}
-    history = row["history"]
+    history, before = row["history"], row["lineage_epochs"] - row["planned_epochs"]
     if pruner is not None:
         for e in range(1, len(history) + 1):
-            decision = pruner.prune(history[:e], reference, NUM_CLASSES, epochs)
+            decision = pruner.prune(history[:e], reference, NUM_CLASSES, row["planned_epochs"])
             if decision is not None:
                 point = front_end(history[e - 1]) if decision.collapsed else (None, None)
                 state = "collapsed" if decision.collapsed else "dominated"
-                return {**out, "state": state, "epochs": e, "f1": point[0], "f2": point[1], "reason": decision.reason}
-    return {**out, "state": "complete", "epochs": len(history), "f1": row["f1"], "f2": row["f2"]}
+                return {**out, "state": state, "epochs": e, "lineage_epochs": before + e, "f1": point[0], "f2": point[1],
+                        "reason": decision.reason}
+    return {**out, "state": "complete", "epochs": len(history), "lineage_epochs": row["lineage_epochs"], "f1": row["f1"],
+            "f2": row["f2"]}
 
 
 def grid_order(n_log: int) -> list[float]:
@@ -181,7 +247,9 @@ def grid_order(n_log: int) -> list[float]:
 
 def make_sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
     if method == "knee":
-        return motune.KneeSampler(full_fidelity=False, seed=seed)
+        # --live-knee: as motune.study.make_sampler builds it (collapsed networks do not set the knee's nadir)
+        return motune.KneeSampler(full_fidelity=False, seed=seed, collapsed_nadir=KNEE_FLOOR is None,
+                                  tolerance=SAMPLER_TOLERANCE)
     if method == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if method == "nsga2":
@@ -196,29 +264,66 @@ def make_sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
     raise ValueError(method)
 
 
+def split_method(method: str) -> tuple[str, bool, bool]:
+    """``METHOD[+cont][+prune]`` -> (base method, continuation, pruning)."""
+    base, prune = method.removesuffix(PRUNE), method.endswith(PRUNE)
+    base, cont = base.removesuffix(CONT), base.endswith(CONT)
+    return base, cont, prune
+
+
+def run_lambdas(lambdas: Callable[[Callable[[float], dict[str, Any]]], None], seed: int, objective: CachedObjective,
+                *, cont: bool, prune: bool) -> list[dict[str, Any]]:
+    """Run the trials that ``lambdas`` asks for (it calls ``run_trial(λ)`` once per trial) as a study would.
+
+    Continuation (``cont``): a trial starts from the network of its parent, the trial
+    :func:`motune.continuation.choose_parent` picks among the COMPLETE trials so far (the
+    nearest smaller λ; a pruned trial is never a parent), and trains ``continuation_epochs``;
+    with no parent it trains fresh. Pruning (``prune``): each trial is judged (:func:`judge`)
+    against the completed trials of the same warm-start status, as
+    :func:`motune.trial_pruning.reference_intermediates` selects them in a study.
+    """
+    pruner = FrontPruner(DEFAULT_PATIENCE, DEFAULT_MARGIN) if prune else None
+    references: dict[bool, dict[int, list[Intermediate]]] = {False: {}, True: {}}  # by warm-started
+    done: list[FrozenTrial] = []  # the completed trials, as choose_parent reads them
+    results: list[dict[str, Any]] = []  # each trial's training (its CHECKPOINT attribute indexes this list)
+    rows: list[dict[str, Any]] = []
+
+    def run_trial(lam: float) -> dict[str, Any]:
+        parent = choose_parent(done, lam, FRONT) if cont else None
+        result = objective(lam, seed, None if parent is None else results[parent.user_attrs[CHECKPOINT]])
+        warm = parent is not None
+        row = judge(result, pruner, references[warm])
+        row["warm_start_from"] = None if parent is None else parent.number
+        number = len(rows)
+        if row["state"] == "complete":
+            references[warm][number] = result["history"]
+            trial = create_trial(params={PARAM: lam}, distributions={PARAM: LAMBDA_DISTRIBUTION},
+                                 values=[row["f1"], row["f2"]], user_attrs={FIDELITY: FRONT, CHECKPOINT: number})
+            trial.number = number
+            done.append(trial)
+        results.append(result)
+        rows.append(row)
+        return row
+
+    lambdas(run_trial)
+    return rows
+
+
 def run_method(method: str, seed: int, budget: int, objective: CachedObjective) -> dict[str, Any]:
     """The trials of one method on one seed, in order: λ, state, epochs, the point each contributes.
 
     ``METHOD+prune`` judges every trial with the study's pruning rule (:func:`judge`)
-    against the completed trials of this run so far.
+    against the completed trials of this run so far; ``METHOD+cont`` warm-starts each
+    trial from its parent (:func:`run_lambdas`).
     """
-    base, prune = method.removesuffix(PRUNE), method.endswith(PRUNE)
-    pruner = FrontPruner(DEFAULT_PATIENCE, DEFAULT_MARGIN) if prune else None
-    reference: dict[int, list[Intermediate]] = {}
+    base, cont, prune = split_method(method)
     t0, train0 = time.perf_counter(), objective.train_seconds
-    rows: list[dict[str, Any]] = []
 
-    def run_trial(lam: float) -> dict[str, Any]:
-        row = judge(objective(lam, seed), pruner, reference, objective.epochs)
-        if row["state"] == "complete":
-            reference[len(rows)] = objective(lam, seed)["history"]
-        rows.append(row)
-        return row
-
-    if base == "grid26":
-        for lam in grid_order(25)[:budget]:
-            run_trial(lam)
-    else:
+    def drive(run_trial: Callable[[float], dict[str, Any]]) -> None:
+        if base == "grid26":
+            for lam in grid_order(25)[:budget]:
+                run_trial(lam)
+            return
         sampler = make_sampler(base, seed)
         study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
         if base != "knee":
@@ -240,6 +345,8 @@ def run_method(method: str, seed: int, budget: int, objective: CachedObjective) 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ExperimentalWarning and the like
             study.optimize(fn, n_trials=budget, gc_after_trial=False)
+
+    rows = run_lambdas(drive, seed, objective, cont=cont, prune=prune)
     wall = time.perf_counter() - t0
     return {"rows": rows, "wall_seconds": wall, "sampler_seconds": wall - (objective.train_seconds - train0)}
 
@@ -266,7 +373,7 @@ def curves(rows: list[dict[str, Any]], ideal: np.ndarray, nadir: np.ndarray, hv_
             continue
         norm = pareto.normalise(points, ideal, nadir)
         hv.append(pareto.hypervolume(norm, REFERENCE) / hv_ref)
-        i = pareto.knee_index(points, KNEE_CRITERION, KNEE_TOLERANCE)
+        i = pareto.knee_index(points, KNEE_CRITERION, KNEE_TOLERANCE, floor=KNEE_FLOOR)
         dist.append(None if i is None else float(np.linalg.norm(norm[i] - knee_ref)))
     return {"hv_fraction": hv, "knee_distance": dist, "epochs": spent}
 
@@ -292,7 +399,7 @@ def calibrate(sweep_rows: list[dict[str, Any]], epochs: int) -> dict[str, dict[s
                       "epochs_without_pruning": 0}
             for i, row in enumerate(sweep_rows):
                 reference = {j: r["history"] for j, r in enumerate(sweep_rows) if j != i}
-                judged = judge(row, pruner, reference, epochs)
+                judged = judge(row, pruner, reference)
                 counts["epochs"] += judged["epochs"]
                 counts["epochs_without_pruning"] += len(row["history"])
                 if judged["state"] == "collapsed":
@@ -319,8 +426,26 @@ def stable_from(flags: list[bool]) -> int | None:
     return n + 1
 
 
+def reach(c: dict[str, list[Any]]) -> dict[str, Any]:
+    """Trials and epochs until a curve set reaches 95% hypervolume and the knee (None: never)."""
+    hv_ok = [h >= HV_FRACTION for h in c["hv_fraction"]]
+    knee_ok = [d is not None and d <= KNEE_REACHED for d in c["knee_distance"]]
+    n_hv, n_knee, n_stable = first_reached(hv_ok), first_reached(knee_ok), stable_from(knee_ok)
+    return {"trials_to_95pct_hv": n_hv, "trials_to_knee": n_knee, "trials_to_knee_stable": n_stable,
+            "epochs_to_95pct_hv": epochs_at(n_hv, c["epochs"]), "epochs_to_knee": epochs_at(n_knee, c["epochs"]),
+            "epochs_to_knee_stable": epochs_at(n_stable, c["epochs"]),
+            "final_hv_fraction": c["hv_fraction"][-1], "final_knee_distance": c["knee_distance"][-1]}
+
+
 def run_seed(seed: int, methods: tuple[str, ...], budget: int, sweep: list[float],
              objective: CachedObjective, log: Callable[[str], None]) -> dict[str, Any]:
+    """Every method on one seed, measured against three references (module docstring, "Three references").
+
+    ``fresh``: the dense sweep of fresh trials, its hypervolume and its knee (the yardstick
+    of every method before continuation); ``all``: the nondominated union of that sweep
+    and every point any method found on this seed; ``own``: the method's own points after
+    its whole budget (how fast the search settles on what it finally finds).
+    """
     t0 = time.perf_counter()
     sweep_rows = [objective(lam, seed) for lam in sweep]
     log(f"seed {seed}: reference sweep of {len(sweep)} weights in {time.perf_counter() - t0:.0f} s")
@@ -331,27 +456,45 @@ def run_seed(seed: int, methods: tuple[str, ...], budget: int, sweep: list[float
         except (ImportError, RuntimeError, ValueError, TypeError) as exc:
             # e.g. GPSampler without scipy: report it in the JSON, don't abort the benchmark
             runs[method] = {"error": f"{type(exc).__name__}: {exc}"}
-        log(f"seed {seed}: {method:<7} {runs[method].get('wall_seconds', 0):6.1f} s"
+        log(f"seed {seed}: {method:<17} {runs[method].get('wall_seconds', 0):6.1f} s"
             + (f"  ERROR {runs[method]['error']}" if "error" in runs[method] else ""))
 
     sweep_pts = np.array([[r["f1"], r["f2"]] for r in sweep_rows])
-    union = np.vstack([sweep_pts, *(points_of(run["rows"]) for run in runs.values() if run.get("rows"))])
-    front = union[pareto.nondominated_mask(union)]
-    ideal, nadir = front.min(axis=0), front.max(axis=0)
-    sweep_norm = pareto.normalise(sweep_pts, ideal, nadir)
-    hv_ref = pareto.hypervolume(sweep_norm, REFERENCE)
-    k = pareto.knee_index(sweep_pts, KNEE_CRITERION, KNEE_TOLERANCE)
-    knee_ref = sweep_norm[k]
+    ok = {m: run for m, run in runs.items() if run.get("rows")}
+    # Normalisation: for the fresh reference, as before continuation, by the sweep and the fresh
+    # methods' points (so their numbers do not move with the continuation runs; a continuation
+    # point may land outside [0, 1], which the hypervolume handles); for ``all`` and ``own``,
+    # by every point.
+    fresh_union = np.vstack([sweep_pts, *(points_of(run["rows"]) for m, run in ok.items() if not split_method(m)[1])])
+    union = np.vstack([sweep_pts, *(points_of(run["rows"]) for run in ok.values())])
+    bounds = {}
+    for name, pts in (("fresh", fresh_union), ("all", union)):
+        front = pts[pareto.nondominated_mask(pts)]
+        bounds[name] = (front.min(axis=0), front.max(axis=0))
+
+    def reference(points: np.ndarray, norm_by: str) -> tuple[float, np.ndarray, int]:
+        """Hypervolume, normalised knee and knee index of a reference point set."""
+        norm = pareto.normalise(points, *bounds[norm_by])
+        k = pareto.knee_index(points, KNEE_CRITERION, KNEE_TOLERANCE, floor=KNEE_FLOOR)
+        return pareto.hypervolume(norm, REFERENCE), norm[k], k
+
+    hv_ref, knee_ref, k = reference(sweep_pts, "fresh")
+    hv_all, knee_all, k_all = reference(union, "all")
+    ideal, nadir = bounds["fresh"]
     out: dict[str, Any] = {
         "seed": seed,
         "ideal": ideal.tolist(),
         "nadir": nadir.tolist(),
+        "ideal_all": bounds["all"][0].tolist(),
+        "nadir_all": bounds["all"][1].tolist(),
         "reference_hypervolume": hv_ref,
-        "union_hypervolume_fraction": pareto.hypervolume(pareto.normalise(union, ideal, nadir), REFERENCE) / hv_ref,
+        "union_hypervolume_fraction": hv_all / reference(sweep_pts, "all")[0],  # all / sweep, same normalisation
         "reference_knee": {"lambda": sweep_rows[k]["lam"], "f1": sweep_rows[k]["f1"], "f2": sweep_rows[k]["f2"],
                            "normalised": knee_ref.tolist(), "val_accuracy": sweep_rows[k]["val_accuracy"],
                            "fraction_kept": sweep_rows[k]["fraction_kept"]},
-        "sweep": [{key: v for key, v in r.items() if key != "history"} for r in sweep_rows],
+        "all_knee": {"f1": float(union[k_all, 0]), "f2": float(union[k_all, 1]), "normalised": knee_all.tolist(),
+                     "from_sweep": bool(k_all < len(sweep_pts))},
+        "sweep": [public(r) for r in sweep_rows],
         "methods": {},
     }
     for method, run in runs.items():
@@ -360,29 +503,31 @@ def run_seed(seed: int, methods: tuple[str, ...], budget: int, sweep: list[float
             continue
         rows = run["rows"]
         n_max = min(budget, len(rows))
-        c = curves(rows, ideal, nadir, hv_ref, knee_ref, n_max)
-        hv_ok = [h >= HV_FRACTION for h in c["hv_fraction"]]
-        knee_ok = [d is not None and d <= KNEE_REACHED for d in c["knee_distance"]]
-        n_hv, n_knee, n_stable = first_reached(hv_ok), first_reached(knee_ok), stable_from(knee_ok)
+        c = curves(rows, *bounds["fresh"], hv_ref, knee_ref, n_max)
+        ca = curves(rows, *bounds["all"], hv_all, knee_all, n_max)
+        hv_own, knee_own, k_own = reference(points_of(rows), "all")
+        co = curves(rows, *bounds["all"], hv_own, knee_own, n_max)
+        own_rows = [r for r in rows if r["f1"] is not None]
+        knee_row = own_rows[k_own]
         out["methods"][method] = {
             "trials": len(rows),
             "lambdas": [r["lam"] for r in rows],
             "states": [r["state"] for r in rows],
             "trial_epochs": [r["epochs"] for r in rows],
+            "lineage_epochs": [r["lineage_epochs"] for r in rows],
+            "warm_start_from": [r["warm_start_from"] for r in rows],
             "values": [[r["f1"], r["f2"]] for r in rows],
             **c,
             "collapsed_trials": sum(r["fraction_kept"] == 0 for r in rows),  # every dense weight pruned (full run)
             "pruned_collapsed": sum(r["state"] == "collapsed" for r in rows),
             "pruned_dominated": sum(r["state"] == "dominated" for r in rows),
             "total_epochs": c["epochs"][-1],
-            "trials_to_95pct_hv": n_hv,
-            "trials_to_knee": n_knee,
-            "trials_to_knee_stable": n_stable,
-            "epochs_to_95pct_hv": epochs_at(n_hv, c["epochs"]),
-            "epochs_to_knee": epochs_at(n_knee, c["epochs"]),
-            "epochs_to_knee_stable": epochs_at(n_stable, c["epochs"]),
-            "final_hv_fraction": c["hv_fraction"][-1],
-            "final_knee_distance": c["knee_distance"][-1],
+            **reach(c),
+            "all": {"hv_fraction": ca["hv_fraction"], "knee_distance": ca["knee_distance"], **reach(ca)},
+            "own": {"hv_fraction": co["hv_fraction"], "knee_distance": co["knee_distance"], **reach(co)},
+            # the network at the knee of the method's final front: what a study would hand over
+            "final_knee": {key: knee_row[key] for key in ("lam", "f1", "f2", "val_accuracy", "fraction_kept",
+                                                          "lineage_epochs")},
             "wall_seconds": run["wall_seconds"],
             "sampler_seconds": run["sampler_seconds"],
         }
@@ -422,12 +567,32 @@ def summarise(per_seed: list[dict[str, Any]], methods: tuple[str, ...], budget: 
         def per_seed_of(key: str, ok: list[dict[str, Any]] = ok) -> list[Any]:
             return [r[key] for r in ok]
 
+        def by_reference(name: str, ok: list[dict[str, Any]] = ok, n: int = n) -> dict[str, Any]:
+            runs = [r[name] for r in ok]
+            return {
+                **{key: median_or_none([u[key] for u in runs]) for key in (
+                    "trials_to_95pct_hv", "trials_to_knee", "trials_to_knee_stable",
+                    "epochs_to_95pct_hv", "epochs_to_knee", "epochs_to_knee_stable")},
+                **{f"per_seed_{key}": [u[key] for u in runs] for key in (
+                    "trials_to_95pct_hv", "trials_to_knee", "epochs_to_95pct_hv", "epochs_to_knee")},
+                "final_hv_fraction": float(np.median([u["final_hv_fraction"] for u in runs])),
+                "final_knee_distance": median_or_none([u["final_knee_distance"] for u in runs]),
+                "median_hv_fraction_curve": median_of([u["hv_fraction"] for u in runs], n),
+                "median_knee_distance_curve": median_of([u["knee_distance"] for u in runs], n),
+            }
+
         summary[m] = {
             **{key: median_or_none(per_seed_of(key)) for key in (
                 "trials_to_95pct_hv", "trials_to_knee", "trials_to_knee_stable",
                 "epochs_to_95pct_hv", "epochs_to_knee", "epochs_to_knee_stable")},
             **{f"per_seed_{key}": per_seed_of(key) for key in (
                 "trials_to_95pct_hv", "trials_to_knee", "trials_to_knee_stable", "epochs_to_95pct_hv", "epochs_to_knee")},
+            "all": by_reference("all"),
+            "own": by_reference("own"),
+            "final_knee": {key: float(np.median([r["final_knee"][key] for r in ok]))
+                           for key in ("val_accuracy", "fraction_kept", "lineage_epochs")},
+            "per_seed_final_knee": per_seed_of("final_knee"),
+            "median_lineage_epochs": float(np.median([e for r in ok for e in r["lineage_epochs"]])),
             "final_hv_fraction": float(np.median(per_seed_of("final_hv_fraction"))),
             "collapsed_trials": float(np.median(per_seed_of("collapsed_trials"))),
             "pruned_collapsed": float(np.median(per_seed_of("pruned_collapsed"))),
@@ -448,32 +613,55 @@ def summarise(per_seed: list[dict[str, Any]], methods: tuple[str, ...], budget: 
     return summary
 
 
-def _best(summary: dict[str, Any], key: str, candidates: list[str]) -> tuple[str | None, float | None]:
-    reached = {m: summary[m].get(key) for m in candidates if m in summary and "error" not in summary[m]}
+def _best(summary: dict[str, Any], key: str, candidates: list[str],
+          reference: str = "fresh") -> tuple[str | None, float | None]:
+    reached = {m: measures(summary[m], reference).get(key) for m in candidates if m in summary and "error" not in summary[m]}
     reached = {m: v for m, v in reached.items() if v is not None}
     best_m = min(reached, key=reached.get) if reached else None
     return best_m, reached.get(best_m) if best_m else None
 
 
+def measures(s: dict[str, Any], reference: str) -> dict[str, Any]:
+    """A method's summary measured against the ``fresh`` sweep, the ``all`` union or its ``own`` final front."""
+    return s if reference == "fresh" else s[reference]
+
+
 def verdict(summary: dict[str, Any], budget: int) -> dict[str, Any]:
-    """KneeSampler against the others: trials (no pruning, as before) and epochs (KneeSampler with pruning)."""
+    """KneeSampler against the others: trials (no pruning, as before) and epochs (with pruning, and with continuation).
+
+    Epoch targets: ``knee+prune`` and ``knee+cont+prune`` against the best Optuna sampler
+    (TPE, NSGA-II, GP, random, with or without pruning; Optuna has no continuation), each
+    against each reference. Keys: ``KEY`` (fresh reference, as before), ``KEY:METHOD@REFERENCE``.
+    """
     out: dict[str, Any] = {}
-    plain = [m for m in summary if m != "knee" and not m.endswith(PRUNE)]
-    optuna_any = [m for m in summary if m.removesuffix(PRUNE) in OPTUNA_SAMPLERS]
-    checks = [("trials_to_95pct_hv", "knee", plain, TARGET_RATIO), ("trials_to_knee", "knee", plain, TARGET_RATIO),
-              ("epochs_to_95pct_hv", "knee" + PRUNE, optuna_any, TARGET_EPOCH_RATIO),
-              ("epochs_to_knee", "knee" + PRUNE, optuna_any, TARGET_EPOCH_RATIO)]
-    for key, ours, others, target in checks:
+    plain = [m for m in summary if m != "knee" and split_method(m)[1:] == (False, False)]
+    optuna_any = [m for m in summary if split_method(m)[0] in OPTUNA_SAMPLERS and not split_method(m)[1]]
+    checks = [("trials_to_95pct_hv", "knee", plain, TARGET_RATIO, "fresh"),
+              ("trials_to_knee", "knee", plain, TARGET_RATIO, "fresh")]
+    # Not a target: Optuna's samplers driving motune's continuation (run_study(sampler=...) would do that).
+    optuna_cont = [m for m in summary if split_method(m)[0] in OPTUNA_SAMPLERS and split_method(m)[1]]
+    for ours, others in (("knee" + PRUNE, optuna_any), ("knee" + CONT + PRUNE, optuna_any),
+                         ("knee" + CONT + PRUNE, optuna_cont)):
+        for reference in ("fresh", "all", "own"):
+            checks += [("epochs_to_95pct_hv", ours, others, TARGET_EPOCH_RATIO, reference),
+                       ("epochs_to_knee", ours, others, TARGET_EPOCH_RATIO, reference)]
+    for key, ours, others, target, reference in checks:
+        if not others:
+            continue
         if ours not in summary or "error" in summary[ours]:
             continue
-        knee = summary[ours].get(key)
-        best_m, best = _best(summary, key, others)
+        knee = measures(summary[ours], reference).get(key)
+        best_m, best = _best(summary, key, others, reference)
         ratio = None if knee is None or best is None else knee / best
         # An undefeated knee is 'met' when no other method gets there within the budget.
         met = knee is not None and (best is None or knee <= target * best)
-        out[key] = {"method": ours, "knee": knee, "best_other": best_m, "best_other_value": best,
-                    "ratio": ratio, "target_ratio": target, "met": met,
-                    "note": None if best is not None else f"no other method got there within {budget} trials"}
+        name = key if ours in ("knee", "knee" + PRUNE) and reference == "fresh" else f"{key}:{ours}@{reference}"
+        if others is optuna_cont:
+            name += ":vs_optuna_with_continuation"
+        out[name] = {"method": ours, "reference": reference, "knee": knee, "best_other": best_m,
+                     "target": others is not optuna_cont,
+                     "best_other_value": best, "ratio": ratio, "target_ratio": target, "met": met,
+                     "note": None if best is not None else f"no other method got there within {budget} trials"}
     return out
 
 
@@ -507,7 +695,8 @@ def figure(summary: dict[str, Any], out: Path) -> Path:
         if "error" in s:
             continue
         x = list(range(1, len(s["median_hv_fraction_curve"]) + 1))
-        dash = "dot" if m.endswith(PRUNE) else None
+        dash = {(False, False): None, (False, True): "dot", (True, False): "dash", (True, True): "dashdot"}[
+            split_method(m)[1:]]
         line = {"dash": dash}
         fig.add_scatter(x=x, y=s["median_hv_fraction_curve"], name=m, legendgroup=m, line=line, row=1, col=1)
         fig.add_scatter(x=x, y=s["median_knee_distance_curve"], name=m, legendgroup=m, showlegend=False, line=line,
@@ -536,23 +725,42 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--prune", choices=("both", "on", "off"), default="both",
                         help="run each method with trial pruning (METHOD+prune), without, or both (default)")
+    parser.add_argument("--cont", default=",".join(METHODS),
+                        help="comma-separated methods that also run with continuation (METHOD+cont[+prune]); '' for none")
+    parser.add_argument("--continuation-epochs", type=int, default=None,
+                        help="epochs of a warm-started trial (default: the study's, half of --epochs)")
+    parser.add_argument("--live-knee", action="store_true",
+                        help="measure the knee without collapsed points in the nadir (pareto.knee_index floor=0) and run "
+                             "KneeSampler(collapsed_nadir=False), as motune.study.make_sampler does")
+    parser.add_argument("--knee-tolerance", type=float, default=KNEE_TOLERANCE,
+                        help="KneeSampler's tolerance (an experiment: studies use the default; the knee is always "
+                             f"measured with {KNEE_TOLERANCE})")
     parser.add_argument("--json", default=str(RESULTS / "samplers.json"), help="where to write the JSON results")
     parser.add_argument("--html", default=None, help="figure path (default: the JSON path with .html)")
     args = parser.parse_args()
+    global KNEE_FLOOR, SAMPLER_TOLERANCE
+    KNEE_FLOOR = 0.0 if args.live_knee else None
+    SAMPLER_TOLERANCE = args.knee_tolerance
     seeds = args.seeds or (2 if args.quick else 5)
     budget = args.budget or (20 if args.quick else 40)
     n_sweep = args.sweep or (30 if args.quick else 60)
     methods = tuple(m for m in args.methods.split(",") if m)
-    unknown = set(methods) - set(METHODS)
+    with_cont = tuple(m for m in args.cont.split(",") if m)
+    unknown = set(methods + with_cont) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; allowed: {', '.join(METHODS)}")
     variants = {"both": ("", PRUNE), "on": (PRUNE,), "off": ("",)}[args.prune]
-    methods = tuple(m + v for m in methods for v in variants)
+    methods = tuple(m + c + v for m in methods for c in ("", CONT)[:1 + (m in with_cont)] for v in variants)
+    study = copy.deepcopy(DIGITS)
+    study.train.front_epochs = args.epochs
+    study.study.continuation_epochs = args.continuation_epochs
+    cont_epochs = continuation_epochs(study)  # the study's rule: [study] continuation_epochs, else half of front_epochs
 
     info = setup(1)
+    load_at_start = load_average()
     t_start = time.perf_counter()
     data = motune.load_dataset("digits")
-    objective = CachedObjective(data, args.epochs)
+    objective = CachedObjective(data, args.epochs, cont_epochs)
     sweep = [0.0, *np.logspace(math.log10(LOW), math.log10(HIGH), n_sweep).tolist()]
     per_seed = [run_seed(s, methods, budget, sweep, objective, lambda msg: print(msg, flush=True)) for s in range(seeds)]
     summary = summarise(per_seed, methods, budget, args.epochs)
@@ -570,21 +778,31 @@ def main() -> None:
             "reference_sweep": f"0 plus {n_sweep} log-spaced weights in [{LOW}, {HIGH}]",
             "grid": "0 plus 25 log-spaced weights in [1e-6, 1e-1], coarse-to-fine order",
             "peer_start": "the range ends 1e-6 and 0.1 enqueued as trials 1 and 2",
-            "knee_sampler": "KneeSampler(full_fidelity=False, seed=seed), defaults otherwise, λ in [0, 0.1]",
+            "knee_sampler": f"KneeSampler(full_fidelity=False, seed=seed, collapsed_nadir={KNEE_FLOOR is None}, "
+                            f"tolerance={SAMPLER_TOLERANCE}), "
+                            "defaults otherwise, λ in [0, 0.1]",
             "samplers": {"tpe": "TPESampler(seed)", "nsga2": "NSGAIISampler(population_size=8, crossover=SBXCrossover(), "
                                                              "mutation=PolynomialMutation(), seed)",
                          "gp": "GPSampler(seed)", "random": "RandomSampler(seed)"},
-            "knee": {"criterion": KNEE_CRITERION, "tolerance": KNEE_TOLERANCE, "reached_within": KNEE_REACHED},
+            "knee": {"criterion": KNEE_CRITERION, "tolerance": KNEE_TOLERANCE, "floor": KNEE_FLOOR,
+                     "reached_within": KNEE_REACHED},
             "hypervolume": "normalised by ideal/nadir of the nondominated union (all methods + sweep), "
                            "reference (1.1, 1.1), as a fraction of the sweep's",
             "torch_threads": 1,
+            "continuation": f"METHOD{CONT}: each trial from the network of its parent (motune.continuation."
+                            f"choose_parent among the run's completed trials), {cont_epochs} epochs",
+            "continuation_epochs": cont_epochs,
+            "references": "fresh: the sweep of fresh trials (its HV and knee); all: the nondominated union of the "
+                          "sweep and every method's points on the seed; own: the method's own points after the budget",
             "trial_pruning": f"METHOD{PRUNE}: FrontPruner(patience={DEFAULT_PATIENCE}, margin={DEFAULT_MARGIN}) after "
                              "every epoch against the run's completed trials; validation every epoch in all trainings",
         },
         "machine": info,
+        "load_average_at_start": load_at_start,
         "load_average_at_end": load_average(),
         "wall_seconds": wall,
         "trainings": objective.trainings,
+        "epochs_trained": objective.epochs_trained,
         "train_seconds": objective.train_seconds,
         "targets": {"ratio_vs_best_other": TARGET_RATIO, "epoch_ratio_vs_best_optuna_sampler": TARGET_EPOCH_RATIO},
         "verdict": verdicts,
@@ -598,16 +816,22 @@ def main() -> None:
     for m in methods:
         s = summary[m]
         if "error" in s:
-            rows.append([m, "error"] + [""] * 10)
+            rows.append([m, "error"] + [""] * 15)
             continue
+        a, o, fk = s["all"], s["own"], s["final_knee"]
         rows.append([m, s["trials_to_95pct_hv"], s["epochs_to_95pct_hv"], s["trials_to_knee"], s["epochs_to_knee"],
-                     s["trials_to_knee_stable"], s["final_hv_fraction"], s["final_knee_distance"], s["collapsed_trials"],
+                     s["trials_to_knee_stable"], a["epochs_to_95pct_hv"], a["epochs_to_knee"],
+                     o["epochs_to_95pct_hv"], o["epochs_to_knee"],
+                     s["final_hv_fraction"], s["final_knee_distance"], s["collapsed_trials"],
                      f"{s['pruned_collapsed']:g}/{s['pruned_dominated']:g}", s["total_epochs"],
+                     f"{100 * fk['val_accuracy']:.1f}% / {100 * fk['fraction_kept']:.1f}% / {fk['lineage_epochs']:g}",
                      s["sampler_seconds_per_trial"]])
     print(table(rows, ["method", "trials→95% HV", "epochs→95% HV", "trials→knee", "epochs→knee", "knee stable from",
-                       "final HV frac", "final knee dist", "collapsed", "pruned c/d", "epochs", "sampler s/trial"]))
+                       "all: e→95% HV", "all: e→knee", "own: e→95% HV", "own: e→knee",
+                       "final HV frac", "final knee dist", "collapsed", "pruned c/d", "epochs",
+                       "knee: val acc / kept / epochs", "sampler s/trial"]))
     for key, v in verdicts.items():
-        flag = "met" if v["met"] else "MISSED"
+        flag = ("met" if v["met"] else "MISSED") if v["target"] else ("(info) within" if v["met"] else "(info) not within")
         ratio = "-" if v["ratio"] is None else f"{v['ratio']:.2f}"
         print(f"{key}: {v['method']} {v['knee']} vs best other {v['best_other']} {v['best_other_value']} "
               f"(ratio {ratio}, target <= {v['target_ratio']:.2f}) {flag}" + (f" [{v['note']}]" if v["note"] else ""))
@@ -622,7 +846,8 @@ def main() -> None:
     for m in methods:
         if "error" in summary[m]:
             print(f"{m}: {summary[m]['error']}")
-    print(f"{objective.trainings} trainings ({objective.train_seconds:.0f} s), wall {wall:.0f} s")
+    print(f"{objective.trainings} trainings, {objective.epochs_trained} epochs ({objective.train_seconds:.0f} s), "
+          f"wall {wall:.0f} s, load average {load_at_start} -> {out['load_average_at_end']}")
     path = write_json(args.json, out)
     html = figure(summary, Path(args.html) if args.html else path.with_suffix(".html"))
     print(f"wrote {path} and {html}")
