@@ -29,8 +29,9 @@ continuation the knee's network was trained along a chain of warm starts: its fr
 ancestors' epochs plus the retrain's; without, the retrain's alone). GMP trains only the
 retrain's epochs, so with continuation "knee − GMP" is not at equal epochs per network.
 
-    python bench/ablation.py --study digits --seeds 5 --jobs 2
-    python bench/ablation.py --study fashion --seeds 2 --epochs 15 --limit 10000 --jobs 2 \\
+    python bench/ablation.py --study digits --seeds 10 --jobs 2
+    python bench/ablation.py --quick               # digits, 2 seeds, arms none / defaults / all
+    python bench/ablation.py --study fashion --seeds 1 --epochs 15 --limit 10000 --jobs 2 \\
         --json bench/results/ablation-fashion.json
 """
 
@@ -201,6 +202,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 seeds, arms none, defaults and all (digits: ~30 s)")
     parser.add_argument("--study", choices=sorted(STUDIES), default="digits")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=None,
@@ -213,6 +215,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep the studies already in JSON.partial.jsonl")
     parser.add_argument("--json", default=None, help="default: bench/results/ablation-STUDY.json")
     args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.arms = min(args.seeds, 2), "none,defaults (ramp + pruning),all"
     arms = [a.strip() for a in args.arms.split(",")]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
