@@ -4,12 +4,14 @@ LeNet-5 on Fashion-MNIST, the same budget of E epochs, Adam (lr 1e-3), batch 128
 every network; sparsity is counted over the dense layers' weights (58,920 in LeNet-5,
 the weights motune penalises), accuracy on the 10,000 test images:
 
-(a) ``knee``: motune's method for real: a KneeSampler study
+(a) ``knee``: motune's method for real: for each seed s a KneeSampler study
     (``studies/fashion_mnist_lenet5.toml`` with ``epochs = E``, ``front_epochs = E // 3``,
-    no SMGD trial) run with :func:`motune.run_study` on a SQLite file under
-    ``bench/results/``; the knee's weight is retrained at E epochs (the study's
-    full-fidelity trial, or by this script if the trial budget ran out first). Its
-    fraction of dense weights kept, f, sets the sparsity of (b) and (c).
+    no SMGD trial, ``[study] seed = 1000 s``) run with :func:`motune.run_study` on a
+    SQLite file under ``bench/results/``; the knee is the study's own full-fidelity
+    retrain at E epochs (with continuation: continued from the knee's front network; if
+    the trial budget ran out first, this script retrains it the same way). Its fraction of
+    dense weights kept, f, and its seed set the sparsity and seed of (b)-(d): same initial
+    weights and batch order, as the study's ``gmp`` baseline trial.
 (b) ``magnitude``: a dense network trained for E // 2 epochs, then
     ``torch.nn.utils.prune.global_unstructured(..., pruning_method=prune.L1Unstructured,
     amount=1 - f)`` over the dense layers, then fine-tuned for the remaining epochs with
@@ -25,13 +27,23 @@ the weights motune penalises), accuracy on the 10,000 test images:
     the l1 term (fresh Adam). Its sparsity is its own, close to but not equal to (a)'s.
 
 Targets: the knee keeps at most 5% of the dense weights, loses at most 1.0 percentage
-point of accuracy against (d), and is at least as accurate as (b) and (c). With
-``--seeds N > 1`` the knee's weight is also retrained at E epochs with seeds 1 .. N-1
-(the search itself runs once), and (b)-(d) are run per seed at that seed's sparsity;
-the headline numbers are means over seeds.
+point of accuracy against (d), and is at least as accurate as (b) and (c) (issue 11:
+knee ≥ GMP − 0.5 pp). Every seed runs its own search (the studies run ``--jobs`` at a
+time); the headline numbers are means over seeds.
+
+(c') ``gmp_lineage``: with ``--continuation`` the knee's network was trained along a chain
+    of warm starts: its front ancestors' epochs plus the retrain's E (its *lineage*
+    epochs, more than E). GMP is then also trained with that many epochs, at the same
+    sparsity and seed: the comparison at equal epochs per network (without continuation
+    it is (c) itself).
 
 (f) ``front_vs_gmp``: every front trial of the knee study with at most 20% of the dense
-    weights kept, against GMP trained to the same sparsity for the same (front) epochs.
+    weights kept, against GMP trained to the same sparsity for the same (front) epochs
+    (the table also shows each front network's lineage epochs).
+
+Levers of the knee study: ``--continuation`` (``--continuation-epochs``),
+``--optimizer-form``, ``--l1-ramp``, ``--finetune-epochs`` (the knee's retrain),
+``--no-trial-pruning``; default: the study's settings.
 
 ``--ablation`` adds the levers of issue 11, each alone and together, at E epochs for each
 seed: the optimiser form (``combined``: one Adam over ``(1 - λ) g1 + λ sign(w)``;
@@ -50,6 +62,7 @@ Torch runs with one thread: on 2 shared cores LeNet-5 trained ~20x slower with t
     python bench/pruning.py --quick               # E = 3 (front 1), 10,000 training images, 1 seed
     python bench/pruning.py --ablation-only --jobs 2 --json bench/results/pruning-ablation.json
     python bench/pruning.py --continuation        # lever: the knee study warm-starts front trials along λ
+    python bench/pruning.py --jobs 2 --no-finetune --continuation --finetune-epochs 5   # issue 11's target run
 """
 
 from __future__ import annotations
