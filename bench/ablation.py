@@ -21,8 +21,9 @@ final run* and the same initial weights and batch order. The levers
 - ``[study] prune``: multi-objective trial pruning (collapsed or dominated trials end PRUNED).
 
 Arms: ``none`` (all off), each lever alone on top of ``none``, ``defaults`` (today's shipped
-settings: ramp + trial pruning) and ``all``. Per arm, over seeds (study seeds 0, 1000, 2000,
-...): the knee's test accuracy and fraction of penalised weights kept, the study's total
+settings: ramp + trial pruning), ``all``, and ``defaults + continuation + fine-tune`` (all
+but the per-objective form: the combination of bench/pruning.py's target run). Per arm,
+over seeds (study seeds 0, 1000, 2000, ...): the knee's test accuracy and fraction of penalised weights kept, the study's total
 epochs (every trial that ran: completed, pruned, failed; the GMP trial left out, it is the
 yardstick), trials (pruned ones), knee − GMP, and the knee's *lineage* epochs (with
 continuation the knee's network was trained along a chain of warm starts: its front
@@ -75,6 +76,8 @@ ARMS: dict[str, tuple[str, ...]] = {
     "+trial pruning": ("prune",),
     "defaults (ramp + pruning)": ("ramp", "prune"),
     "all": LEVERS,
+    # The combination bench/pruning.py's target run uses (everything but the per-objective form).
+    "defaults + continuation + fine-tune": ("continuation", "ramp", "finetune", "prune"),
 }
 RAN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
