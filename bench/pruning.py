@@ -414,19 +414,6 @@ def summarise_ablation(results: list[dict[str, Any]], seeds: int) -> dict[str, A
             "gmp_curve": {str(s): sorted(c) for s, c in curves.items()}}
 
 
-def front_vs_gmp_specs(study: optuna.Study, base: dict[str, Any], front_epochs: int) -> list[dict[str, Any]]:
-    """GMP at the sparsity, seed and epochs of every front trial that keeps at most FRONT_MAX_KEPT."""
-    specs = []
-    for t in study.trials:
-        a = t.user_attrs
-        if (t.state == optuna.trial.TrialState.COMPLETE and a.get("kind") == "weighted_sum"
-                and a.get("fidelity") == "front" and 0 < a.get("fraction_kept", 1.0) <= FRONT_MAX_KEPT):
-            specs.append({**base, "kind": "gmp", "epochs": front_epochs, "fraction": a["fraction_kept"], "seed": a["seed"],
-                          "trial": t.number, "l1_weight": t.params.get("l1_weight"), "front_accuracy": a["test_accuracy"],
-                          "label": f"gmp for front trial {t.number} ({a['fraction_kept']:.2%} kept)"})
-    return specs
-
-
 # ----------------------------------------------------------------------------- main
 
 
