@@ -32,7 +32,7 @@ retrain's epochs, so with continuation "knee − GMP" is not at equal epochs per
 
     python bench/ablation.py --study digits --seeds 10 --jobs 2
     python bench/ablation.py --quick               # digits, 2 seeds, arms none / defaults / all
-    python bench/ablation.py --study fashion --seeds 1 --epochs 15 --limit 10000 --jobs 2 \\
+    python bench/ablation.py --study fashion --seeds 2 --epochs 15 --limit 10000 --jobs 2 \\
         --json bench/results/ablation-fashion.json
 """
 
