@@ -31,7 +31,7 @@ ancestors' epochs plus the retrain's; without, the retrain's alone). GMP trains 
 retrain's epochs, so with continuation "knee − GMP" is not at equal epochs per network.
 
     python bench/ablation.py --study digits --seeds 10 --jobs 2
-    python bench/ablation.py --quick               # digits, 2 seeds, arms none / defaults / all
+    python bench/ablation.py --quick               # digits, 2 seeds, 3 arms
     python bench/ablation.py --study fashion --seeds 2 --epochs 15 --limit 10000 --jobs 2 \\
         --json bench/results/ablation-fashion.json
 """
@@ -205,7 +205,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 seeds, arms none, defaults and all (digits: ~30 s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 seeds; arms none, defaults, defaults + continuation + fine-tune (~20 s)")
     parser.add_argument("--study", choices=sorted(STUDIES), default="digits")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=None,
@@ -219,7 +220,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="default: bench/results/ablation-STUDY.json")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.arms = min(args.seeds, 2), "none,defaults (ramp + pruning),all"
+        args.seeds, args.arms = min(args.seeds, 2), "none,defaults (ramp + pruning),defaults + continuation + fine-tune"
     arms = [a.strip() for a in args.arms.split(",")]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
