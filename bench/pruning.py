@@ -4,12 +4,14 @@ LeNet-5 on Fashion-MNIST, the same budget of E epochs, Adam (lr 1e-3), batch 128
 every network; sparsity is counted over the dense layers' weights (58,920 in LeNet-5,
 the weights motune penalises), accuracy on the 10,000 test images:
 
-(a) ``knee``: motune's method for real: a KneeSampler study
+(a) ``knee``: motune's method for real: for each seed s a KneeSampler study
     (``studies/fashion_mnist_lenet5.toml`` with ``epochs = E``, ``front_epochs = E // 3``,
-    no SMGD trial) run with :func:`motune.run_study` on a SQLite file under
-    ``bench/results/``; the knee's weight is retrained at E epochs (the study's
-    full-fidelity trial, or by this script if the trial budget ran out first). Its
-    fraction of dense weights kept, f, sets the sparsity of (b) and (c).
+    no SMGD trial, ``[study] seed = 1000 s``) run with :func:`motune.run_study` on a
+    SQLite file under ``bench/results/``; the knee is the study's own full-fidelity
+    retrain at E epochs (with continuation: continued from the knee's front network; if
+    the trial budget ran out first, this script retrains it the same way). Its fraction of
+    dense weights kept, f, and its seed set the sparsity and seed of (b)-(d): same initial
+    weights and batch order, as the study's ``gmp`` baseline trial.
 (b) ``magnitude``: a dense network trained for E // 2 epochs, then
     ``torch.nn.utils.prune.global_unstructured(..., pruning_method=prune.L1Unstructured,
     amount=1 - f)`` over the dense layers, then fine-tuned for the remaining epochs with
@@ -25,13 +27,23 @@ the weights motune penalises), accuracy on the 10,000 test images:
     the l1 term (fresh Adam). Its sparsity is its own, close to but not equal to (a)'s.
 
 Targets: the knee keeps at most 5% of the dense weights, loses at most 1.0 percentage
-point of accuracy against (d), and is at least as accurate as (b) and (c). With
-``--seeds N > 1`` the knee's weight is also retrained at E epochs with seeds 1 .. N-1
-(the search itself runs once), and (b)-(d) are run per seed at that seed's sparsity;
-the headline numbers are means over seeds.
+point of accuracy against (d), and is at least as accurate as (b) and (c) (issue 11:
+knee ≥ GMP − 0.5 pp). Every seed runs its own search (the studies run ``--jobs`` at a
+time); the headline numbers are means over seeds.
+
+(c') ``gmp_lineage``: with ``--continuation`` the knee's network was trained along a chain
+    of warm starts: its front ancestors' epochs plus the retrain's E (its *lineage*
+    epochs, more than E). GMP is then also trained with that many epochs, at the same
+    sparsity and seed: the comparison at equal epochs per network (without continuation
+    it is (c) itself).
 
 (f) ``front_vs_gmp``: every front trial of the knee study with at most 20% of the dense
-    weights kept, against GMP trained to the same sparsity for the same (front) epochs.
+    weights kept, against GMP trained to the same sparsity for the same (front) epochs
+    (the table also shows each front network's lineage epochs).
+
+Levers of the knee study: ``--continuation`` (``--continuation-epochs``),
+``--optimizer-form``, ``--l1-ramp``, ``--finetune-epochs`` (the knee's retrain),
+``--no-trial-pruning``; default: the study's settings.
 
 ``--ablation`` adds the levers of issue 11, each alone and together, at E epochs for each
 seed: the optimiser form (``combined``: one Adam over ``(1 - λ) g1 + λ sign(w)``;
@@ -50,6 +62,7 @@ Torch runs with one thread: on 2 shared cores LeNet-5 trained ~20x slower with t
     python bench/pruning.py --quick               # E = 3 (front 1), 10,000 training images, 1 seed
     python bench/pruning.py --ablation-only --jobs 2 --json bench/results/pruning-ablation.json
     python bench/pruning.py --continuation        # lever: the knee study warm-starts front trials along λ
+    python bench/pruning.py --jobs 2 --no-finetune --continuation --finetune-epochs 5   # issue 11's target run
 """
 
 from __future__ import annotations
@@ -74,12 +87,15 @@ from torch import nn
 from torch.nn.utils import prune
 
 import motune
+from motune.continuation import warm_start
 from motune.gmp import GMPSchedule, train_gmp
 from motune.gmp import prune_to as gmp_prune_to
-from motune.study import knee_trial, run_study
+from motune.study import AtomicArtifactStore, knee_trial, run_study
+from motune.trials import WARM_START_FROM, WEIGHTED_SUM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _common import RESULTS, load_average, plain_epochs, setup, table, write_json
+from ablation import lineage_epochs
 
 STUDY_TOML = Path(__file__).resolve().parent.parent / "studies" / "fashion_mnist_lenet5.toml"
 LR, BATCH = 1e-3, 128
@@ -205,36 +221,65 @@ def knee_finetune(config: motune.StudyConfig, lam: float, data: motune.Dataset, 
 # ----------------------------------------------------------------------------- knee
 
 
-def knee_network(config: motune.StudyConfig, storage: str, n_trials: int) -> tuple[dict[str, Any], optuna.Study]:
-    """Run the KneeSampler study and return the knee retrained at full length."""
+def knee_network(config: motune.StudyConfig, storage: str, n_trials: int,
+                 data: motune.Dataset | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run the KneeSampler study; return its knee retrained at full length and its front trials.
+
+    The knee is the study's own full-fidelity retrain (with continuation: continued from
+    the knee's front network, as the study does it). If the trial budget ran out before
+    the study retrained it, the benchmark retrains it the same way: fresh, or with
+    continuation from the knee's front network (a continuation knee retrained fresh is
+    another, worse network: docs/benchmarks.md §2).
+    """
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="motune-bench-") as artifacts:
         study = run_study(config, storage, n_trials=n_trials, artifact_dir=artifacts)
-    study_seconds = time.perf_counter() - t0
-    trial = knee_trial(study, config)
-    if trial is None:
-        raise RuntimeError("the study completed no weighted-sum trial")
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    out: dict[str, Any] = {
-        "study_trials": len(done),
-        "study_epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in done),
-        "study_seconds": study_seconds,
-        "knee_trial": trial.number,
-        "l1_weight": trial.params["l1_weight"],
-        "knee_fidelity": trial.user_attrs.get("fidelity"),
-    }
-    if trial.user_attrs.get("fidelity") == "full":
-        out.update(test_accuracy=trial.user_attrs["test_accuracy"], fraction_kept=trial.user_attrs["fraction_kept"],
-                   nonzeros_per_layer=trial.user_attrs["nonzeros_per_layer"],
-                   val_accuracy=trial.user_attrs["val_accuracy"], seed=trial.user_attrs["seed"])
-    else:  # the budget ran out before the knee was confirmed: retrain its weight ourselves
-        out.update(retrain_full(config, trial.params["l1_weight"], config.study.seed + len(study.trials)))
-        out["knee_fidelity"] = "full (retrained by the benchmark: the study stopped before its full trial)"
-    return out, study
+        study_seconds = time.perf_counter() - t0
+        trials = study.get_trials(deepcopy=False)
+        trial = knee_trial(study, config)
+        if trial is None:
+            raise RuntimeError("the study completed no weighted-sum trial")
+        ran = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                                                optuna.trial.TrialState.FAIL)]
+        out: dict[str, Any] = {
+            "study_seed": config.study.seed,
+            "study_trials": len(ran),
+            "study_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in ran),
+            "study_epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in ran),
+            "study_seconds": study_seconds,
+            "knee_trial": trial.number,
+            "l1_weight": trial.params["l1_weight"],
+            "knee_fidelity": trial.user_attrs.get("fidelity"),
+        }
+        if trial.user_attrs.get("fidelity") == "full":
+            out.update(test_accuracy=trial.user_attrs["test_accuracy"], fraction_kept=trial.user_attrs["fraction_kept"],
+                       nonzeros_per_layer=trial.user_attrs["nonzeros_per_layer"],
+                       val_accuracy=trial.user_attrs["val_accuracy"], knee_seed=trial.user_attrs["seed"],
+                       warm_start_from=trial.user_attrs.get(WARM_START_FROM),
+                       lineage_epochs=lineage_epochs(trials, trial))
+        else:  # the budget ran out before the knee was confirmed: retrain its weight as the study would
+            seed = config.study.seed + len(trials)
+            warm = warm_start(config, [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE], WEIGHTED_SUM,
+                              "full", trial.params["l1_weight"], AtomicArtifactStore(artifacts))
+            out.update(retrain_full(config, trial.params["l1_weight"], seed, data, init_state=warm.state))
+            out["knee_seed"] = out.pop("seed")
+            out["warm_start_from"] = warm.parent if warm.warm else None
+            out["lineage_epochs"] = config.train.epochs + (lineage_epochs(trials, trial) if warm.warm else 0)
+            out["knee_fidelity"] = "full (retrained by the benchmark: the study stopped before its full trial)"
+    front = []
+    for t in trials:
+        a = t.user_attrs
+        if (t.state == optuna.trial.TrialState.COMPLETE and a.get("kind") == "weighted_sum"
+                and a.get("fidelity") == "front" and 0 < a.get("fraction_kept", 1.0) <= FRONT_MAX_KEPT):
+            front.append({"trial": t.number, "l1_weight": t.params.get("l1_weight"), "seed": a["seed"],
+                          "epochs": int(a.get("epochs", 0)), "lineage_epochs": lineage_epochs(trials, t),
+                          "fraction_kept": a["fraction_kept"], "test_accuracy": a["test_accuracy"]})
+    return out, front
 
 
-def retrain_full(config: motune.StudyConfig, lam: float, seed: int, data: motune.Dataset | None = None) -> dict[str, Any]:
-    r = motune.train(config.train_config(l1_weight=lam, full=True, seed=seed), data=data)
+def retrain_full(config: motune.StudyConfig, lam: float, seed: int, data: motune.Dataset | None = None,
+                 init_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    r = motune.train(config.train_config(l1_weight=lam, full=True, seed=seed), data=data, init_state=init_state)
     return {"test_accuracy": r.test_accuracy, "fraction_kept": r.fraction_kept,
             "nonzeros_per_layer": r.nonzeros_per_layer, "val_accuracy": r.val_accuracy, "seed": seed,
             "train_seconds": r.train_seconds}
@@ -246,14 +291,29 @@ _DATA: dict[tuple[str | None, int | None], motune.Dataset] = {}
 
 
 def _job(spec: dict[str, Any]) -> dict[str, Any]:
-    """One network, in a worker process (one torch thread): a motune run or a GMP run."""
+    """One unit of work in a worker process (one torch thread), by ``kind``: a knee study
+    (``study``), dense + one-shot magnitude (``dense_magnitude``), a GMP run (``gmp``), the
+    knee λ with a masked fine-tune (``knee_finetune``) or a motune run (``motune``)."""
     torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     key = (spec["data_dir"], spec["limit"])
     if key not in _DATA:
         _DATA[key] = motune.load_dataset("fashion-mnist", spec["data_dir"], limit=spec["limit"])
     data = _DATA[key]
+    if spec["kind"] == "study":
+        db = Path(spec["db"])
+        db.unlink(missing_ok=True)
+        knee, front = knee_network(motune.StudyConfig.from_dict(spec["config"]), f"sqlite:///{db}", spec["trials"], data)
+        return {**spec, **knee, "front": front, "key": _key(spec)}
+    if spec["kind"] == "dense_magnitude":
+        res = dense_and_magnitude(data, spec["epochs"], spec["fraction"], spec["seed"])
+        return {**spec, **res, "test_accuracy": res["magnitude"]["test_accuracy"],
+                "fraction_kept": res["magnitude"]["fraction_kept"], "key": _key(spec)}
     if spec["kind"] == "gmp":
         return {**spec, **gmp(data, spec["epochs"], spec["fraction"], spec["seed"]), "key": _key(spec)}
+    if spec["kind"] == "knee_finetune":
+        config = motune.StudyConfig.from_dict(spec["config"])
+        return {**spec, **knee_finetune(config, spec["l1_weight"], data, spec["epochs"], spec["seed"]), "key": _key(spec)}
     r = motune.train(motune.TrainConfig(**spec["config"]), data=data)
     return {**spec, "key": _key(spec), "test_accuracy": r.test_accuracy, "fraction_kept": r.fraction_kept, "epochs": r.epochs,
             "nonzeros_per_layer": r.nonzeros_per_layer, "train_seconds": r.train_seconds}
@@ -354,19 +414,6 @@ def summarise_ablation(results: list[dict[str, Any]], seeds: int) -> dict[str, A
             "gmp_curve": {str(s): sorted(c) for s, c in curves.items()}}
 
 
-def front_vs_gmp_specs(study: optuna.Study, base: dict[str, Any], front_epochs: int) -> list[dict[str, Any]]:
-    """GMP at the sparsity, seed and epochs of every front trial that keeps at most FRONT_MAX_KEPT."""
-    specs = []
-    for t in study.trials:
-        a = t.user_attrs
-        if (t.state == optuna.trial.TrialState.COMPLETE and a.get("kind") == "weighted_sum"
-                and a.get("fidelity") == "front" and 0 < a.get("fraction_kept", 1.0) <= FRONT_MAX_KEPT):
-            specs.append({**base, "kind": "gmp", "epochs": front_epochs, "fraction": a["fraction_kept"], "seed": a["seed"],
-                          "trial": t.number, "l1_weight": t.params.get("l1_weight"), "front_accuracy": a["test_accuracy"],
-                          "label": f"gmp for front trial {t.number} ({a['fraction_kept']:.2%} kept)"})
-    return specs
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -384,7 +431,14 @@ def main() -> None:
                         help="lever: the knee study (a) warm-starts front trials along λ ([study] continuation)")
     parser.add_argument("--continuation-epochs", type=int, default=None,
                         help="epochs of a warm-started front trial (default: half of the front epochs)")
-    parser.add_argument("--jobs", type=int, default=1, help="networks trained at a time (processes, one thread each)")
+    parser.add_argument("--optimizer-form", choices=("combined", "per_objective"), default=None,
+                        help="lever: [train] optimizer_form of the knee study (default: the study's)")
+    parser.add_argument("--l1-ramp", type=float, default=None, help="lever: [train] l1_ramp (default: the study's)")
+    parser.add_argument("--finetune-epochs", type=int, default=None,
+                        help="lever: [train] finetune_epochs of the knee's retrain (default: the study's, 0)")
+    parser.add_argument("--no-trial-pruning", action="store_true", help="lever off: [study] prune = false")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="networks (and the seeds' knee studies) trained at a time (processes, one thread each)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the networks already in JSON.partial.jsonl from an interrupted run (ablation, front vs GMP)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see the docstring)")
@@ -406,11 +460,23 @@ def main() -> None:
     config.train.device = "cpu"
     config.study.continuation = args.continuation
     config.study.continuation_epochs = args.continuation_epochs if args.continuation else None
-    config = config.validate()
+    if args.optimizer_form is not None:
+        config.train.optimizer_form = args.optimizer_form
+    if args.l1_ramp is not None:
+        config.train.l1_ramp = args.l1_ramp
+    if args.finetune_epochs is not None:
+        config.train.finetune_epochs = args.finetune_epochs
+    if args.no_trial_pruning:
+        config.study.prune = False
+    try:
+        config = config.validate()
+    except motune.ConfigError as exc:
+        parser.error(str(exc))
     db = Path(args.json).with_suffix(".db")
     data = motune.load_dataset("fashion-mnist", config.data.data_dir, limit=limit)
     job_base = {"data_dir": config.data.data_dir, "limit": limit}
     args.partial = Path(args.json).with_suffix(".partial.jsonl")
+    args.partial.parent.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         args.partial.unlink(missing_ok=True)
     out: dict[str, Any] = {
@@ -420,9 +486,10 @@ def main() -> None:
                   "model": "lenet5", "optimizer": "adam", "lr": LR, "batch_size": BATCH, "epochs": epochs,
                   "front_epochs": config.train.front_epochs, "study_trials_max": args.trials, "seeds": seeds,
                   "sparsity_counted_over": "dense-layer weights (58,920 in LeNet-5)",
-                  "train_defaults": {k: getattr(config.train, k) for k in ("optimizer_form", "l1_ramp", "finetune_epochs")
-                                     if hasattr(config.train, k)},
+                  "levers": {"optimizer_form": config.train.optimizer_form, "l1_ramp": config.train.l1_ramp,
+                             "finetune_epochs": config.train.finetune_epochs, "trial_pruning": config.study.prune},
                   "continuation": config.study.continuation, "continuation_epochs": config.study.continuation_epochs,
+                  "study_seeds": [1000 * s for s in range(seeds)],
                   "torch_threads": args.threads, "jobs": args.jobs},
         "machine": info,
         "targets": TARGETS,
@@ -435,46 +502,93 @@ def main() -> None:
     out["wall_seconds"] = time.perf_counter() - t_start
     print(f"wall {out['wall_seconds']:.0f} s")
     path = write_json(args.json, out)
-    print(f"wrote {path}" + ("" if args.ablation_only else f" (study: {db})"))
+    print(f"wrote {path}" + ("" if args.ablation_only else f" (studies: {db.with_suffix('')}-seedN.db)"))
 
 
 def knee_comparison(args: argparse.Namespace, config: motune.StudyConfig, data: motune.Dataset, db: Path, epochs: int,
                     seeds: int, job_base: dict[str, Any]) -> dict[str, Any]:
-    """(a)-(f): the knee study, its knee against magnitude pruning and GMP, the front against GMP."""
-    db.unlink(missing_ok=True)
-    print(f"knee study: {args.trials} trials at most, front {config.train.front_epochs} epochs, full {epochs}", flush=True)
-    knee0, study = knee_network(config, f"sqlite:///{db}", args.trials)
-    print(f"knee: λ={knee0['l1_weight']:.3g}, kept {knee0['fraction_kept']:.4f}, acc {knee0['test_accuracy']:.4f} "
-          f"({knee0['study_trials']} trials, {knee0['study_epochs']} epochs, {knee0['study_seconds']:.0f} s)", flush=True)
+    """(a)-(f): one knee study per seed, each knee against magnitude pruning and GMP, the fronts against GMP.
+
+    Seed s runs its own study (``[study] seed = 1000 s``; trial n trains with seed + n), so
+    every seed's knee is the network its study hands a user, continuation knees included
+    (continued from their own front network). (b)-(d) use the knee's own seed: the same
+    initial weights and batch order as the knee's retrain, as the study's ``gmp`` baseline
+    trial does. With continuation the knee's network was trained along a lineage of warm
+    starts (``lineage_epochs``: its ancestors' epochs plus the retrain's); GMP is then also
+    run with that many epochs (``gmp_lineage``), the comparison at equal epochs per network.
+    """
+    print(f"knee studies: {seeds} (one per seed), {args.trials} trials at most, front {config.train.front_epochs} epochs, "
+          f"full {epochs}", flush=True)
+    study_specs = []
+    for seed in range(seeds):
+        raw = config.to_dict()
+        raw["study"].update(seed=1000 * seed, name=f"bench-pruning-seed{seed}")
+        study_specs.append({**job_base, "kind": "study", "seed": seed, "config": raw, "trials": args.trials,
+                            "db": str(db.with_name(f"{db.stem}-seed{seed}.db")), "label": f"knee study seed {seed}"})
+    knees = run_jobs(study_specs, args.jobs, args.partial)
+    for k in knees:
+        print(f"seed {k['seed']}: knee λ={k['l1_weight']:.3g}, kept {k['fraction_kept']:.4f}, acc {k['test_accuracy']:.4f} "
+              f"(trial seed {k['knee_seed']}, "
+              f"{k['study_trials']} trials, {k['study_pruned']} pruned, {k['study_epochs']} epochs, lineage "
+              f"{k['lineage_epochs']} epochs, {k['study_seconds']:.0f} s)", flush=True)
+
+    specs = []
+    for k in knees:
+        f, s, tag = k["fraction_kept"], k["knee_seed"], f"seed {k['seed']}"
+        specs.append({**job_base, "kind": "dense_magnitude", "epochs": epochs, "fraction": f, "seed": s, "of": k["seed"],
+                      "label": f"dense + magnitude {tag}"})
+        specs.append({**job_base, "kind": "gmp", "epochs": epochs, "fraction": f, "seed": s, "of": k["seed"],
+                      "label": f"gmp {tag}"})
+        if k["lineage_epochs"] > epochs:
+            specs.append({**job_base, "kind": "gmp", "epochs": k["lineage_epochs"], "fraction": f, "seed": s,
+                          "of": k["seed"], "label": f"gmp lineage epochs {tag}"})
+        if not args.no_finetune and not config.study.continuation:  # (e) trains the λ fresh: not for a continuation knee
+            specs.append({**job_base, "kind": "knee_finetune", "config": config.to_dict(), "l1_weight": k["l1_weight"],
+                          "epochs": epochs, "seed": s, "of": k["seed"], "label": f"knee_finetune {tag}"})
+        for fr in k["front"]:
+            specs.append({**job_base, "kind": "gmp", "epochs": fr["epochs"], "fraction": fr["fraction_kept"],
+                          "seed": fr["seed"], "of": k["seed"], "front": fr,
+                          "label": f"gmp for front trial {fr['trial']} of {tag} ({fr['fraction_kept']:.2%} kept)"})
+    print(f"{len(specs)} networks: dense + magnitude, GMP (at {epochs} epochs and at the knee's lineage epochs), "
+          f"front vs GMP (front trials with at most {FRONT_MAX_KEPT:.0%} kept)", flush=True)
+    results = run_jobs(specs, args.jobs, args.partial)
 
     per_seed = []
-    for seed in range(seeds):
-        knee = knee0 if seed == 0 else retrain_full(config, knee0["l1_weight"], seed, data)
-        f = knee["fraction_kept"]
-        t0 = time.perf_counter()
-        res = dense_and_magnitude(data, epochs, f, seed)
-        res["gmp"] = gmp(data, epochs, f, seed)
-        if not args.no_finetune:
-            res["knee_finetune"] = knee_finetune(config, knee0["l1_weight"], data, epochs, seed)
-        res["knee"] = {k: knee[k] for k in ("test_accuracy", "fraction_kept", "nonzeros_per_layer", "seed")}
-        res["seconds"] = time.perf_counter() - t0
+    front_rows = []
+    for k in knees:
+        mine = [r for r in results if r["of"] == k["seed"]]
+        res: dict[str, Any] = {"seed": k["seed"], "study_seed": k["study_seed"]}
+        dm = next(r for r in mine if r["kind"] == "dense_magnitude")
+        res["dense"], res["magnitude"] = dm["dense"], dm["magnitude"]
+        res["gmp"] = next(r for r in mine if r["kind"] == "gmp" and "front" not in r and r["epochs"] == epochs)
+        lin = [r for r in mine if r["kind"] == "gmp" and "front" not in r and r["epochs"] != epochs]
+        res["gmp_lineage"] = lin[0] if lin else res["gmp"]  # without continuation the lineage is the retrain
+        ft = [r for r in mine if r["kind"] == "knee_finetune"]
+        if ft:
+            res["knee_finetune"] = ft[0]
+        res["knee"] = {key: k[key] for key in ("test_accuracy", "fraction_kept", "nonzeros_per_layer", "knee_seed",
+                                               "l1_weight", "knee_trial", "knee_fidelity", "warm_start_from",
+                                               "lineage_epochs", "study_trials", "study_pruned", "study_epochs",
+                                               "study_seconds")}
         per_seed.append(res)
-        print(f"seed {seed}: " + ", ".join(f"{m} {res[m]['test_accuracy']:.4f} (kept {res[m]['fraction_kept']:.4f})"
-                                           for m in METHODS if m in res), flush=True)
-
-    print(f"front vs GMP: front trials with at most {FRONT_MAX_KEPT:.0%} kept, GMP at {config.train.front_epochs} epochs",
-          flush=True)
-    front = run_jobs(front_vs_gmp_specs(study, job_base, config.train.front_epochs), args.jobs, args.partial)
-    front_rows = [{"trial": r["trial"], "l1_weight": r["l1_weight"], "epochs": r["epochs"], "fraction_kept": r["fraction"],
-                   "front_accuracy": r["front_accuracy"], "gmp_accuracy": r["test_accuracy"],
-                   "delta_pp": 100 * (r["front_accuracy"] - r["test_accuracy"])} for r in front]
-    front_rows.sort(key=lambda r: r["fraction_kept"])
+        for r in mine:
+            if "front" in r:
+                fr = r["front"]
+                front_rows.append({"seed": k["seed"], "trial": fr["trial"], "l1_weight": fr["l1_weight"],
+                                   "epochs": fr["epochs"], "lineage_epochs": fr["lineage_epochs"],
+                                   "fraction_kept": fr["fraction_kept"], "front_accuracy": fr["test_accuracy"],
+                                   "gmp_accuracy": r["test_accuracy"],
+                                   "delta_pp": 100 * (fr["test_accuracy"] - r["test_accuracy"])})
+        print(f"seed {k['seed']}: " + ", ".join(f"{m} {res[m]['test_accuracy']:.4f} (kept {res[m]['fraction_kept']:.4f})"
+                                                for m in (*METHODS, "gmp_lineage") if m in res), flush=True)
+    front_rows.sort(key=lambda r: (r["seed"], r["fraction_kept"]))
 
     def mean(method: str, key: str) -> float:
         return statistics.fmean(s[method][key] for s in per_seed)
 
     knee_acc, dense_acc = mean("knee", "test_accuracy"), mean("dense", "test_accuracy")
     mag_acc, gmp_acc = mean("magnitude", "test_accuracy"), mean("gmp", "test_accuracy")
+    gmp_lineage_acc = mean("gmp_lineage", "test_accuracy")
     kept = mean("knee", "fraction_kept")
     loss_pp = 100 * (dense_acc - knee_acc)
     checks = {
@@ -483,38 +597,43 @@ def knee_comparison(args: argparse.Namespace, config: motune.StudyConfig, data: 
         "knee_ge_magnitude": knee_acc >= mag_acc,
         "knee_ge_gmp_minus_0.5pp": 100 * (knee_acc - gmp_acc) >= TARGETS["knee_vs_gmp_pp_min"],
         "knee_ge_gmp": knee_acc >= gmp_acc,
+        # Information: GMP given as many epochs as the knee's network had along its lineage (= E without continuation).
+        "knee_ge_gmp_lineage_epochs_minus_0.5pp": 100 * (knee_acc - gmp_lineage_acc) >= TARGETS["knee_vs_gmp_pp_min"],
     }
     print(f"\nLeNet-5 / Fashion-MNIST ({len(data.x_train)} training images), E = {epochs} epochs, "
-          f"Adam lr {LR}, batch {BATCH}; test accuracy, mean over {seeds} seed(s)")
+          f"Adam lr {LR}, batch {BATCH}; test accuracy, mean over {seeds} seed(s), one knee study per seed")
     rows = [[m, mean(m, "test_accuracy"), mean(m, "fraction_kept"), 100 * (mean(m, "test_accuracy") - dense_acc)]
-            for m in METHODS if m in per_seed[0]]
+            for m in (*METHODS, "gmp_lineage") if m in per_seed[0]]
     print(table(rows, ["network", "test acc", "dense weights kept", "Δ vs dense (pp)"]))
+    print(f"knee − GMP ({epochs} epochs): {100 * (knee_acc - gmp_acc):+.2f} pp; knee − GMP at the knee's lineage epochs "
+          f"({', '.join(str(s['knee']['lineage_epochs']) for s in per_seed)}): {100 * (knee_acc - gmp_lineage_acc):+.2f} pp")
     for name, ok in checks.items():
         print(f"{name}: {'met' if ok else 'MISSED'}")
-    print(f"knee λ = {knee0['l1_weight']:.3g}; study: {knee0['study_trials']} trials, {knee0['study_epochs']} epochs, "
-          f"{knee0['study_seconds']:.0f} s")
-    print(f"\nfront vs GMP ({config.train.front_epochs} epochs each, seed of the trial)")
-    print(table([[r["trial"], r["l1_weight"], r["fraction_kept"], r["front_accuracy"], r["gmp_accuracy"], r["delta_pp"]]
-                 for r in front_rows], ["trial", "λ", "kept", "front acc", "GMP acc", "Δ (pp)"]))
+    print("\nfront vs GMP (the front trial's epochs, its seed; lineage: epochs along its warm starts)")
+    print(table([[r["seed"], r["trial"], r["l1_weight"], r["fraction_kept"], r["epochs"], r["lineage_epochs"],
+                  r["front_accuracy"], r["gmp_accuracy"], r["delta_pp"]] for r in front_rows],
+                ["seed", "trial", "λ", "kept", "epochs", "lineage", "front acc", "GMP acc", "Δ (pp)"]))
     return {
-        "study_storage": str(db),
+        "study_storage": [s["db"] for s in study_specs],
         "magnitude": f"dense {epochs // 2} epochs, global L1 prune, fine-tune {epochs - epochs // 2}",
-        "gmp": "Zhu & Gupta cubic schedule, see per_seed[*].gmp.schedule",
-        "knee_finetune": f"knee λ {epochs - max(1, epochs // 3)} epochs, masked λ = 0 fine-tune "
-                         f"{max(1, epochs // 3)} epochs (information only)",
+        "gmp": "Zhu & Gupta cubic schedule, see per_seed[*].gmp.schedule; the knee's seed",
+        "gmp_lineage": "GMP with as many epochs as the knee's network trained along its warm-start lineage",
+        "knee_finetune": None if args.no_finetune or config.study.continuation else
+        f"knee λ {epochs - max(1, epochs // 3)} epochs, masked λ = 0 fine-tune {max(1, epochs // 3)} epochs (information only)",
         "knee_fraction_kept": kept,
         "knee_accuracy": knee_acc,
         "dense_accuracy": dense_acc,
         "magnitude_accuracy": mag_acc,
         "gmp_accuracy": gmp_acc,
+        "gmp_lineage_accuracy": gmp_lineage_acc,
         "magnitude_fraction_kept": mean("magnitude", "fraction_kept"),
         "gmp_fraction_kept": mean("gmp", "fraction_kept"),
-        "knee_finetune_accuracy": None if args.no_finetune else mean("knee_finetune", "test_accuracy"),
-        "knee_finetune_fraction_kept": None if args.no_finetune else mean("knee_finetune", "fraction_kept"),
+        "knee_finetune_accuracy": mean("knee_finetune", "test_accuracy") if "knee_finetune" in per_seed[0] else None,
+        "knee_finetune_fraction_kept": mean("knee_finetune", "fraction_kept") if "knee_finetune" in per_seed[0] else None,
         "knee_accuracy_loss_pp": loss_pp,
         "knee_vs_gmp_pp": 100 * (knee_acc - gmp_acc),
-        "knee_lambda": knee0["l1_weight"],
-        "knee_search": {k: v for k, v in knee0.items() if k not in ("test_accuracy", "fraction_kept")},
+        "knee_vs_gmp_lineage_epochs_pp": 100 * (knee_acc - gmp_lineage_acc),
+        "knee_lambdas": [s["knee"]["l1_weight"] for s in per_seed],
         "checks": checks,
         "per_seed": per_seed,
         "front_vs_gmp": front_rows,
