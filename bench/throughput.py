@@ -15,7 +15,7 @@ the table says so), batch size 128, the same optimiser, one epoch per repeat. Va
 - ``dataloader_itp``: ``motune.train`` (as ``weighted_sum_itp``) from the same kind of
   DataLoader, through ``data={"train": ..., "val": ...}``, motune's loader path.
 
-Repeats are interleaved (plain, ws, smgd, plain_loader, dataloader, plain, ...) so
+Repeats are interleaved (plain, ws, smgd, plain_loader, dataloader, then the same rotated by one, ...) so
 machine noise hits all variants alike; each ratio is the median over repeats of (variant
 samples/s) / (its plain loop's samples/s in the same repeat: ``plain`` for the in-memory
 rows, ``plain_loader`` for ``dataloader_itp``). Targets: weighted_sum_itp_ratio >= 0.97,
@@ -153,8 +153,14 @@ def measure(data: motune.Dataset, repeats: int, device: torch.device) -> dict:
     plain_epoch(on_device, 0, device)  # warm-up: allocator, kernels, thread pool
     plain_loader_epoch(data, 0, device)
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    names = list(VARIANTS)
     for rep in range(repeats):
-        for name, (run, cpu_data) in VARIANTS.items():
+        # Rotate the order every repeat, so each variant runs in every slot equally often: a drift
+        # within a repeat (a neighbour's job, the CPU's clock) then biases no variant against its
+        # baseline. With a fixed order SMGD always ran two slots after plain and read 0.93 where
+        # pairs run back to back read 1.02 (docs/benchmarks.md §4).
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            run, cpu_data = VARIANTS[name]
             seconds[name].append(run(data if cpu_data else on_device, rep, device))
     rate = {name: [n / s for s in secs] for name, secs in seconds.items()}
     ratios = {name: [r / p for r, p in zip(rate[name], rate[BASELINE[name]])] for name in ROWS}
