@@ -427,15 +427,16 @@ def main() -> None:
     parser.add_argument("--no-finetune", action="store_true", help="skip (e), the knee with a masked fine-tune")
     parser.add_argument("--ablation", action="store_true", help="also run the lever ablation against a GMP curve")
     parser.add_argument("--ablation-only", action="store_true", help="run only the ablation (skip (a)-(f))")
-    parser.add_argument("--continuation", action="store_true",
-                        help="lever: the knee study (a) warm-starts front trials along λ ([study] continuation)")
+    parser.add_argument("--continuation", action=argparse.BooleanOptionalAction, default=None,
+                        help="lever: the knee study (a) warm-starts front trials along λ ([study] continuation; "
+                             "default: the study's, on since issue 11)")
     parser.add_argument("--continuation-epochs", type=int, default=None,
                         help="epochs of a warm-started front trial (default: half of the front epochs)")
     parser.add_argument("--optimizer-form", choices=("combined", "per_objective"), default=None,
                         help="lever: [train] optimizer_form of the knee study (default: the study's)")
     parser.add_argument("--l1-ramp", type=float, default=None, help="lever: [train] l1_ramp (default: the study's)")
     parser.add_argument("--finetune-epochs", type=int, default=None,
-                        help="lever: [train] finetune_epochs of the knee's retrain (default: the study's, 0)")
+                        help="lever: [train] finetune_epochs of the knee's retrain (default: the study's, a third of E)")
     parser.add_argument("--no-trial-pruning", action="store_true", help="lever off: [study] prune = false")
     parser.add_argument("--jobs", type=int, default=1,
                         help="networks (and the seeds' knee studies) trained at a time (processes, one thread each)")
@@ -458,8 +459,9 @@ def main() -> None:
     config.train.epochs = epochs
     config.train.front_epochs = max(1, epochs // 3)
     config.train.device = "cpu"
-    config.study.continuation = args.continuation
-    config.study.continuation_epochs = args.continuation_epochs if args.continuation else None
+    if args.continuation is not None:
+        config.study.continuation = args.continuation
+    config.study.continuation_epochs = args.continuation_epochs if config.study.continuation else None
     if args.optimizer_form is not None:
         config.train.optimizer_form = args.optimizer_form
     if args.l1_ramp is not None:

@@ -147,6 +147,9 @@ def reproduce(name: str, toml: Path, data_dir: str | None, epochs: int, limit: i
     config = study_config(toml, f"bench-reproduce-{name}", epochs=epochs, limit=limit, data_dir=data_dir)
     if levers:
         config = levers_config(config)
+    else:  # the paper's protocol: fresh front trials, no fine-tune (motune's defaults since issue 11 differ)
+        config.study.continuation = False
+        config.train.finetune_epochs = 0
     db = out_dir / f"{tag}-{name}.db"
     db.unlink(missing_ok=True)
     print(f"{name}: study {config.study.name}, front {config.train.front_epochs} epochs, full {epochs}, "

@@ -48,8 +48,19 @@ def test_every_train_config_field_is_a_config_key_with_its_default() -> None:
     own = {f.name for f in dataclasses.fields(TrainConfig)} - set(PER_TRIAL_KEYS)
     assert train_keys | set(DATA_KEYS) == own | {"front_epochs"}
     section, config = StudyConfig().train, TrainConfig()
-    for key in train_keys - {"epochs", "front_epochs"}:  # the digits study trains 30 epochs, TrainConfig 10
+    for key in train_keys - {"epochs", "front_epochs", "finetune_epochs"}:  # the digits study trains 30 epochs, TrainConfig 10
         assert getattr(section, key) == getattr(config, key), key
+    # finetune_epochs: TrainConfig's 0 (no fine-tune), a study's None (a third of epochs for the knee's retrain)
+    assert section.finetune_epochs is None and config.finetune_epochs == 0 and StudyConfig().finetune_epochs == 10
+
+
+def test_finetune_defaults_to_a_third_of_the_epochs_for_the_knee_retrain_only() -> None:
+    config = StudyConfig.from_dict({"train": {"epochs": 15, "front_epochs": 5}, "study": {"baselines": ["smgd"]}})
+    assert config.train_config(full=True).finetune_epochs == 5
+    assert config.train_config().finetune_epochs == 0  # front trials never fine-tune
+    assert config.train_config("smgd", full=True).finetune_epochs == 0  # baselines keep their protocol
+    off = StudyConfig.from_dict({"train": {"finetune_epochs": 0}})
+    assert off.train_config(full=True).finetune_epochs == 0
 
 
 def test_every_train_key_reaches_the_trial() -> None:

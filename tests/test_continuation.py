@@ -197,9 +197,9 @@ def test_trial_pruning_compares_warm_started_trials_only_with_warm_started_ones(
 
 
 def test_finetune_for_the_knee_retrain_only() -> None:
-    both = StudyConfig.from_dict({"study": {"baselines": ["smgd"]}, "train": {"finetune_epochs": 3}})
-    knee_only = StudyConfig.from_dict({"study": {"baselines": ["smgd"], "finetune_baselines": False},
-                                       "train": {"finetune_epochs": 3}})
+    both = StudyConfig.from_dict({"study": {"baselines": ["smgd"], "finetune_baselines": True},
+                                  "train": {"finetune_epochs": 3}})
+    knee_only = StudyConfig.from_dict({"study": {"baselines": ["smgd"]}, "train": {"finetune_epochs": 3}})  # the default
     assert both.train_config("smgd", full=True).finetune_epochs == 3
     assert knee_only.train_config("smgd", full=True).finetune_epochs == 0
     for config in (both, knee_only):

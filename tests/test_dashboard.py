@@ -26,7 +26,8 @@ from motune.trials import CHECKPOINT, CHECKPOINT_BYTES, HISTORY, LEGACY_HISTORY,
 
 # λ = 0 and 0.1 first (0.1 collapses: pruned after 2 epochs), one SMGD baseline; seconds on 300 digits.
 SMALL = {
-    "study": {"name": "dash", "n_trials": 3, "baselines": ["smgd"], "full_fidelity": False},
+    "study": {"name": "dash", "n_trials": 3, "baselines": ["smgd"], "full_fidelity": False,
+              "continuation": False},  # fresh trials: λ = 0.1 collapses and is pruned
     "data": {"limit": 300},
     "train": {"epochs": 3, "front_epochs": 3},
 }

@@ -59,6 +59,7 @@ SMALL_GMP = """
 name = "g"
 n_trials = 8
 baselines = ["gmp"]
+continuation = false  # fresh front trials: this tiny study converges within its budget
 
 [data]
 dataset = "digits"

@@ -74,7 +74,8 @@ class FlakyStorage:
 
 
 CONFIG = {
-    "study": {"name": "outage", "n_trials": 3, "baselines": [], "prune": False},  # every trial runs its full length
+    "study": {"name": "outage", "n_trials": 3, "baselines": [], "prune": False,  # every trial runs its full length
+              "continuation": False},
     "data": {"limit": 400},
     "train": {"epochs": 3, "front_epochs": 3},
 }

@@ -176,7 +176,8 @@ def test_pruning_collapsed_trials_leaves_the_search_as_it_was_and_never_past_the
 # ----------------------------------------------------------------------------- real trials
 
 TINY = {
-    "study": {"name": "prune", "n_trials": 3, "baselines": [], "full_fidelity": False},
+    "study": {"name": "prune", "n_trials": 3, "baselines": [], "full_fidelity": False,
+              "continuation": False},  # fresh trials: λ = 0.1 collapses (a child of λ = 0 need not)
     "data": {"limit": 400},
     "train": {"epochs": 8, "front_epochs": 8},
 }
