@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 import motune
@@ -147,3 +148,18 @@ def test_console_script_usage_errors_have_no_traceback(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "not a storage URL" in bad.stderr
     unknown = subprocess.run([sys.executable, "-m", "motune.cli", "frobnicate"], capture_output=True, text=True, env=env)
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+
+
+def test_the_default_digits_study_prunes_a_trial_and_continues_its_knee(tmp_path: Path, monkeypatch) -> None:
+    """`motune run` with no config (issue 11): at least one pruned trial; the knee's retrain continues its front network."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--quiet"]) == 0
+    study = optuna.load_study(study_name="digits", storage="sqlite:///digits.db")
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.PRUNED in states, states
+    knee = motune.knee_trial(study)
+    config = motune.StudyConfig()
+    assert knee is not None and knee.user_attrs["fidelity"] == "full" and knee.user_attrs["epochs"] == config.train.epochs
+    parent = study.trials[knee.user_attrs["warm_start_from"]]  # continued from the knee's front network
+    assert parent.params["l1_weight"] == knee.params["l1_weight"] and parent.user_attrs["fidelity"] == "front"
+    assert config.finetune_epochs == config.train.epochs // 3 > 0
