@@ -38,6 +38,25 @@ def setup(threads: int) -> dict[str, Any]:
     return machine_info()
 
 
+def study_cost(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """What a study trained, GMP yardstick trials left out: trials run (completed, pruned or
+    failed), pruned and warm-started ones, and the epochs of all of them and of the front."""
+    from optuna.trial import TrialState
+
+    from motune.trials import FIDELITY, GMP, WARM_START_FROM, WEIGHTED_SUM, trial_kind
+
+    ran = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+           and trial_kind(t) != GMP]
+    front = [t for t in ran if trial_kind(t) == WEIGHTED_SUM and t.user_attrs.get(FIDELITY) != "full"]
+    return {
+        "trials": len(ran),
+        "pruned": sum(t.state == TrialState.PRUNED for t in ran),
+        "warm_started": sum(t.user_attrs.get(WARM_START_FROM) is not None for t in ran),
+        "total_epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in ran),
+        "front_epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in front),
+    }
+
+
 def study_config(toml: str | os.PathLike[str], name: str, *, epochs: int, limit: int | None,
                  data_dir: str | None = None, **study: Any) -> motune.StudyConfig:
     """A shipped study config with a benchmark's settings, checked like any config file.

@@ -54,12 +54,12 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
-from _common import RESULTS, load_average, setup, study_config, table, write_json
+from _common import RESULTS, load_average, setup, study_config, study_cost, table, write_json
 
 import motune
 from motune.gmp import gmp_trials
 from motune.study import knee_trial, run_study
-from motune.trials import FIDELITY, GMP, WARM_START_FROM, WEIGHTED_SUM, trial_kind
+from motune.trials import FIDELITY, WARM_START_FROM
 
 STUDIES = {
     "digits": Path(__file__).resolve().parent.parent / "studies" / "digits.toml",
@@ -79,7 +79,6 @@ ARMS: dict[str, tuple[str, ...]] = {
     # The combination bench/pruning.py's target run uses (everything but the per-objective form).
     "defaults + continuation + fine-tune": ("continuation", "ramp", "finetune", "prune"),
 }
-RAN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def arm_config(study: str, arm: str, seed: int, epochs: int | None, limit: int | None, finetune: int | None) -> Any:
@@ -119,8 +118,6 @@ def one_study(spec: dict[str, Any]) -> dict[str, Any]:
         trials = study.get_trials(deepcopy=False)
         knee = knee_trial(study, config)
         gmp = [t for t in gmp_trials(study, knee.number) if t.state == TrialState.COMPLETE] if knee is not None else []
-    ran = [t for t in trials if t.state in RAN and trial_kind(t) != GMP]
-    front = [t for t in ran if trial_kind(t) == WEIGHTED_SUM and t.user_attrs.get(FIDELITY) != "full"]
     ka = knee.user_attrs if knee is not None else {}
     ga = gmp[-1].user_attrs if gmp else {}
     row = {
@@ -137,11 +134,7 @@ def one_study(spec: dict[str, Any]) -> dict[str, Any]:
         "gmp_test_accuracy": ga.get("test_accuracy"),
         "gmp_fraction_kept": ga.get("fraction_kept"),
         "gmp_epochs": ga.get("epochs"),
-        "trials": len(ran),
-        "pruned": sum(t.state == TrialState.PRUNED for t in ran),
-        "warm_started": sum(t.user_attrs.get(WARM_START_FROM) is not None for t in ran),
-        "total_epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in ran),
-        "front_epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in front),
+        **study_cost(trials),
         "seconds": round(seconds, 1),
         "settings": {"epochs": config.train.epochs, "front_epochs": config.train.front_epochs,
                      "optimizer_form": config.train.optimizer_form, "l1_ramp": config.train.l1_ramp,

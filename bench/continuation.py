@@ -28,14 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from optuna.trial import TrialState
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, load_average, setup, write_json
+from _common import RESULTS, load_average, setup, study_cost, write_json
 
 import motune
 from motune.study import knee_trial, run_study
-from motune.trials import FIDELITY, WARM_START_FROM, WEIGHTED_SUM, trial_kind
+from motune.trials import FIDELITY
 
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "digits.toml"
 CURVE_LAMBDAS = (0.001, 0.003, 0.006, 0.01, 0.015, 0.02, 0.0265, 0.035, 0.045, 0.06)
@@ -73,8 +71,6 @@ def one_study(seed: int, continuation: bool, continuation_epochs: int | None, wo
     seconds = time.perf_counter() - t0
     knee = knee_trial(study, config)
     trials = study.get_trials(deepcopy=False)
-    ran = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
-    front = [t for t in ran if trial_kind(t) == WEIGHTED_SUM and t.user_attrs.get(FIDELITY) != "full"]
     ua = knee.user_attrs if knee is not None else {}
     return {
         "seed": seed,
@@ -86,11 +82,7 @@ def one_study(seed: int, continuation: bool, continuation_epochs: int | None, wo
         "knee_val_accuracy": ua.get("val_accuracy"),
         "knee_nonzeros": ua.get("nonzeros"),
         "knee_fraction_kept": ua.get("fraction_kept"),
-        "trials": len(ran),
-        "pruned": sum(t.state == TrialState.PRUNED for t in ran),
-        "warm_started": sum(t.user_attrs.get(WARM_START_FROM) is not None for t in ran),
-        "total_epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in ran),
-        "front_epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in front),
+        **study_cost(trials),
         "seconds": round(seconds, 1),
     }
 
