@@ -154,16 +154,22 @@ def test_unknown_baseline_lists_gmp() -> None:
         motune.StudyConfig.from_dict({"study": {"baselines": ["magnitude"]}})
 
 
-def test_a_resumed_study_queues_a_gmp_trial_lost_with_its_worker(gmp_run, tmp_path) -> None:
-    """The worker that completed the knee died before queueing: the next run queues and trains it."""
-    _, _, finished = gmp_run
-    storage = optuna.storages.InMemoryStorage()
+def _without_gmp(finished: optuna.Study, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """A copy of ``finished`` in ``storage`` (trials and attributes) with no GMP trial: the knee retrained, none queued."""
     study = optuna.create_study(storage=storage, study_name="g", directions=["minimize", "minimize"])
     for t in finished.get_trials():
         if trial_kind(t) != GMP:
             study.add_trial(t)
     for key, value in finished.user_attrs.items():
         study.set_user_attr(key, value)
+    return study
+
+
+def test_a_resumed_study_queues_a_gmp_trial_lost_with_its_worker(gmp_run, tmp_path) -> None:
+    """The worker that completed the knee died before queueing: the next run queues and trains it."""
+    _, _, finished = gmp_run
+    storage = optuna.storages.InMemoryStorage()
+    study = _without_gmp(finished, storage)
     config = motune.StudyConfig.from_dict(finished.user_attrs[CONFIG_ATTR])
     assert gmp_trials(study) == []
     motune.run_study(config, storage, artifact_dir=tmp_path)
@@ -176,12 +182,7 @@ def test_a_gmp_trial_queued_twice_runs_once(gmp_run, tmp_path) -> None:
     """Two workers resuming at once may both queue the knee's GMP trial: the first runs, the second is not run."""
     _, _, finished = gmp_run
     storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(storage=storage, study_name="g", directions=["minimize", "minimize"])
-    for t in finished.get_trials():
-        if trial_kind(t) != GMP:
-            study.add_trial(t)
-    for key, value in finished.user_attrs.items():
-        study.set_user_attr(key, value)
+    study = _without_gmp(finished, storage)
     knee = motune.knee_trial(study)
     assert enqueue_for_knee(study, knee)
     attrs = gmp_trials(study)[0].user_attrs
