@@ -175,28 +175,27 @@ def test_a_dashboard_error_is_logged_and_the_trial_stands(tmp_path: Path, monkey
     assert "trial 0 not written: OSError: disk full" in caplog.text
 
 
-def test_without_optuna_dashboard_a_run_works_and_writes_no_notes(tmp_path: Path, monkeypatch, run_motune) -> None:
-    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # `import optuna_dashboard` raises ImportError
-    assert dashboard_callbacks() == []
+def _run_two_trials(tmp_path: Path, run_motune, name: str) -> optuna.Study:
+    """``motune run`` on a two-trial, one-epoch digits study named ``name`` in ``tmp_path``; the study."""
     (tmp_path / "s.toml").write_text(
-        '[study]\nname = "bare"\nn_trials = 2\nbaselines = []\nfull_fidelity = false\nprune = false\n'
+        f'[study]\nname = "{name}"\nn_trials = 2\nbaselines = []\nfull_fidelity = false\nprune = false\n'
         "[data]\nlimit = 200\n[train]\nepochs = 1\nfront_epochs = 1\n"
     )
     code, _, err = run_motune(tmp_path, "run", "s.toml", "--quiet")
     assert code == 0, err
-    study = optuna.load_study(study_name="bare", storage=f"sqlite:///{tmp_path / 'bare.db'}")
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / f'{name}.db'}")
+
+
+def test_without_optuna_dashboard_a_run_works_and_writes_no_notes(tmp_path: Path, monkeypatch, run_motune) -> None:
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # `import optuna_dashboard` raises ImportError
+    assert dashboard_callbacks() == []
+    study = _run_two_trials(tmp_path, run_motune, "bare")
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
     assert not [k for k in study._storage.get_study_system_attrs(study._study_id) if k.startswith("dashboard:")]
 
 
 def test_motune_run_writes_notes_and_figures(tmp_path: Path, run_motune) -> None:
-    (tmp_path / "s.toml").write_text(
-        '[study]\nname = "cli"\nn_trials = 2\nbaselines = []\nfull_fidelity = false\nprune = false\n'
-        "[data]\nlimit = 200\n[train]\nepochs = 1\nfront_epochs = 1\n"
-    )
-    code, _, err = run_motune(tmp_path, "run", "s.toml", "--quiet")
-    assert code == 0, err
-    study = optuna.load_study(study_name="cli", storage=f"sqlite:///{tmp_path / 'cli.db'}")
+    study = _run_two_trials(tmp_path, run_motune, "cli")
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         assert _note(study, t).startswith(f"## Trial {t.number}: weighted_sum")
         assert f"FileSystemArtifactStore({str(tmp_path / 'cli-artifacts')!r})" in _note(study, t)  # an absolute path
