@@ -113,6 +113,16 @@ def handle_signals() -> Iterator[SignalGuard | None]:
         _GUARD = None
 
 
+def reset_in_forked_child() -> None:
+    """In a process forked inside :func:`handle_signals`: start with no guard and the signal
+    handlers of a fresh Python process (the parent's guard, and any signal it holds, are the
+    parent's). Then ``handle_signals`` installs the child's own."""
+    global _GUARD
+    _GUARD = None
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """A block that a signal may cut short at any point (training, sleeping)."""

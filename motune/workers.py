@@ -186,9 +186,7 @@ def fork_worker(argv: Sequence[str], env: dict[str, str]) -> ForkedWorker:
     code = 1
     try:
         os.setsid()
-        faults._GUARD = None  # the parent's guard and any signal it holds belong to the parent
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # what a new Python process starts with
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        faults.reset_in_forked_child()
         os.environ.clear()
         os.environ.update(env)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
