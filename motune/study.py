@@ -45,7 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from motune.checkpoint import save_checkpoint
 from motune.config import ConfigError, StudyConfig, config_key
-from motune.continuation import warm_start
+from motune.continuation import WarmStart, wait_for_parent, warm_start
 from motune.data import Dataset, Loaders, load_data
 from motune.faults import (
     DEFAULT_GRACE,
@@ -93,6 +93,7 @@ from motune.trials import (
     hypervolume_normalised,
     pareto_set,
     trial_kind,
+    trial_seed,
 )
 
 _log = logging.getLogger(__name__)
@@ -347,12 +348,15 @@ class Objective:
         kind = trial_kind(trial)
         fidelity = KneeSampler.fidelity(trial) if kind == WEIGHTED_SUM else FULL
         lam = trial.suggest_float(PARAM, 0.0, 1.0) if kind == WEIGHTED_SUM else None
-        seed = self.config.study.seed + trial.number
+        seed = trial_seed(self.config.study.seed, kind, lam, fidelity)
         if kind == GMP:  # the knee's seed: same initial weights and batch order, a paired comparison
             seed = int(trial.user_attrs.get(GMP_SEED, seed))
         cfg = self.config.train_config(kind, l1_weight=lam or 0.0, full=fidelity == FULL, seed=seed)
-        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if self.config.study.continuation else []
-        warm = warm_start(self.config, done, kind, fidelity, lam, self.artifact_store())  # [study] continuation
+        if self.config.study.continuation and kind == WEIGHTED_SUM:  # may wait for a parent another worker trains
+            done, parent = wait_for_parent(trial)
+            warm = warm_start(self.config, done, kind, fidelity, lam, self.artifact_store(), parent)
+        else:
+            warm = WarmStart()
         cfg = cfg.replace(epochs=warm.epochs) if warm.epochs else cfg
         if self.on_start is not None:
             self.on_start(trial, kind, lam, cfg.epochs)
