@@ -1153,6 +1153,24 @@ class KneeSampler(BaseSampler):
         _, records, bounds = self._read(study)
         return replay(records, self._rules_for(study), bounds).next is None
 
+    def wait_for_work(self, study: Study, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, while a new trial would have no weight worth training; say if it has.
+
+        For a worker loop that creates trials itself with ``study.ask()``: outside
+        ``study.optimize`` the sampler does not wait (``wait``), and a trial asked for while
+        the search waits on running results gets a gap-filling weight, often in the
+        collapsed tail. Calling this first lets the worker wait for a result instead.
+        """
+        deadline = time.monotonic() + timeout
+        rules = self._rules_for(study)
+        while True:
+            trials, records, bounds = self._read(study)
+            if plan_weight(records, rules, bounds) is not None:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            _wait_for_a_result(study, trials, deadline)
+
     def knee_trial(self, study: Study) -> FrozenTrial | None:
         """The trial at the knee of the one-worker search's front (``None`` before any).
 

@@ -719,6 +719,11 @@ def run_study(
                 if _budget_count(study) + running >= target and not _gmp_waiting(study):
                     time.sleep(poll_interval)  # the rest of the budget is in other workers' hands: wait
                     continue
+                queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # ask() takes these first
+                if not queued and not sampler.wait_for_work(study, poll_interval):
+                    continue  # the search waits on running trials: nothing worth starting yet
+                if not queued and done():
+                    break  # the result it waited for ended the search
                 current.clear()
                 if not _run_one(study, objective, budgeted, callbacks, current):
                     time.sleep(poll_interval)

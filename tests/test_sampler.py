@@ -971,3 +971,20 @@ def test_a_baseline_enqueued_without_the_weight_blocks_no_weight() -> None:
     assert "knee:l1_weight" not in study._storage.get_trial_system_attrs(baseline._trial_id)
     other = study.ask()  # another worker meanwhile: the search's first weight is still free
     assert other.suggest_float("l1_weight", 0.0, 1.0) == 0.0
+
+
+def test_wait_for_work_is_false_while_the_search_waits_on_running_trials() -> None:
+    """motune's worker loop asks it before ``study.ask()``: an idle worker waits instead of filling a gap."""
+    sampler = KneeSampler()
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    first = study.ask()
+    assert first.suggest_float("l1_weight", 0.0, 1.0) == 0.0
+    trials = [first]
+    for expected in (0.1, 1.0):  # the second start weight, then the bracket's step: guesses
+        assert sampler.wait_for_work(study, timeout=0.0)
+        trials.append(study.ask())
+        assert trials[-1].suggest_float("l1_weight", 0.0, 1.0) == expected
+    assert not sampler.wait_for_work(study, timeout=0.0)  # nothing likely enough left to guess
+    for trial, values in zip(trials, ([0.1, 3000.0], [0.5, 100.0], [2.3, 0.0]), strict=True):
+        study.tell(trial, values)
+    assert sampler.wait_for_work(study, timeout=0.0)  # the search's next weight
