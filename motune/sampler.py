@@ -1171,6 +1171,16 @@ class KneeSampler(BaseSampler):
                 return False
             _wait_for_a_result(study, trials, deadline)
 
+    def unused_guesses(self, study: Study) -> set[int]:
+        """Numbers of the finished trials that idle workers guessed and the one-worker search has not read.
+
+        What one worker would not have trained (so far): a budget that counts only the
+        other trials ends at the same point of the search with any number of workers.
+        """
+        _, records, bounds = self._read(study)
+        read = {r.number for r in replay(records, self._rules_for(study), bounds).records}
+        return {r.number for r in records if r.role == EXTRA and not r.pending and r.number not in read}
+
     def knee_trial(self, study: Study) -> FrozenTrial | None:
         """The trial at the knee of the one-worker search's front (``None`` before any).
 

@@ -65,7 +65,7 @@ from motune.gmp import enqueue_for_knee, gmp_trials, train_gmp
 from motune.imports import ImportPathError
 from motune.models import build_model, penalised_parameters
 from motune.patience import DEFAULT_PATIENCE, StorageUnavailable, patient
-from motune.sampler import FULL, KneeSampler
+from motune.sampler import EXTRA, FULL, ROLE_ATTR, KneeSampler
 from motune.storage import StudyError, default_artifact_dir
 from motune.train import DivergenceError, EpochRecord, TrainResult, train
 from motune.trial_pruning import TrialMonitor
@@ -511,9 +511,22 @@ def summarize(study: optuna.Study, config: StudyConfig | None = None) -> StudySu
     )
 
 
-def _budget_count(study: optuna.Study) -> int:
-    """The completed trials that count towards ``n_trials`` (a gmp baseline runs on top of the budget)."""
-    return sum(1 for t in completed(study) if trial_kind(t) != GMP)
+def _budget_count(study: optuna.Study, sampler: KneeSampler) -> int:
+    """The completed trials that count towards ``n_trials``: what one worker would have trained.
+
+    Baselines and the trials the one-worker search read (:func:`motune.sampler.replay`);
+    guesses of idle workers that it never read come on top (``KneeSampler.unused_guesses``,
+    a few at a time), and so does a gmp baseline. So the budget ends the search at the same
+    point, and with the same knee, with any number of workers.
+    """
+    unused = sampler.unused_guesses(study)
+    return sum(1 for t in completed(study) if trial_kind(t) != GMP and t.number not in unused)
+
+
+def _running_budgeted(study: optuna.Study) -> int:
+    """RUNNING trials that will count towards ``n_trials`` (all but idle workers' guesses)."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return sum(1 for t in running if t.system_attrs.get(ROLE_ATTR) != EXTRA)
 
 
 def _gmp_waiting(study: optuna.Study) -> bool:
@@ -563,6 +576,7 @@ class _Budgeted:
     study: optuna.Study
     target: int
     done: Callable[[], bool]
+    sampler: KneeSampler
 
     def check(self, trial: optuna.Trial) -> None:
         """Raise :class:`BudgetReached` (trial marked ``not_run``, a queued one put back) if the budget is full."""
@@ -574,8 +588,9 @@ class _Budgeted:
                 trial.set_user_attr(FAILURE, Failure.NOT_RUN.value)
                 raise BudgetReached()
             return
-        ahead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < trial.number]
-        if _budget_count(self.study) + len(ahead) >= self.target or self.done():
+        ahead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                 if t.number < trial.number and t.system_attrs.get(ROLE_ATTR) != EXTRA]
+        if _budget_count(self.study, self.sampler) + len(ahead) >= self.target or self.done():
             frozen = self.study._storage.get_trial(trial._trial_id)
             if _queued(frozen):  # a baseline or retry popped from the queue: put it back
                 RetryTrial()(self.study, frozen, limited=False)
@@ -701,10 +716,10 @@ def run_study(
     def done() -> bool:
         # The budget or convergence (then a queued gmp trial still runs), or trials that keep diverging
         # or being pruned (a broken setup).
-        return (((_budget_count(study) >= target or sampler.is_converged(study)) and not _gmp_waiting(study))
+        return (((_budget_count(study, sampler) >= target or sampler.is_converged(study)) and not _gmp_waiting(study))
                 or diverged() >= max(5, target) or pruned() >= max(5, target))
 
-    budgeted = _Budgeted(objective, study, target, done)
+    budgeted = _Budgeted(objective, study, target, done, sampler)
     if GMP in config.study.baselines:  # the worker that completes the knee's retrain queues its GMP trial
         callbacks = [_gmp_after_knee(config), *callbacks]
         enqueue_for_knee(study, knee_trial(study, config))  # on resume: one lost with a worker that died meanwhile
@@ -715,8 +730,7 @@ def run_study(
                 watch.sweep(study)
                 if done() or (deadline is not None and time.monotonic() >= deadline):
                     break
-                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-                if _budget_count(study) + running >= target and not _gmp_waiting(study):
+                if _budget_count(study, sampler) + _running_budgeted(study) >= target and not _gmp_waiting(study):
                     time.sleep(poll_interval)  # the rest of the budget is in other workers' hands: wait
                     continue
                 queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # ask() takes these first

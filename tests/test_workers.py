@@ -41,7 +41,7 @@ from motune.faults import (
 )
 from motune.sampler import FIDELITY_ATTR, KneeSampler
 from motune.storage import mask_secrets, mask_url, open_storage
-from motune.study import BudgetReached, _Budgeted, create_or_load_study
+from motune.study import BudgetReached, _budget_count, _Budgeted, create_or_load_study, load_study_config, make_sampler
 from motune.workers import START_ENV, local_gpu_count, run_local_workers, start_method, worker_device
 
 TINY = """
@@ -109,11 +109,12 @@ def redis_client():
 
 
 def assert_study_finished(study: optuna.Study, target: int) -> None:
-    """COMPLETE = target, nothing RUNNING or WAITING, no λ trained twice at one fidelity."""
+    """Budgeted COMPLETE = target (unused guesses on top), nothing RUNNING or WAITING, no λ trained twice at one fidelity."""
     trials = study.get_trials()
     states = [t.state for t in trials]
     summary = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
-    assert states.count(TrialState.COMPLETE) == target, summary
+    assert _budget_count(study, make_sampler(load_study_config(study))) == target, summary
+    assert states.count(TrialState.COMPLETE) >= target, summary
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
     for fidelity in ("front", "full"):
         lams = sorted(
@@ -190,7 +191,7 @@ def test_a_trial_started_past_the_budget_is_not_run(tmp_path: Path) -> None:
     study = journal_study(tmp_path)
     first = study.ask()  # another worker's trial, running
     second = study.ask()
-    budget = _Budgeted(lambda trial: (0.0, 0.0), study, target=1, done=lambda: False)
+    budget = _Budgeted(lambda trial: (0.0, 0.0), study, target=1, done=lambda: False, sampler=KneeSampler())
     with pytest.raises(BudgetReached):
         budget(second)
     assert second.user_attrs["failure"] == "not_run"
