@@ -590,11 +590,14 @@ class _Budgeted:
             return
         ahead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                  if t.number < trial.number and t.system_attrs.get(ROLE_ATTR) != EXTRA]
-        if _budget_count(self.study, self.sampler) + len(ahead) >= self.target or self.done():
+        full = _budget_count(self.study, self.sampler) + len(ahead) >= self.target
+        if full or self.done():
             frozen = self.study._storage.get_trial(trial._trial_id)
             if _queued(frozen):  # a baseline or retry popped from the queue: put it back
                 RetryTrial()(self.study, frozen, limited=False)
-            trial.set_user_attr(FAIL_REASON, f"not run: other workers reached the budget of {self.target} completed trials")
+            why = f"other workers reached the budget of {self.target} completed trials" if full else \
+                "the search had ended (its knee retrained) when this trial started"
+            trial.set_user_attr(FAIL_REASON, f"not run: {why}")
             trial.set_user_attr(FAILURE, Failure.NOT_RUN.value)
             raise BudgetReached()
 
