@@ -91,12 +91,15 @@ def trials_of(storage: optuna.storages.BaseStorage, name: str) -> list[FrozenTri
     return optuna.load_study(study_name=name, storage=storage).get_trials()
 
 
-def assert_recovered(trials: list[FrozenTrial], lost: int, target: int, failure: str) -> FrozenTrial:
-    """Exactly ``target`` COMPLETE, nothing RUNNING / WAITING; trial ``lost`` FAIL and retried."""
+def assert_recovered(storage: optuna.storages.BaseStorage, name: str, lost: int, target: int, failure: str) -> FrozenTrial:
+    """``target`` budgeted COMPLETE (unused guesses on top), nothing RUNNING / WAITING; trial ``lost`` FAIL and retried."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = study.get_trials()
     by_number = {t.number: t for t in trials}
     states = [t.state for t in trials]
     summary = [(t.number, t.state.name, t.params, t.user_attrs.get("fail_reason")) for t in trials]
-    assert states.count(TrialState.COMPLETE) == target, summary
+    sampler = motune.study.make_sampler(motune.study.load_study_config(study))
+    assert motune.study._budget_count(study, sampler) == target, summary
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states, summary
     dead = by_number[lost]
     assert dead.state == TrialState.FAIL and dead.user_attrs["failure"] == failure and dead.user_attrs["fail_reason"], summary
@@ -132,7 +135,7 @@ def test_worker_killed_on_another_host_is_recovered_by_heartbeat_on_sqlite(tmp_p
         for proc in (victim, survivor):
             if proc.poll() is None:
                 proc.kill()
-    retried = assert_recovered(trials_of(storage, name), doomed.number, 3, "worker_lost")
+    retried = assert_recovered(storage, name, doomed.number, 3, "worker_lost")
     assert retried.system_attrs[WORKER_ATTR]["host"] != ghost
     assert "heartbeat" in trials_of(storage, name)[doomed.number].user_attrs["fail_reason"]
 
@@ -159,7 +162,7 @@ def test_worker_killed_under_run_workers_is_recovered_on_the_default_journal(tmp
     finally:
         os.chdir(cwd)
     assert result["code"] == 0
-    assert_recovered(trials_of(storage, name), doomed.number, 3, "worker_lost")
+    assert_recovered(storage, name, doomed.number, 3, "worker_lost")
 
 
 # ----------------------------------------------------------------------------- SIGINT / SIGTERM
@@ -233,7 +236,7 @@ def test_sigint_then_sigterm_then_resume_loses_nothing(tmp_path: Path) -> None:
     finally:
         os.chdir(cwd)
     after = trials_of(storage, name)
-    assert_recovered(after, first.number, 3, "interrupted")
+    assert_recovered(storage, name, first.number, 3, "interrupted")
     assert after[second.number].state == TrialState.FAIL
     assert after[second.number].user_attrs["fail_reason"] == "interrupted by SIGTERM"
     for number, checkpoint in checkpoints.items():  # earlier results untouched
