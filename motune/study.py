@@ -523,10 +523,10 @@ def _budget_count(study: optuna.Study, sampler: KneeSampler) -> int:
     return sum(1 for t in completed(study) if trial_kind(t) != GMP and t.number not in unused)
 
 
-def _running_budgeted(study: optuna.Study) -> int:
-    """RUNNING trials that will count towards ``n_trials`` (all but idle workers' guesses)."""
+def _running_budgeted(study: optuna.Study, before: int | None = None) -> int:
+    """RUNNING trials (numbered below ``before``) that will count towards ``n_trials``: all but idle workers' guesses."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return sum(1 for t in running if t.system_attrs.get(ROLE_ATTR) != EXTRA)
+    return sum(1 for t in running if t.system_attrs.get(ROLE_ATTR) != EXTRA and (before is None or t.number < before))
 
 
 def _gmp_waiting(study: optuna.Study) -> bool:
@@ -588,9 +588,8 @@ class _Budgeted:
                 trial.set_user_attr(FAILURE, Failure.NOT_RUN.value)
                 raise BudgetReached()
             return
-        ahead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                 if t.number < trial.number and t.system_attrs.get(ROLE_ATTR) != EXTRA]
-        full = _budget_count(self.study, self.sampler) + len(ahead) >= self.target
+        ahead = _running_budgeted(self.study, before=trial.number)
+        full = _budget_count(self.study, self.sampler) + ahead >= self.target
         if full or self.done():
             frozen = self.study._storage.get_trial(trial._trial_id)
             if _queued(frozen):  # a baseline or retry popped from the queue: put it back
