@@ -36,6 +36,8 @@ import functools
 import heapq
 import itertools
 import math
+import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -529,18 +531,18 @@ def _bisect_farthest_gap(
 def _wait_for_a_result(study: Study, trials: Sequence[FrozenTrial], deadline: float) -> None:
     """Sleep until a trial of ``study`` finishes beyond those in ``trials``, or until ``deadline``.
 
-    Polls the storage at a tenth of the finished trials' median duration (2 ms .. 0.5 s),
-    so the wait costs little next to a trial and ends soon after a result lands.
+    Polls the storage at a fiftieth of the finished trials' median duration (1 ms .. 0.5 s),
+    so the wait costs little next to a trial and ends soon after a result lands. Workers
+    woken by the same result would all plan the same weight: the waiting ones (running,
+    no weight yet) then plan in trial-number order, one :func:`_stagger` step apart.
     """
     finished = [t for t in trials if t.state.is_finished()]
     spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in finished
              if t.datetime_complete is not None and t.datetime_start is not None]
-    poll = min(max(0.1 * float(np.median(spans)), 0.002), 0.5) if spans else 0.01
+    poll = min(max(0.02 * float(np.median(spans)), 0.001), 0.5) if spans else 0.005
     while (now := time.monotonic()) < deadline:
         time.sleep(min(poll, deadline - now))
         if sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)) != len(finished):
-            # Workers woken by the same result would all plan the same weight: stagger them.
-            time.sleep(float(np.random.default_rng().uniform(0.0, poll)))
             return
 
 
@@ -870,6 +872,32 @@ def plan_weight(
 # ------------------------------------------------------------------------ coordinating
 
 
+class _ProcessLock:
+    """A lock for the threads of one process: a forked or unpickled copy starts with a new, free one.
+
+    (Two threads of a fresh fork may each make one at first use and plan together once;
+    the write-then-re-read check of :meth:`KneeSampler._plan` still keeps them apart.)
+    """
+
+    def __init__(self) -> None:
+        self._pid, self._lock = os.getpid(), threading.Lock()
+
+    def __enter__(self) -> None:
+        if self._pid != os.getpid():
+            self._pid, self._lock = os.getpid(), threading.Lock()
+        self._held = self._lock
+        self._held.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._held.release()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+
 class KneeSampler(BaseSampler):
     """Sampler that finds the knee of a biobjective front by dichotomic search.
 
@@ -1047,6 +1075,9 @@ class KneeSampler(BaseSampler):
         self._rng = LazyRandomState(seed)
         self._param_name = param_name
         self._lambda_attr = f"knee:{param_name}"
+        self._planning = _ProcessLock()
+        self._mine: set[int] = set()  # trials this process is planning
+        self._plan_seconds = 0.01  # running mean of one plan (read, plan_weight, store): the stagger step
 
     # ------------------------------------------------------------------ public API
 
@@ -1168,48 +1199,86 @@ class KneeSampler(BaseSampler):
     # ---------------------------------------------------------------- coordination
 
     def _plan(self, study: Study, trial: FrozenTrial) -> tuple[float, str]:
-        """Choose (λ, fidelity) for ``trial``, store them, resolve races with others."""
+        """Choose (λ, fidelity) for ``trial``, store them, resolve races with others.
+
+        Threads of one process plan one at a time (:meth:`_choose`), each reading the
+        weights the others stored; other processes are kept apart by the stagger after a
+        wait and by the write-then-re-read check here.
+        """
         storage = study._storage
-        for attempt in range(_MAX_RETRIES):
-            if attempt < _MAX_RETRIES - 1:
-                lam, fidelity, role = self._choose(study, trial.number)
-            else:  # still in step with others: a weight nobody has, off the path
-                _, records, bounds = self._read(study, exclude=trial.number)
-                lam, fidelity = choose_weight(records, self._rules_for(study), bounds, np.random.RandomState())
-                role = EXTRA
-            storage.set_trial_system_attr(trial._trial_id, FIDELITY_ATTR, fidelity)
-            storage.set_trial_system_attr(trial._trial_id, ROLE_ATTR, role)
-            storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, lam)  # last: now a record
-            # Write, then re-read: of two workers that planned the same λ concurrently,
-            # the later reader sees the other. Yield on *any* conflict (not only with
-            # a lower-numbered trial): a worker that re-read before the other wrote
-            # keeps its λ, so the one that sees the conflict must move.
-            if not self._conflicts(study, trial.number, lam, fidelity) or attempt == _MAX_RETRIES - 1:
-                break
-            # Unplanned while re-planning, so that no worker waits on this trial's λ
-            # (it may not keep it); random back-off, so two workers do not re-plan in step.
-            storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, None)
-            time.sleep(float(np.random.default_rng().uniform(0.0, 0.02 * (attempt + 1))))
+        self._mine.add(trial.number)
+        try:
+            for attempt in range(_MAX_RETRIES):
+                # The last attempt, still in step with others, takes a weight nobody has, off the path.
+                lam, fidelity, _ = self._choose(study, trial, last_resort=attempt == _MAX_RETRIES - 1)
+                # Write, then re-read: of two workers that planned the same λ concurrently,
+                # the later reader sees the other. Yield on *any* conflict (not only with
+                # a lower-numbered trial): a worker that re-read before the other wrote
+                # keeps its λ, so the one that sees the conflict must move.
+                others = self._conflicts(study, trial.number, lam, fidelity)
+                if not others or attempt == _MAX_RETRIES - 1:
+                    break
+                # Unplanned while re-planning, so that no worker waits on this trial's λ
+                # (it may not keep it). Back-off: the lowest-numbered of the colliding trials
+                # re-plans at once, the others one planning time apart each, with jitter, so
+                # that two workers do not re-plan in step.
+                storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, None)
+                rank = sum(n < trial.number for n in others)
+                jitter = float(np.random.default_rng().uniform(0.0, 1.0))
+                time.sleep(self._plan_seconds * (rank + jitter) * (attempt + 1))
+        finally:
+            self._mine.discard(trial.number)
         return lam, fidelity
 
-    def _choose(self, study: Study, number: int) -> tuple[float, str, str]:
-        """:func:`plan_weight` for trial ``number``; while it says wait, wait (see ``idle_wait``)."""
+    def _choose(self, study: Study, trial: FrozenTrial, last_resort: bool = False) -> tuple[float, str, str]:
+        """:func:`plan_weight` for ``trial``, stored on it; while it says wait, wait (see ``idle_wait``).
+
+        Reading, planning and storing hold this process's planning lock, so that its
+        threads plan one after the other; waiting does not. After a wait the workers woken
+        by the same result plan in trial-number order (:meth:`_stagger`).
+        """
         rules = self._rules_for(study)
         waits = self._wait if self._wait is not None else bool(getattr(study._thread_local, "in_optimize_loop", False))
         deadline = time.monotonic() + self._idle_wait
         while True:
-            trials, records, bounds = self._read(study, exclude=number)
-            plan = plan_weight(records, rules, bounds, self._rng.rng)
-            if plan is not None:
-                return plan
-            if not waits or time.monotonic() >= deadline:
-                return (*choose_weight(records, rules, bounds, self._rng.rng), EXTRA)
+            with self._planning:
+                began = time.monotonic()
+                trials, records, bounds = self._read(study, exclude=trial.number)
+                if last_resort:
+                    plan = (*choose_weight(records, rules, bounds, np.random.RandomState()), EXTRA)
+                else:
+                    plan = plan_weight(records, rules, bounds, self._rng.rng)
+                if plan is None and (not waits or time.monotonic() >= deadline):
+                    plan = (*choose_weight(records, rules, bounds, self._rng.rng), EXTRA)
+                if plan is not None:
+                    lam, fidelity, role = plan
+                    storage = study._storage
+                    storage.set_trial_system_attr(trial._trial_id, FIDELITY_ATTR, fidelity)
+                    storage.set_trial_system_attr(trial._trial_id, ROLE_ATTR, role)
+                    storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, lam)  # last: now a record
+                    self._plan_seconds += 0.5 * (time.monotonic() - began - self._plan_seconds)
+                    return plan
             _wait_for_a_result(study, trials, deadline)
+            self._stagger(study, trial.number)
 
-    def _conflicts(self, study: Study, number: int, lam: float, fidelity: str) -> bool:
-        """Whether another trial of the same fidelity has (or plans) the same weight."""
+    def _stagger(self, study: Study, number: int) -> None:
+        """Sleep a planning time per worker of other processes that waits with a lower trial number.
+
+        Waiting workers hold running trials without a weight; those of this process
+        queue on its planning lock instead.
+        """
+        waiting = sum(
+            t.number < number and t.number not in self._mine and t.state == TrialState.RUNNING
+            and t.system_attrs.get(self._lambda_attr) is None
+            for t in study.get_trials(deepcopy=False)
+        )
+        if waiting:
+            time.sleep(1.5 * waiting * self._plan_seconds)  # 1.5: one plan may take longer than the mean
+
+    def _conflicts(self, study: Study, number: int, lam: float, fidelity: str) -> list[int]:
+        """The other trials of the same fidelity that have (or plan) the same weight."""
         _, records, _ = self._read(study, exclude=number)
-        return any(r.fidelity == fidelity and self._rules.same(r.lam, lam) for r in records)
+        return [r.number for r in records if r.fidelity == fidelity and self._rules.same(r.lam, lam)]
 
     def _read(
         self, study: Study, exclude: int | None = None
