@@ -8,7 +8,8 @@ and its full-fidelity retrain completed) or after ``--budget`` trials; the retra
 ``--full-units`` units (default 1; motune's retrain trains 3x the front epochs). Three
 modes: ``threads`` (one process, ``study.optimize(n_jobs=N)``, in-memory storage),
 ``journal`` (N processes, each ``study.optimize`` on one journal file opened as
-``motune run --workers N`` opens it, :func:`motune.storage.journal_file_backend`; the
+``motune run --workers N`` opens it, :func:`motune.storage.journal_file_backend`, and
+planning in turn on its ``.plan`` file, :func:`motune.storage.planning_lock_path`; the
 processes start their searches together once all have loaded the study, so that the
 wall time is the search's, not the processes' start-up, which bench/workers.py measures) and ``sim`` (N simulated workers asking
 ``motune.sampler.plan_weight`` in turn on discrete events: no Optuna, no sleeping, the
@@ -78,7 +79,7 @@ from motune.sampler import (
     replay,
     search_front,
 )
-from motune.storage import journal_file_backend
+from motune.storage import journal_file_backend, planning_lock_path
 
 Front = Callable[[float], np.ndarray]
 SWEEP = Path(__file__).resolve().parent / "digits_sweep.json"
@@ -174,7 +175,7 @@ def _optimize(study: optuna.Study, front: Front, unit: float, full_units: float,
 def _journal_worker(path: str, name: str, unit: float, full_units: float, budget: int, ready: Any) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name="parallel", storage=JournalStorage(journal_file_backend(path)),
-                              sampler=KneeSampler(seed=0))
+                              sampler=KneeSampler(seed=0, planning_lock=planning_lock_path(f"journal:{path}")))
     ready.wait()  # all workers loaded: start-up is bench/workers.py's measure, not this one's
     _optimize(study, FRONTS[name], unit, full_units, budget, 1)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fcntl
 import functools
 import heapq
 import itertools
@@ -872,30 +873,46 @@ def plan_weight(
 # ------------------------------------------------------------------------ coordinating
 
 
-class _ProcessLock:
-    """A lock for the threads of one process: a forked or unpickled copy starts with a new, free one.
+class _PlanningLock:
+    """Taken while a worker plans: by the threads of one process, and with ``path`` by every process that locks it.
 
-    (Two threads of a fresh fork may each make one at first use and plan together once;
-    the write-then-re-read check of :meth:`KneeSampler._plan` still keeps them apart.)
+    The process-wide part is a thread lock, new in a forked or unpickled copy (never one
+    held elsewhere); ``path`` adds an exclusive ``flock`` of that file, which the kernel
+    hands to the next waiting process at once and frees if its holder dies. (Two threads
+    of a fresh fork may each make a thread lock at first use and plan together once; the
+    write-then-re-read check of :meth:`KneeSampler._plan` still keeps them apart.)
     """
 
-    def __init__(self) -> None:
-        self._pid, self._lock = os.getpid(), threading.Lock()
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self._pid, self._lock, self._fd = os.getpid(), threading.Lock(), None
 
     def __enter__(self) -> None:
         if self._pid != os.getpid():
-            self._pid, self._lock = os.getpid(), threading.Lock()
+            self._pid, self._lock, self._fd = os.getpid(), threading.Lock(), None
         self._held = self._lock
         self._held.acquire()
+        try:
+            if self.path is not None:
+                if self._fd is None:  # one open file per process: flock excludes other open files
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._held.release()
+            raise
 
     def __exit__(self, *exc: object) -> None:
-        self._held.release()
+        try:
+            if self.path is not None and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._held.release()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {}
+        return {"path": self.path}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()
+        self.__init__(state["path"])
 
 
 class KneeSampler(BaseSampler):
@@ -1038,6 +1055,15 @@ class KneeSampler(BaseSampler):
             thread runs one trial at a time (a worker loop like ``motune worker``'s; a
             single thread asking twice before telling would wait ``idle_wait`` on itself);
             ``False`` never.
+        planning_lock:
+            A file that worker processes sharing it lock (``flock``) while they plan a
+            trial, so that they plan one at a time, each reading the weights the others
+            stored: none collides with another's weight or waits to avoid one. For
+            workers on one machine, e.g. the journal file's path with ``.plan`` added
+            (:func:`motune.storage.planning_lock_path`). ``None`` (default): the threads
+            of one process take turns; processes stagger their plans after a wait. Either
+            way a worker checks after storing its weight that no other worker (on any
+            machine) stored the same one, and plans again if one did.
     """
 
     def __init__(
@@ -1056,6 +1082,7 @@ class KneeSampler(BaseSampler):
         param_name: str = "l1_weight",
         idle_wait: float = 600.0,
         wait: bool | None = None,
+        planning_lock: str | os.PathLike[str] | None = None,
     ) -> None:
         if not (idle_wait >= 0.0 and math.isfinite(idle_wait)):
             raise ValueError(f"idle_wait must be a finite number of seconds >= 0, got {idle_wait}")
@@ -1075,7 +1102,7 @@ class KneeSampler(BaseSampler):
         self._rng = LazyRandomState(seed)
         self._param_name = param_name
         self._lambda_attr = f"knee:{param_name}"
-        self._planning = _ProcessLock()
+        self._planning = _PlanningLock(None if planning_lock is None else os.fspath(planning_lock))
         self._mine: set[int] = set()  # trials this process is planning
         self._plan_seconds = 0.01  # running mean of one plan (read, plan_weight, store): the stagger step
 
@@ -1264,9 +1291,11 @@ class KneeSampler(BaseSampler):
     def _stagger(self, study: Study, number: int) -> None:
         """Sleep a planning time per worker of other processes that waits with a lower trial number.
 
-        Waiting workers hold running trials without a weight; those of this process
-        queue on its planning lock instead.
+        Waiting workers hold running trials without a weight; those of this process, and
+        with a ``planning_lock`` file those of every process, queue on the lock instead.
         """
+        if self._planning.path is not None:
+            return
         waiting = sum(
             t.number < number and t.number not in self._mine and t.state == TrialState.RUNNING
             and t.system_attrs.get(self._lambda_attr) is None

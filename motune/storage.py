@@ -88,31 +88,40 @@ class QueuedJournalLock(optuna.storages.journal.JournalFileSymlinkLock):
     def __init__(self, filepath: str) -> None:
         super().__init__(filepath)
         self._queue_path = filepath + ".flock"
-        self._queue: int | None = None
+        self._queue: tuple[int, int] | None = None  # (pid, fd): a forked child opens its own
 
     def acquire(self) -> bool:
-        fd = os.open(self._queue_path, os.O_RDWR | os.O_CREAT, 0o644)
+        if self._queue is None or self._queue[0] != os.getpid():
+            self._queue = (os.getpid(), os.open(self._queue_path, os.O_RDWR | os.O_CREAT, 0o644))
+        fd = self._queue[1]
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            super().acquire()
+            return super().acquire()
         except BaseException:
-            os.close(fd)  # closing the file releases the flock
+            fcntl.flock(fd, fcntl.LOCK_UN)
             raise
-        self._queue = fd
-        return True
 
     def release(self) -> None:
         try:
             super().release()
         finally:
-            if self._queue is not None:
-                fd, self._queue = self._queue, None
-                os.close(fd)
+            assert self._queue is not None
+            fcntl.flock(self._queue[1], fcntl.LOCK_UN)
 
 
 def journal_file_backend(path: str) -> optuna.storages.journal.JournalFileBackend:
     """Optuna's journal file backend on ``path``, its writers on this machine queued (:class:`QueuedJournalLock`)."""
     return optuna.storages.journal.JournalFileBackend(path, lock_obj=QueuedJournalLock(path))
+
+
+def planning_lock_path(url: str) -> str | None:
+    """The file KneeSampler's workers lock while planning (``planning_lock``): ``PATH.plan`` for ``journal:PATH``, else None.
+
+    Journal files are for workers on one machine (:func:`default_journal_url`), where a
+    file lock is cheap and reliable; on database servers workers keep apart by checking
+    after they store a weight.
+    """
+    return url.removeprefix("journal:") + ".plan" if is_journal_file(url) else None
 
 
 def _redis_backend(url: str) -> optuna.storages.journal.JournalRedisBackend:
