@@ -535,7 +535,7 @@ def _wait_for_a_result(study: Study, trials: Sequence[FrozenTrial], deadline: fl
     Polls the storage at a fiftieth of the finished trials' median duration (1 ms .. 0.5 s),
     so the wait costs little next to a trial and ends soon after a result lands. Workers
     woken by the same result would all plan the same weight: the waiting ones (running,
-    no weight yet) then plan in trial-number order, one :func:`_stagger` step apart.
+    no weight yet) then plan in turn (:meth:`KneeSampler._choose`).
     """
     finished = [t for t in trials if t.state.is_finished()]
     spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in finished
