@@ -888,7 +888,9 @@ class _PlanningLock:
         self._pid, self._lock, self._fd = os.getpid(), threading.Lock(), None
 
     def __enter__(self) -> None:
-        if self._pid != os.getpid():
+        if self._pid != os.getpid():  # a forked child: its own lock and file (the parent's copy closed, still the parent's)
+            if self._fd is not None:
+                os.close(self._fd)
             self._pid, self._lock, self._fd = os.getpid(), threading.Lock(), None
         self._held = self._lock
         self._held.acquire()
@@ -1228,9 +1230,10 @@ class KneeSampler(BaseSampler):
     def _plan(self, study: Study, trial: FrozenTrial) -> tuple[float, str]:
         """Choose (λ, fidelity) for ``trial``, store them, resolve races with others.
 
-        Threads of one process plan one at a time (:meth:`_choose`), each reading the
-        weights the others stored; other processes are kept apart by the stagger after a
-        wait and by the write-then-re-read check here.
+        Threads of one process, and processes sharing a ``planning_lock`` file, plan one
+        at a time (:meth:`_choose`), each reading the weights the others stored; other
+        processes are kept apart by the stagger after a wait, and all by the
+        write-then-re-read check here.
         """
         storage = study._storage
         self._mine.add(trial.number)

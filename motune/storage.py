@@ -92,6 +92,8 @@ class QueuedJournalLock(optuna.storages.journal.JournalFileSymlinkLock):
 
     def acquire(self) -> bool:
         if self._queue is None or self._queue[0] != os.getpid():
+            if self._queue is not None:  # a forked child: close its copy of the parent's file, open its own
+                os.close(self._queue[1])
             self._queue = (os.getpid(), os.open(self._queue_path, os.O_RDWR | os.O_CREAT, 0o644))
         fd = self._queue[1]
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -107,6 +109,9 @@ class QueuedJournalLock(optuna.storages.journal.JournalFileSymlinkLock):
         finally:
             assert self._queue is not None
             fcntl.flock(self._queue[1], fcntl.LOCK_UN)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_queue": None}  # a file descriptor means nothing in another process
 
 
 def journal_file_backend(path: str) -> optuna.storages.journal.JournalFileBackend:
