@@ -22,7 +22,7 @@ with the dense network (λ = 0, 30 epochs). Test accuracy on the 360 held-out im
 
 ``--studies``: the digits default study itself, ``motune.run_study`` with its KneeSampler
 (``collapsed_nadir`` True = before, False = motune's studies now) and ``baselines =
-["gmp"]``, for study seeds 0, 1000, 2000, ... (far apart: trial n trains with seed + n):
+["gmp"]``, for study seeds 0, 1000, 2000, ... (each trial trains with motune.trials.trial_seed of it):
 trials, epochs, the knee and its GMP trial, as a user sees them in ``motune status``.
 
 ``--study fashion``: the same with ``studies/fashion_mnist_lenet5.toml`` (LeNet-5, Adam 1e-3,

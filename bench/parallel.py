@@ -221,7 +221,7 @@ def simulate(front: Front, workers: int, budget: int, full_units: float = 1.0) -
     now, free = 0.0, workers
     while len(records) < budget:
         while free and len(records) < budget and (plan := plan_weight(records, rules)) is not None:
-            lam, fidelity, role = plan
+            lam, fidelity, role, _ = plan
             records.append(TrialRecord(len(records), lam, TrialState.RUNNING, fidelity, None, role))
             spans.append((now, now + (full_units if fidelity == FULL else 1.0)))
             heapq.heappush(running, (spans[-1][1], len(records) - 1))

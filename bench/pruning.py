@@ -91,7 +91,7 @@ from motune.continuation import warm_start
 from motune.gmp import GMPSchedule, train_gmp
 from motune.gmp import prune_to as gmp_prune_to
 from motune.study import AtomicArtifactStore, knee_trial, run_study
-from motune.trials import WARM_START_FROM, WEIGHTED_SUM
+from motune.trials import WARM_START_FROM, WEIGHTED_SUM, trial_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _common import RESULTS, load_average, plain_epochs, setup, table, write_json
@@ -258,7 +258,7 @@ def knee_network(config: motune.StudyConfig, storage: str, n_trials: int,
                        warm_start_from=trial.user_attrs.get(WARM_START_FROM),
                        lineage_epochs=lineage_epochs(trials, trial))
         else:  # the budget ran out before the knee was confirmed: retrain its weight as the study would
-            seed = config.study.seed + len(trials)
+            seed = trial_seed(config.study.seed, WEIGHTED_SUM, trial.params["l1_weight"], "full")
             warm = warm_start(config, [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE], WEIGHTED_SUM,
                               "full", trial.params["l1_weight"], AtomicArtifactStore(artifacts))
             out.update(retrain_full(config, trial.params["l1_weight"], seed, data, init_state=warm.state))
@@ -511,7 +511,7 @@ def knee_comparison(args: argparse.Namespace, config: motune.StudyConfig, data: 
                     seeds: int, job_base: dict[str, Any]) -> dict[str, Any]:
     """(a)-(f): one knee study per seed, each knee against magnitude pruning and GMP, the fronts against GMP.
 
-    Seed s runs its own study (``[study] seed = 1000 s``; trial n trains with seed + n), so
+    Seed s runs its own study (``[study] seed = 1000 s``; each trial trains with motune.trials.trial_seed of it), so
     every seed's knee is the network its study hands a user, continuation knees included
     (continued from their own front network). (b)-(d) use the knee's own seed: the same
     initial weights and batch order as the knee's retrain, as the study's ``gmp`` baseline

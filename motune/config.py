@@ -94,7 +94,7 @@ class StudySection:
 
 
 # TrainConfig fields the study sets for each trial, never from a config table: the trial
-# kind picks the method, the sampler the l1 weight, study.seed + trial number the seed.
+# kind picks the method, the sampler the l1 weight, motune.trials.trial_seed the seed.
 PER_TRIAL_KEYS: tuple[str, ...] = ("method", "l1_weight", "seed")
 # TrainConfig fields that live in [data]; every other TrainConfig field lives in [train].
 DATA_KEYS: tuple[str, ...] = ("dataset", "data_dir", "image_size", "limit", "data_args")
@@ -312,7 +312,7 @@ class StudyConfig:
             raise ConfigError(f"study.n_trials: must be a positive integer, got {s.n_trials!r}")
         if s.timeout is not None and not (math.isfinite(s.timeout) and s.timeout > 0):
             raise ConfigError(f"study.timeout: must be a number of seconds > 0, got {s.timeout!r}")
-        if not 0 <= s.seed < 2**32:  # seed + trial number must stay a valid torch seed
+        if not 0 <= s.seed < 2**32:  # trial_seed shifts it modulo 2**32
             raise ConfigError(f"study.seed: must be an integer in [0, 2**32), got {s.seed!r}")
         if s.knee not in KNEE_CRITERIA:
             raise ConfigError(f"study.knee: unknown value {s.knee!r}; allowed: {', '.join(KNEE_CRITERIA)}")

@@ -8,6 +8,17 @@ step by step. The parent's weights come from its checkpoint artifact (the
 :data:`~motune.trials.CHECKPOINT` user attribute), downloaded from the study's artifact
 store, so a worker on another machine continues just the same.
 
+Which trial is the parent does not depend on timing: :class:`~motune.sampler.KneeSampler`
+writes, with each trial's λ, the weight of the parent the one-worker search would have
+used (:data:`~motune.sampler.PARENT_ATTR`: the nearest smaller λ among the results it
+had read when it asked for this λ). When an idle worker's trial was planned on the
+guess that a running trial is that parent, it waits (:func:`wait_for_parent`) until
+that trial has finished, so the same λ starts from the same network with 1 or 16
+workers; with :func:`motune.trials.trial_seed` (the seed follows λ, not the trial
+number) the front, and the knee, do not depend on the number of workers. A trial
+planned without it (enqueued by hand, or by another sampler) takes the nearest smaller
+λ completed when it starts.
+
 A trial with no parent (the smallest λ so far) trains fresh. The knee's full-fidelity
 retrain continues the same path: it starts from the knee's own front network (the front
 trial with its λ) and trains the full ``epochs``. A knee found on a warm-started front
@@ -29,7 +40,9 @@ Example (no completed trial yet, so no parent)::
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,15 +53,19 @@ from optuna.artifacts import download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from motune.checkpoint import CheckpointError, load_checkpoint
-from motune.sampler import FRONT, FULL
+from motune.faults import DEFAULT_GRACE, HEARTBEAT_ATTR
+from motune.sampler import FRONT, FULL, PARENT_ATTR, _wait_for_a_result, trial_fidelity, trial_weight
 from motune.trials import CHECKPOINT, FIDELITY, WARM_START_FROM, WARM_START_NOTE, WEIGHTED_SUM, trial_kind, trial_lambda
 
 if TYPE_CHECKING:
+    import optuna
     from optuna.artifacts._protocol import ArtifactStore
 
     from motune.config import StudyConfig
 
 _log = logging.getLogger(__name__)
+
+UNPLANNED = "unplanned"  # a trial without PARENT_ATTR: its parent is the nearest smaller λ completed when it starts
 
 
 @dataclass
@@ -123,14 +140,70 @@ def load_parent_state(parent: FrozenTrial, store: ArtifactStore, config: StudyCo
     return payload["state_dict"]
 
 
+def wait_for_parent(trial: optuna.Trial, grace: float = DEFAULT_GRACE) -> tuple[list[FrozenTrial], float | str | None]:
+    """The study's COMPLETE trials once the trial's planned parent has finished, and the parent's weight.
+
+    The weight is :data:`~motune.sampler.PARENT_ATTR` (``None``: no parent;
+    :data:`UNPLANNED`: the sampler planned none). While a front trial at that weight
+    runs, this waits for it (the trial's own heartbeat goes on); a parent whose
+    heartbeat has not changed for ``grace`` seconds is taken for lost (its worker died;
+    another worker will fail and retry it) and the trial goes on without it.
+    """
+    study = trial.study
+    attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
+    weight = attrs.get(PARENT_ATTR, UNPLANNED)
+    if weight is not None and weight != UNPLANNED:
+        weight = float(weight)
+    beats: dict[int, tuple[object, float]] = {}  # trial number -> (last heartbeat seen, when it changed)
+    warned: set[int] = set()
+    announced = False
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        if not isinstance(weight, float):
+            return done, weight
+        now = time.monotonic()
+        running = []
+        for t in trials:
+            lam = trial_weight(t)
+            if (t.state != TrialState.RUNNING or t.number == trial.number or lam is None or trial_kind(t) != WEIGHTED_SUM
+                    or trial_fidelity(t) != FRONT or not math.isclose(lam, weight, rel_tol=1e-9, abs_tol=1e-12)):
+                continue
+            beat = t.system_attrs.get(HEARTBEAT_ATTR)
+            seen = beats.get(t.number)
+            if seen is None or seen[0] != beat:
+                beats[t.number] = seen = (beat, now)
+            if beat is None or now - seen[1] <= grace:
+                running.append(t)
+            elif t.number not in warned:
+                warned.add(t.number)
+                _log.warning("motune: trial %d: its parent, trial %d (l1_weight %.3g), sent no heartbeat for %g s; "
+                             "going on without it", trial.number, t.number, weight, grace)
+        if not running:
+            return done, weight
+        if not announced:
+            announced = True
+            _log.info("motune: trial %d waits for trial %d (l1_weight %.3g), the network it continues",
+                      trial.number, running[0].number, weight)
+        _wait_for_a_result(study, trials, time.monotonic() + 1.0)  # back within a second to check heartbeats
+
+
 def warm_start(
-    config: StudyConfig, trials: Sequence[FrozenTrial], kind: str, fidelity: str, lam: float | None, store: ArtifactStore
+    config: StudyConfig, trials: Sequence[FrozenTrial], kind: str, fidelity: str, lam: float | None, store: ArtifactStore,
+    parent_weight: float | str | None = UNPLANNED,
 ) -> WarmStart:
-    """Where a trial starts (see the module docstring); never raises for a bad parent checkpoint."""
+    """Where a trial starts (see the module docstring); never raises for a bad parent checkpoint.
+
+    ``parent_weight``: from :func:`wait_for_parent`; the parent is the COMPLETE front
+    trial at that weight (or, if it was pruned or failed, the nearest below it).
+    """
     if not config.study.continuation or kind != WEIGHTED_SUM or lam is None:
         return WarmStart()
     full = fidelity == FULL  # the knee's retrain: from its own front network, at full length
-    parent = choose_parent(trials, lam, FRONT, inclusive=True) if full else choose_parent(trials, lam, fidelity)
+    if parent_weight == UNPLANNED:
+        parent = choose_parent(trials, lam, FRONT, inclusive=full)
+    else:
+        parent = None if parent_weight is None else choose_parent(trials, float(parent_weight), FRONT, inclusive=True)
     if parent is None:
         return WarmStart()
     try:

@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 from optuna.distributions import FloatDistribution
@@ -69,6 +69,12 @@ FRONT_END_ATTR = "knee:front_end"
 ROLE_ATTR = "knee:role"  # system attribute: PATH or EXTRA for a weight the sampler planned
 PATH = "path"  # the weight the one-worker search asked for (see replay())
 EXTRA = "extra"  # an idle worker's guess, or a weight after convergence
+# System attribute: the weight whose network a continuation of the trial starts from
+# (motune.continuation), see parent_weight(); None: none. Written with the trial's λ, from
+# what the one-worker search had read, so it does not depend on which trials happened to
+# have finished when the trial started: the same λ has the same parent with any number
+# of workers.
+PARENT_ATTR = "knee:parent_weight"
 
 _PENDING = (TrialState.RUNNING, TrialState.WAITING)
 _MAX_RETRIES = 8  # re-plans when another worker planned the same λ at the same moment
@@ -694,6 +700,10 @@ _MAX_BRANCHES = 24  # fantasy branches explored per plan (more changed no guess 
 # sequential trials; 3 or 4 spent more trials (digits: over 2x) for the same wall time.
 _MAX_GUESSES = 2
 _SURE = 0.9  # a guess this likely runs even past the cap (e.g. a segment whose neighbour surely closes)
+# Finished guesses the search has not read (yet), at most, before idle workers stop guessing:
+# while the path stalls (a slow trial, or one waiting for the network it continues) guesses
+# pile up on fantasies and would spend the study's budget before the knee is retrained.
+_MAX_UNREAD = 6
 
 
 def _outcomes(read: Sequence[TrialRecord], lam: float, rules: SearchRules) -> list[tuple[TrialRecord, float]]:
@@ -783,7 +793,21 @@ def guesses(
     certain; past them the guess is the bracket's next weight (:func:`_bracket_guess`).
     Most likely first.
     """
-    found: dict[tuple[float, str], float] = {}
+    return [(g.lam, g.fidelity, g.prior) for g in _guesses(records, rules, bounds, state)]
+
+
+class _Guess(NamedTuple):
+    lam: float
+    fidelity: str
+    prior: float
+    read: tuple[TrialRecord, ...]  # what the search had read on the guess's most likely branch (fantasies too)
+
+
+def _guesses(
+    records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float], state: Replay
+) -> list[_Guess]:
+    """:func:`guesses`, each with the records its most likely branch had read (for :func:`parent_weight`)."""
+    found: dict[tuple[float, str], _Guess] = {}
     order = itertools.count()
     heap = [(-1.0, next(order), state)]
     for _ in range(_MAX_BRANCHES):
@@ -794,14 +818,17 @@ def guesses(
             continue  # converged under fantasies, or the knee's retrain runs: nothing beyond
         outcomes = [] if branch.running is None else _branch_outcomes(branch, rules, bounds)
         if not outcomes:  # nobody trains the weight asked for, or nothing to fantasise: a guess
-            guess = _leaf(records, rules, bounds, branch)
-            if guess is not None:
-                found[guess] = found.get(guess, 0.0) - neg
+            leaf = _leaf(records, rules, bounds, branch)
+            if leaf is not None:
+                lam, fidelity, read = leaf
+                seen = found.get((lam, fidelity))
+                found[(lam, fidelity)] = _Guess(lam, fidelity, -neg, read) if seen is None else \
+                    seen._replace(prior=seen.prior - neg)  # most likely branch first: keep its records
             continue
         for fantasy, prior in outcomes:
             nxt = _replay_from(records, [*branch.records, fantasy], rules, bounds)
             heapq.heappush(heap, (neg * prior, next(order), nxt))
-    return sorted(((lam, fidelity, p) for (lam, fidelity), p in found.items()), key=lambda g: -g[2])
+    return sorted(found.values(), key=lambda g: -g.prior)
 
 
 def _branch_outcomes(branch: Replay, rules: SearchRules, bounds: tuple[float, float]) -> list[tuple[TrialRecord, float]]:
@@ -816,36 +843,87 @@ def _branch_outcomes(branch: Replay, rules: SearchRules, bounds: tuple[float, fl
 
 def _leaf(
     records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float], branch: Replay
-) -> tuple[float, str] | None:
-    """The guess a branch ends at: the weight it asks for, or, without a front to predict from, the bracket's step."""
+) -> tuple[float, str, tuple[TrialRecord, ...]] | None:
+    """The guess a branch ends at, with what the search had read there.
+
+    The weight the branch asks for; or, without a front to predict from, the bracket's
+    step, which the search takes once the running weights below it have finished.
+    """
     lam, fidelity = branch.next
     certain = fidelity == FULL or rules.near_any(lam, [_clamp(w, bounds) for w in rules.start_weights])
     if branch.running is None and (certain or len(search_front(branch.records, rules).supported) >= 2):
-        return lam, fidelity
+        return lam, fidelity, branch.records
     guess = _bracket_guess(records, rules, bounds)
-    return None if guess is None else (guess, FRONT)
+    if guess is None:
+        return None
+    below = tuple(dataclasses.replace(r, state=TrialState.COMPLETE) for r in records
+                  if r.pending and r.fidelity == FRONT and r.lam < guess)
+    return guess, FRONT, (*branch.records, *below)
 
 
 def speculate(
     records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float], state: Replay
-) -> tuple[float, str] | None:
-    """The guess for an idle worker (:func:`guesses`), or ``None``: nothing likely enough, or enough running.
+) -> tuple[float, str, tuple[TrialRecord, ...]] | None:
+    """The guess for an idle worker (:func:`guesses`) with what the search had read there, or ``None``.
 
-    A full-fidelity retrain of the knee that likely branches confirm comes first (it ends
-    the search; a wasted one costs the most, so it needs a prior of :data:`_MIN_FULL_P`,
-    one at a time). A front-fidelity guess needs :data:`_MIN_GUESS_P` and fewer than
-    :data:`_MAX_GUESSES` guesses running, unless it is near certain (:data:`_SURE`).
+    ``None``: nothing likely enough, or enough running. A full-fidelity retrain of the
+    knee that likely branches confirm comes first (it ends the search; a wasted one costs
+    the most, so it needs a prior of :data:`_MIN_FULL_P`, one at a time). A
+    front-fidelity guess needs :data:`_MIN_GUESS_P` and fewer than :data:`_MAX_GUESSES`
+    guesses running, unless it is near certain (:data:`_SURE`). No guess at all once
+    :data:`_MAX_UNREAD` finished guesses wait unread.
     """
+    read = {r.number for r in state.records}
+    if sum(r.role == EXTRA and not r.pending and r.number not in read for r in records) >= _MAX_UNREAD:
+        return None
     front_guesses = sum(r.pending and r.role == EXTRA and r.fidelity == FRONT for r in records)
     full_guesses = sum(r.pending and r.role == EXTRA and r.fidelity == FULL for r in records)
-    likely = guesses(records, rules, bounds, state)
-    for lam, fidelity, prior in likely:
-        if fidelity == FULL and prior >= _MIN_FULL_P and not full_guesses:
-            return lam, FULL
-    for lam, fidelity, prior in likely:
-        if fidelity == FRONT and prior >= _MIN_GUESS_P and (front_guesses < _MAX_GUESSES or prior >= _SURE):
-            return lam, FRONT
+    likely = _guesses(records, rules, bounds, state)
+    for g in likely:
+        if g.fidelity == FULL and g.prior >= _MIN_FULL_P and not full_guesses:
+            return g.lam, FULL, g.read
+    for g in likely:
+        if g.fidelity == FRONT and g.prior >= _MIN_GUESS_P and (front_guesses < _MAX_GUESSES or g.prior >= _SURE):
+            return g.lam, FRONT, g.read
     return None
+
+
+def parent_weight(read: Sequence[TrialRecord], lam: float, fidelity: str, rules: SearchRules) -> float | None:
+    """The weight whose network a continuation of ``(lam, fidelity)`` starts from (:data:`PARENT_ATTR`).
+
+    The largest front weight below ``lam`` among the COMPLETE records in ``read``, what
+    the search had read when it asked for ``lam`` (a fantasy stands for its running
+    trial); for a full retrain, ``lam``'s own front record. ``None``: none there.
+
+    Example:
+
+        .. testcode::
+
+            from optuna.trial import TrialState
+            from motune.sampler import SearchRules, TrialRecord, parent_weight
+
+            done = TrialState.COMPLETE
+            read = [TrialRecord(0, 0.0, done), TrialRecord(1, 0.1, done), TrialRecord(2, 0.01, TrialState.PRUNED)]
+            assert parent_weight(read, 0.05, "front", SearchRules()) == 0.0
+            assert parent_weight(read, 0.1, "full", SearchRules()) == 0.1
+            assert parent_weight(read, 0.0, "front", SearchRules()) is None
+    """
+    def usable(r: TrialRecord) -> bool:
+        if r.state != TrialState.COMPLETE or r.fidelity != FRONT:
+            return False
+        same = rules.same(r.lam, lam)
+        return (fidelity == FULL and same) or (r.lam < lam and not same)
+
+    return max((r.lam for r in read if usable(r)), default=None)
+
+
+class Plan(NamedTuple):
+    """A new trial's weight and fidelity, who chose it (:data:`PATH` / :data:`EXTRA`), and its :func:`parent_weight`."""
+
+    lam: float
+    fidelity: str
+    role: str
+    parent: float | None
 
 
 def plan_weight(
@@ -853,8 +931,8 @@ def plan_weight(
     rules: SearchRules,
     bounds: tuple[float, float] = (0.0, 1.0),
     rng: np.random.RandomState | None = None,
-) -> tuple[float, str, str] | None:
-    """``(λ, fidelity, role)`` for a new trial, or ``None``: better wait for a running result.
+) -> Plan | None:
+    """The :class:`Plan` for a new trial, or ``None``: better wait for a running result.
 
     The one-worker search's next weight if nobody trains it (:func:`replay`); else a
     likely-needed guess (:func:`speculate`), an :data:`EXTRA`; else ``None``. Once the
@@ -863,11 +941,15 @@ def plan_weight(
     """
     state = replay(records, rules, bounds)
     if state.next is None:
-        return (*choose_weight(records, rules, bounds, rng), EXTRA)
+        lam, fidelity = choose_weight(records, rules, bounds, rng)
+        return Plan(lam, fidelity, EXTRA, parent_weight(records, lam, fidelity, rules))
     if state.running is None:
-        return (*state.next, PATH)
+        return Plan(*state.next, PATH, parent_weight(state.records, *state.next, rules))
     guess = speculate(records, rules, bounds, state)
-    return None if guess is None else (*guess, EXTRA)
+    if guess is None:
+        return None
+    lam, fidelity, read = guess
+    return Plan(lam, fidelity, EXTRA, parent_weight(read, lam, fidelity, rules))
 
 
 # ------------------------------------------------------------------------ coordinating
@@ -1131,6 +1213,34 @@ class KneeSampler(BaseSampler):
         _, records, bounds = self._read(study)
         return replay(records, self._rules_for(study), bounds).next is None
 
+    def wait_for_work(self, study: Study, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, while a new trial would have no weight worth training; say if it has.
+
+        For a worker loop that creates trials itself with ``study.ask()``: outside
+        ``study.optimize`` the sampler does not wait (``wait``), and a trial asked for while
+        the search waits on running results gets a gap-filling weight, often in the
+        collapsed tail. Calling this first lets the worker wait for a result instead.
+        """
+        deadline = time.monotonic() + timeout
+        rules = self._rules_for(study)
+        while True:
+            trials, records, bounds = self._read(study)
+            if plan_weight(records, rules, bounds) is not None:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            _wait_for_a_result(study, trials, deadline)
+
+    def unused_guesses(self, study: Study) -> set[int]:
+        """Numbers of the finished trials that idle workers guessed and the one-worker search has not read.
+
+        What one worker would not have trained (so far): a budget that counts only the
+        other trials ends at the same point of the search with any number of workers.
+        """
+        _, records, bounds = self._read(study)
+        read = {r.number for r in replay(records, self._rules_for(study), bounds).records}
+        return {r.number for r in records if r.role == EXTRA and not r.pending and r.number not in read}
+
     def knee_trial(self, study: Study) -> FrozenTrial | None:
         """The trial at the knee of the one-worker search's front (``None`` before any).
 
@@ -1190,7 +1300,7 @@ class KneeSampler(BaseSampler):
             if FIDELITY_ATTR not in attrs:
                 storage.set_trial_system_attr(trial._trial_id, FIDELITY_ATTR, FRONT)
             return
-        if fixed:
+        if "fixed_params" in attrs:
             # Enqueued without the weight: likely a baseline that never suggests it
             # (e.g. SMGD). Plan lazily in sample_independent rather than block a λ.
             return
@@ -1239,8 +1349,8 @@ class KneeSampler(BaseSampler):
         self._mine.add(trial.number)
         try:
             for attempt in range(_MAX_RETRIES):
-                # The last attempt, still in step with others, takes a weight nobody has, off the path.
-                lam, fidelity, _ = self._choose(study, trial, last_resort=attempt == _MAX_RETRIES - 1)
+                plan = self._choose(study, trial, last_resort=attempt == _MAX_RETRIES - 1)
+                lam, fidelity = plan.lam, plan.fidelity
                 # Write, then re-read: of two workers that planned the same λ concurrently,
                 # the later reader sees the other. Yield on *any* conflict (not only with
                 # a lower-numbered trial): a worker that re-read before the other wrote
@@ -1260,7 +1370,7 @@ class KneeSampler(BaseSampler):
             self._mine.discard(trial.number)
         return lam, fidelity
 
-    def _choose(self, study: Study, trial: FrozenTrial, last_resort: bool = False) -> tuple[float, str, str]:
+    def _choose(self, study: Study, trial: FrozenTrial, last_resort: bool = False) -> Plan:
         """:func:`plan_weight` for ``trial``, stored on it; while it says wait, wait (see ``idle_wait``).
 
         Reading, planning and storing hold this process's planning lock, so that its
@@ -1274,18 +1384,18 @@ class KneeSampler(BaseSampler):
             with self._planning:
                 began = time.monotonic()
                 trials, records, bounds = self._read(study, exclude=trial.number)
-                if last_resort:
-                    plan = (*choose_weight(records, rules, bounds, np.random.RandomState()), EXTRA)
-                else:
-                    plan = plan_weight(records, rules, bounds, self._rng.rng)
-                if plan is None and (not waits or time.monotonic() >= deadline):
-                    plan = (*choose_weight(records, rules, bounds, self._rng.rng), EXTRA)
+                plan = None if last_resort else plan_weight(records, rules, bounds, self._rng.rng)
+                if plan is None and (last_resort or not waits or time.monotonic() >= deadline):
+                    # The last resort, still in step with others, is a weight nobody has, off the path.
+                    lam, fidelity = choose_weight(records, rules, bounds,
+                                                  np.random.RandomState() if last_resort else self._rng.rng)
+                    plan = Plan(lam, fidelity, EXTRA, parent_weight(records, lam, fidelity, rules))
                 if plan is not None:
-                    lam, fidelity, role = plan
                     storage = study._storage
-                    storage.set_trial_system_attr(trial._trial_id, FIDELITY_ATTR, fidelity)
-                    storage.set_trial_system_attr(trial._trial_id, ROLE_ATTR, role)
-                    storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, lam)  # last: now a record
+                    storage.set_trial_system_attr(trial._trial_id, FIDELITY_ATTR, plan.fidelity)
+                    storage.set_trial_system_attr(trial._trial_id, ROLE_ATTR, plan.role)
+                    storage.set_trial_system_attr(trial._trial_id, PARENT_ATTR, plan.parent)
+                    storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, plan.lam)  # last: now a record
                     self._plan_seconds += 0.5 * (time.monotonic() - began - self._plan_seconds)
                     return plan
             _wait_for_a_result(study, trials, deadline)

@@ -45,7 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from motune.checkpoint import save_checkpoint
 from motune.config import ConfigError, StudyConfig, config_key
-from motune.continuation import warm_start
+from motune.continuation import WarmStart, wait_for_parent, warm_start
 from motune.data import Dataset, Loaders, load_data
 from motune.faults import (
     DEFAULT_GRACE,
@@ -65,7 +65,7 @@ from motune.gmp import enqueue_for_knee, gmp_trials, train_gmp
 from motune.imports import ImportPathError
 from motune.models import build_model, penalised_parameters
 from motune.patience import DEFAULT_PATIENCE, StorageUnavailable, patient
-from motune.sampler import FULL, KneeSampler
+from motune.sampler import EXTRA, FULL, ROLE_ATTR, KneeSampler
 from motune.storage import StudyError, default_artifact_dir, planning_lock_path
 from motune.train import DivergenceError, EpochRecord, TrainResult, train
 from motune.trial_pruning import TrialMonitor
@@ -93,6 +93,7 @@ from motune.trials import (
     hypervolume_normalised,
     pareto_set,
     trial_kind,
+    trial_seed,
 )
 
 _log = logging.getLogger(__name__)
@@ -348,12 +349,15 @@ class Objective:
         kind = trial_kind(trial)
         fidelity = KneeSampler.fidelity(trial) if kind == WEIGHTED_SUM else FULL
         lam = trial.suggest_float(PARAM, 0.0, 1.0) if kind == WEIGHTED_SUM else None
-        seed = self.config.study.seed + trial.number
+        seed = trial_seed(self.config.study.seed, kind, lam, fidelity)
         if kind == GMP:  # the knee's seed: same initial weights and batch order, a paired comparison
             seed = int(trial.user_attrs.get(GMP_SEED, seed))
         cfg = self.config.train_config(kind, l1_weight=lam or 0.0, full=fidelity == FULL, seed=seed)
-        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if self.config.study.continuation else []
-        warm = warm_start(self.config, done, kind, fidelity, lam, self.artifact_store())  # [study] continuation
+        if self.config.study.continuation and kind == WEIGHTED_SUM:  # may wait for a parent another worker trains
+            done, parent = wait_for_parent(trial)
+            warm = warm_start(self.config, done, kind, fidelity, lam, self.artifact_store(), parent)
+        else:
+            warm = WarmStart()
         cfg = cfg.replace(epochs=warm.epochs) if warm.epochs else cfg
         if self.on_start is not None:
             self.on_start(trial, kind, lam, cfg.epochs)
@@ -508,9 +512,22 @@ def summarize(study: optuna.Study, config: StudyConfig | None = None) -> StudySu
     )
 
 
-def _budget_count(study: optuna.Study) -> int:
-    """The completed trials that count towards ``n_trials`` (a gmp baseline runs on top of the budget)."""
-    return sum(1 for t in completed(study) if trial_kind(t) != GMP)
+def _budget_count(study: optuna.Study, sampler: KneeSampler) -> int:
+    """The completed trials that count towards ``n_trials``: what one worker would have trained.
+
+    Baselines and the trials the one-worker search read (:func:`motune.sampler.replay`);
+    guesses of idle workers that it never read come on top (``KneeSampler.unused_guesses``,
+    a few at a time), and so does a gmp baseline. So the budget ends the search at the same
+    point, and with the same knee, with any number of workers.
+    """
+    unused = sampler.unused_guesses(study)
+    return sum(1 for t in completed(study) if trial_kind(t) != GMP and t.number not in unused)
+
+
+def _running_budgeted(study: optuna.Study) -> int:
+    """RUNNING trials that will count towards ``n_trials`` (all but idle workers' guesses)."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return sum(1 for t in running if t.system_attrs.get(ROLE_ATTR) != EXTRA)
 
 
 def _gmp_waiting(study: optuna.Study) -> bool:
@@ -560,6 +577,7 @@ class _Budgeted:
     study: optuna.Study
     target: int
     done: Callable[[], bool]
+    sampler: KneeSampler
 
     def check(self, trial: optuna.Trial) -> None:
         """Raise :class:`BudgetReached` (trial marked ``not_run``, a queued one put back) if the budget is full."""
@@ -571,12 +589,16 @@ class _Budgeted:
                 trial.set_user_attr(FAILURE, Failure.NOT_RUN.value)
                 raise BudgetReached()
             return
-        ahead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < trial.number]
-        if _budget_count(self.study) + len(ahead) >= self.target or self.done():
+        ahead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                 if t.number < trial.number and t.system_attrs.get(ROLE_ATTR) != EXTRA]
+        full = _budget_count(self.study, self.sampler) + len(ahead) >= self.target
+        if full or self.done():
             frozen = self.study._storage.get_trial(trial._trial_id)
             if _queued(frozen):  # a baseline or retry popped from the queue: put it back
                 RetryTrial()(self.study, frozen, limited=False)
-            trial.set_user_attr(FAIL_REASON, f"not run: other workers reached the budget of {self.target} completed trials")
+            why = f"other workers reached the budget of {self.target} completed trials" if full else \
+                "the search had ended (its knee retrained) when this trial started"
+            trial.set_user_attr(FAIL_REASON, f"not run: {why}")
             trial.set_user_attr(FAILURE, Failure.NOT_RUN.value)
             raise BudgetReached()
 
@@ -659,7 +681,9 @@ def run_study(
     ``n_trials`` counts COMPLETE trials of the whole study, not of this call, so running
     again after an interruption finishes the same budget, and any number of processes
     can run this on one storage: a trial is started only while ``completed + running <
-    n_trials``; otherwise the process waits for the others (and takes over a trial
+    n_trials``, where an idle worker's guess counts only once the search has used it
+    (:func:`_budget_count`: the budget stops the search where one worker's would);
+    otherwise the process waits for the others (and takes over a trial
     whose worker died, see :class:`WorkerWatch` with ``grace_period``). Diverging trials
     end as FAIL with their reason and the study goes on; so do trials stopped early by
     ``[study] prune`` (:mod:`motune.trial_pruning`), as PRUNED: they do not count towards
@@ -701,10 +725,10 @@ def run_study(
     def done() -> bool:
         # The budget or convergence (then a queued gmp trial still runs), or trials that keep diverging
         # or being pruned (a broken setup).
-        return (((_budget_count(study) >= target or sampler.is_converged(study)) and not _gmp_waiting(study))
+        return (((_budget_count(study, sampler) >= target or sampler.is_converged(study)) and not _gmp_waiting(study))
                 or diverged() >= max(5, target) or pruned() >= max(5, target))
 
-    budgeted = _Budgeted(objective, study, target, done)
+    budgeted = _Budgeted(objective, study, target, done, sampler)
     if GMP in config.study.baselines:  # the worker that completes the knee's retrain queues its GMP trial
         callbacks = [_gmp_after_knee(config), *callbacks]
         enqueue_for_knee(study, knee_trial(study, config))  # on resume: one lost with a worker that died meanwhile
@@ -715,10 +739,14 @@ def run_study(
                 watch.sweep(study)
                 if done() or (deadline is not None and time.monotonic() >= deadline):
                     break
-                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-                if _budget_count(study) + running >= target and not _gmp_waiting(study):
+                if _budget_count(study, sampler) + _running_budgeted(study) >= target and not _gmp_waiting(study):
                     time.sleep(poll_interval)  # the rest of the budget is in other workers' hands: wait
                     continue
+                queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # ask() takes these first
+                if not queued and not sampler.wait_for_work(study, poll_interval):
+                    continue  # the search waits on running trials: nothing worth starting yet
+                if not queued and done():
+                    break  # the result it waited for ended the search
                 current.clear()
                 if not _run_one(study, objective, budgeted, callbacks, current):
                     time.sleep(poll_interval)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Sequence
 from enum import Enum
 from typing import Any
@@ -78,6 +79,22 @@ class Failure(str, Enum):
 def trial_kind(trial: Any) -> str:
     """``weighted_sum`` unless the trial was enqueued as a baseline."""
     return str(trial.user_attrs.get(KIND, WEIGHTED_SUM))
+
+
+def trial_seed(study_seed: int, kind: str, lam: float | None, fidelity: str) -> int:
+    """The seed a trial trains with (initial weights, batch order): the study's, shifted by what it trains.
+
+    A hash of kind, λ and fidelity, not the trial number: with several workers the same
+    λ gets another number, and its network must not depend on how many workers ran (nor
+    may the knee it leads to). A retry trains with the same seed. In ``[0, 2**32)``.
+
+    Example::
+
+        from motune.trials import trial_seed
+        assert trial_seed(0, "weighted_sum", 1e-3, "front") == trial_seed(0, "weighted_sum", 1e-3, "front")
+        assert trial_seed(0, "weighted_sum", 1e-3, "front") != trial_seed(0, "weighted_sum", 1e-3, "full")
+    """
+    return (study_seed + zlib.crc32(f"{kind}:{fidelity}:{lam!r}".encode())) % 2**32
 
 
 def failure(trial: FrozenTrial) -> Failure | None:

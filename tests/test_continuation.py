@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ from optuna.trial import TrialState, create_trial
 import motune.study
 from motune import ConfigError, StudyConfig, TrainConfig, load_dataset, train
 from motune.checkpoint import load_checkpoint
-from motune.continuation import choose_parent, warm_start
+from motune.continuation import UNPLANNED, choose_parent, wait_for_parent, warm_start
+from motune.faults import HEARTBEAT_ATTR
 from motune.plots import front_figure
+from motune.sampler import FIDELITY_ATTR, PARENT_ATTR
 from motune.study import run_study
 from motune.trial_pruning import FrontPruner, Intermediate, compact, reference_intermediates
 from motune.trials import CHECKPOINT, FIDELITY, INTERMEDIATES, KIND, PARAM, WARM_START_FROM, WARM_START_NOTE
@@ -225,3 +229,61 @@ def test_with_trial_pruning_on_a_child_is_judged_against_warm_started_trials(
         assert seen[t.number] == (t.user_attrs[WARM_START_FROM] is not None)
         assert t.user_attrs[INTERMEDIATES]  # evaluated every epoch for the pruner
     assert sum(seen.values()) == 2  # both children warm-started
+
+
+def test_a_planned_parent_weight_decides_the_parent_whatever_else_has_finished(tmp_path: Path) -> None:
+    """The sampler's ``knee:parent_weight`` (what the one-worker search had read), not what happens to be done."""
+    trials = [_frozen(0, 0.0), _frozen(1, 1e-4), _frozen(2, 5e-4)]
+    store = FileSystemArtifactStore(str(tmp_path))  # the checkpoints are not there: the choice is what is tested
+
+    def parent(planned: float | str | None) -> int | None:
+        return warm_start(tiny_config(), trials, "weighted_sum", "front", 1e-3, store, planned).parent
+
+    assert parent(1e-4) == 1  # trial 2 finished too, but the search had not read it when it asked for 1e-3
+    assert parent(None) is None  # it had read nothing below: a fresh start, whatever finished since
+    assert parent(3e-4) == 1  # the planned parent was pruned or failed: the nearest completed below it
+    assert parent(UNPLANNED) == 2  # planned by someone else: the nearest smaller λ completed now
+
+
+def _running(study: optuna.Study, lam: float, **system: Any) -> optuna.Trial:
+    """A RUNNING trial as KneeSampler plans one (its λ and fidelity as system attributes)."""
+    trial = study.ask()
+    for key, value in {"knee:l1_weight": lam, FIDELITY_ATTR: "front", **system}.items():
+        study._storage.set_trial_system_attr(trial._trial_id, key, value)
+    return trial
+
+
+def test_a_trial_waits_for_the_running_parent_it_was_planned_on(caplog: pytest.LogCaptureFixture) -> None:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    parent = _running(study, 0.0)
+    child = _running(study, 0.1, **{PARENT_ATTR: 0.0})
+    out: dict[str, Any] = {}
+    with caplog.at_level(logging.INFO, logger="motune.continuation"):
+        waiter = threading.Thread(target=lambda: out.update(result=wait_for_parent(child)))
+        waiter.start()
+        deadline = time.monotonic() + 120  # only against a hang: the loop waits for the state below
+        while not any("waits for trial" in r.getMessage() for r in caplog.records):
+            assert waiter.is_alive(), "returned without waiting for the running parent"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        study.tell(parent, [1.0, 2.0])
+        waiter.join(120)
+    done, weight = out["result"]
+    assert weight == 0.0 and [t.number for t in done] == [parent.number]
+
+
+def test_a_parent_whose_heartbeat_stopped_is_not_waited_for(caplog: pytest.LogCaptureFixture) -> None:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    _running(study, 0.0, **{HEARTBEAT_ATTR: 123.0})  # a worker that died: the beat never changes
+    child = _running(study, 0.1, **{PARENT_ATTR: 0.0})
+    with caplog.at_level(logging.WARNING, logger="motune.continuation"):
+        done, weight = wait_for_parent(child, grace=0.0)
+    assert weight == 0.0 and done == []
+    assert any("sent no heartbeat" in r.getMessage() for r in caplog.records)
+
+
+def test_a_trial_planned_without_a_parent_weight_does_not_wait() -> None:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    _running(study, 0.0)
+    assert wait_for_parent(_running(study, 0.1)) == ([], UNPLANNED)
+    assert wait_for_parent(_running(study, 0.2, **{PARENT_ATTR: None})) == ([], None)

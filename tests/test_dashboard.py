@@ -24,12 +24,13 @@ from motune.plots import pruning_history_figure
 from motune.study import run_study
 from motune.trials import CHECKPOINT, CHECKPOINT_BYTES, HISTORY, LEGACY_HISTORY, PRUNE_REASON, trial_history
 
-# λ = 0 and 0.1 first (0.1 collapses: pruned after 2 epochs), one SMGD baseline; seconds on 300 digits.
+# λ = 0 and 1 first (1, the l1 norm alone, collapses: pruned after 2 epochs), one SMGD baseline;
+# seconds on 300 digits.
 SMALL = {
     "study": {"name": "dash", "n_trials": 3, "baselines": ["smgd"], "full_fidelity": False,
-              "continuation": False},  # fresh trials: λ = 0.1 collapses and is pruned
+              "start_weights": [0.0, 1.0], "continuation": False},
     "data": {"limit": 300},
-    "train": {"epochs": 3, "front_epochs": 3},
+    "train": {"epochs": 5, "front_epochs": 5},
 }
 
 

@@ -832,22 +832,26 @@ def test_idle_workers_split_the_other_knee_segment_then_wait() -> None:
     segs = segments(search_front(recs, rules), recs, rules)
     first = choose_weight(recs, rules)
     assert first == (max(segs, key=lambda s: s.length).lam, FRONT)
-    assert plan_weight(recs, rules) == (*first, PATH)
+    assert plan_weight(recs, rules)[:3] == (*first, PATH)
     running = [*recs, TrialRecord(3, first[0], RUNNING, role=PATH)]
     # Whatever the running trial returns, the search would split the other knee segment next.
     other = next(s.lam for s in segs if s.lam != first[0])
-    assert plan_weight(running, rules) == (other, FRONT, EXTRA)
+    assert plan_weight(running, rules)[:3] == (other, FRONT, EXTRA)
+    # Each plan names the network a continuation starts from: the nearest smaller weight the
+    # search had read when it asked (a running trial's too, on the guess that it has finished).
+    assert plan_weight(recs, rules).parent == max(r.lam for r in recs if r.lam < first[0])
+    assert plan_weight(running, rules).parent == max(r.lam for r in running if r.lam < other)
     # Both knee segments running: the likeliest branch (the longer one finds a point, as the
     # arc through its ends predicts) splits a segment next to that point, a weight on the grid.
     both = [*running, TrialRecord(4, other, RUNNING, role=EXTRA)]
-    lam, fidelity, role = plan_weight(both, rules)
+    lam, fidelity, role, _ = plan_weight(both, rules)
     assert (fidelity, role) == (FRONT, EXTRA) and lam == rules.snap(lam)
     assert not rules.near_any(lam, [r.lam for r in both])
     # Two guesses run (the cap): only the knee's retrain, confirmed on every branch, comes on top,
     # marked extra (it confirms nothing); then the worker waits for real results.
     three = [*both, TrialRecord(5, lam, RUNNING, role=EXTRA)]
     knee = search_front(recs, rules).knee
-    assert plan_weight(three, rules) == (recs[knee].lam, FULL, EXTRA)
+    assert plan_weight(three, rules) == (recs[knee].lam, FULL, EXTRA, recs[knee].lam)  # the retrain continues its own
     assert plan_weight([*three, TrialRecord(6, recs[knee].lam, RUNNING, FULL, role=EXTRA)], rules) is None
     assert not is_confirmed(three, rules, (0.0, 1.0))
 
@@ -855,9 +859,11 @@ def test_idle_workers_split_the_other_knee_segment_then_wait() -> None:
 def test_idle_workers_guess_the_bracket_while_the_start_weights_run() -> None:
     rules = SearchRules()
     # The second start weight does not depend on the first's result: an idle worker takes it.
-    assert plan_weight([TrialRecord(0, 0.0, RUNNING, role=PATH)], rules) == (0.1, FRONT, EXTRA)
+    # It continues the first one's network (its trial waits for it, motune.continuation).
+    assert plan_weight([TrialRecord(0, 0.0, RUNNING, role=PATH)], rules) == (0.1, FRONT, EXTRA, 0.0)
     start = [TrialRecord(0, 0.0, RUNNING, role=PATH), TrialRecord(1, 0.1, RUNNING, role=PATH)]
-    assert plan_weight(start, rules) == (1.0, FRONT, EXTRA)
+    assert plan_weight(start, rules) == (1.0, FRONT, EXTRA, 0.1)
+    assert plan_weight([], rules) == (0.0, FRONT, PATH, None)  # the first trial starts fresh
     assert plan_weight([*start, TrialRecord(2, 1.0, RUNNING, role=EXTRA)], rules) is None
 
 
@@ -952,6 +958,33 @@ def test_a_guessed_retrain_confirms_nothing_and_a_wasted_one_is_not_the_knee() -
     stray = TrialRecord(len(path), wrong, DONE, FULL, (0.4, 60.0), EXTRA)
     state = replay([*path, stray], rules)
     assert state.next == (path[knee].lam, FULL) and state.running is None
-    assert plan_weight([*path, stray], rules) == (path[knee].lam, FULL, PATH)
+    assert plan_weight([*path, stray], rules)[:3] == (path[knee].lam, FULL, PATH)
     right = TrialRecord(len(path) + 1, path[knee].lam, DONE, FULL, (0.15, 200.0), EXTRA)
     assert replay([*path, stray, right], rules).next is None
+
+
+def test_a_baseline_enqueued_without_the_weight_blocks_no_weight() -> None:
+    """An enqueued SMGD trial never suggests λ: planning one for it would hold up the search's path."""
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=KneeSampler())
+    study.enqueue_trial({}, user_attrs={"kind": "smgd"})
+    baseline = study.ask()
+    assert "knee:l1_weight" not in study._storage.get_trial_system_attrs(baseline._trial_id)
+    other = study.ask()  # another worker meanwhile: the search's first weight is still free
+    assert other.suggest_float("l1_weight", 0.0, 1.0) == 0.0
+
+
+def test_wait_for_work_is_false_while_the_search_waits_on_running_trials() -> None:
+    """motune's worker loop asks it before ``study.ask()``: an idle worker waits instead of filling a gap."""
+    sampler = KneeSampler()
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    first = study.ask()
+    assert first.suggest_float("l1_weight", 0.0, 1.0) == 0.0
+    trials = [first]
+    for expected in (0.1, 1.0):  # the second start weight, then the bracket's step: guesses
+        assert sampler.wait_for_work(study, timeout=0.0)
+        trials.append(study.ask())
+        assert trials[-1].suggest_float("l1_weight", 0.0, 1.0) == expected
+    assert not sampler.wait_for_work(study, timeout=0.0)  # nothing likely enough left to guess
+    for trial, values in zip(trials, ([0.1, 3000.0], [0.5, 100.0], [2.3, 0.0]), strict=True):
+        study.tell(trial, values)
+    assert sampler.wait_for_work(study, timeout=0.0)  # the search's next weight
