@@ -7,8 +7,11 @@ stopped once the sampler says it has converged (the knee confirmed by completed 
 and its full-fidelity retrain completed) or after ``--budget`` trials; the retrain sleeps
 ``--full-units`` units (default 1; motune's retrain trains 3x the front epochs). Three
 modes: ``threads`` (one process, ``study.optimize(n_jobs=N)``, in-memory storage),
-``journal`` (N processes, each ``study.optimize`` on one ``JournalFileBackend`` file, as
-``motune run --workers N`` does) and ``sim`` (N simulated workers asking
+``journal`` (N processes, each ``study.optimize`` on one journal file opened as
+``motune run --workers N`` opens it, :func:`motune.storage.journal_file_backend`, and
+planning in turn on its ``.plan`` file, :func:`motune.storage.planning_lock_path`; the
+processes start their searches together once all have loaded the study, so that the
+wall time is the search's, not the processes' start-up, which bench/workers.py measures) and ``sim`` (N simulated workers asking
 ``motune.sampler.plan_weight`` in turn on discrete events: no Optuna, no sleeping, the
 sampler's decisions alone, deterministic).
 
@@ -60,7 +63,6 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
@@ -77,6 +79,7 @@ from motune.sampler import (
     replay,
     search_front,
 )
+from motune.storage import journal_file_backend, planning_lock_path
 
 Front = Callable[[float], np.ndarray]
 SWEEP = Path(__file__).resolve().parent / "digits_sweep.json"
@@ -169,10 +172,11 @@ def _optimize(study: optuna.Study, front: Front, unit: float, full_units: float,
     study.optimize(_objective(front, unit, full_units), n_trials=budget, n_jobs=n_jobs, callbacks=[stop])
 
 
-def _journal_worker(path: str, name: str, unit: float, full_units: float, budget: int) -> None:
+def _journal_worker(path: str, name: str, unit: float, full_units: float, budget: int, ready: Any) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="parallel", storage=JournalStorage(JournalFileBackend(path)),
-                              sampler=KneeSampler(seed=0))
+    study = optuna.load_study(study_name="parallel", storage=JournalStorage(journal_file_backend(path)),
+                              sampler=KneeSampler(seed=0, planning_lock=planning_lock_path(f"journal:{path}")))
+    ready.wait()  # all workers loaded: start-up is bench/workers.py's measure, not this one's
     _optimize(study, FRONTS[name], unit, full_units, budget, 1)
 
 
@@ -187,10 +191,12 @@ def run(name: str, mode: str, workers: int, unit: float, budget: int, full_units
     else:
         tmp = tempfile.mkdtemp(prefix="motune-parallel-")
         path = str(Path(tmp, "study.journal"))
-        storage = JournalStorage(JournalFileBackend(path))
+        storage = JournalStorage(journal_file_backend(path))
         study = optuna.create_study(study_name="parallel", storage=storage, directions=["minimize", "minimize"])
         ctx = multiprocessing.get_context("fork")
-        procs = [ctx.Process(target=_journal_worker, args=(path, name, unit, full_units, budget)) for _ in range(workers)]
+        ready = ctx.Barrier(workers)
+        procs = [ctx.Process(target=_journal_worker, args=(path, name, unit, full_units, budget, ready))
+                 for _ in range(workers)]
         for p in procs:
             p.start()
         for p in procs:

@@ -38,6 +38,7 @@ from motune.storage import (
     mask_secrets,
     mask_url,
     open_storage,
+    planning_lock_path,
 )
 from motune.study import cached_dataset, load_study_config
 from motune.workers import PARENT_ENV, STORAGE_ENV, run_local_workers, start_setting
@@ -139,7 +140,8 @@ def _artifact_dir(args: argparse.Namespace, url: str, study_name: str) -> Path:
 
 
 def _work(
-    args: argparse.Namespace, config: StudyConfig, study: optuna.Study, artifact_dir: Path, target: int, worker_index: int
+    args: argparse.Namespace, config: StudyConfig, study: optuna.Study, url: str, artifact_dir: Path, target: int,
+    worker_index: int,
 ) -> optuna.Study:
     """Train the study's trials in this process (``run`` with one worker, and ``worker``) with progress output."""
     from motune.dashboard import dashboard_callbacks
@@ -154,7 +156,7 @@ def _work(
         artifact_dir=artifact_dir, objective=objective,
         callbacks=[*dashboard_callbacks(config, artifact_dir), progress.after_trial],  # notes and figures, if installed
         seed=worker_seed(config.study.seed, worker_index), grace_period=args.grace if args.heartbeat else None,
-        storage_patience=args.storage_patience,
+        storage_patience=args.storage_patience, planning_lock=planning_lock_path(url),
     )
 
 
@@ -186,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  runs_user_code=bool(config.import_paths()))
     else:
         print(TABLE_HEAD, flush=True)
-        study = _work(args, config.on_device(device), study, artifact_dir, target, worker_index=0)
+        study = _work(args, config.on_device(device), study, url, artifact_dir, target, worker_index=0)
         code = 0
     print()
     print_summary(study, config)
@@ -243,7 +245,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"motune worker {host_name()}:{os.getpid()}: study {name!r} in {mask_url(url)}; up to {target} completed trials; "
               f"checkpoints in {artifact_dir}", flush=True)
         print(TABLE_HEAD, flush=True)
-    study = _work(args, config, study, artifact_dir, target, worker_index=index)
+    study = _work(args, config, study, url, artifact_dir, target, worker_index=index)
     if not args.quiet:
         print()
         print_summary(study, config)

@@ -32,10 +32,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fcntl
 import functools
 import heapq
 import itertools
 import math
+import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -535,18 +538,18 @@ def _bisect_farthest_gap(
 def _wait_for_a_result(study: Study, trials: Sequence[FrozenTrial], deadline: float) -> None:
     """Sleep until a trial of ``study`` finishes beyond those in ``trials``, or until ``deadline``.
 
-    Polls the storage at a tenth of the finished trials' median duration (2 ms .. 0.5 s),
-    so the wait costs little next to a trial and ends soon after a result lands.
+    Polls the storage at a fiftieth of the finished trials' median duration (1 ms .. 0.5 s),
+    so the wait costs little next to a trial and ends soon after a result lands. Workers
+    woken by the same result would all plan the same weight: the waiting ones (running,
+    no weight yet) then plan in turn (:meth:`KneeSampler._choose`).
     """
     finished = [t for t in trials if t.state.is_finished()]
     spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in finished
              if t.datetime_complete is not None and t.datetime_start is not None]
-    poll = min(max(0.1 * float(np.median(spans)), 0.002), 0.5) if spans else 0.01
+    poll = min(max(0.02 * float(np.median(spans)), 0.001), 0.5) if spans else 0.005
     while (now := time.monotonic()) < deadline:
         time.sleep(min(poll, deadline - now))
         if sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)) != len(finished):
-            # Workers woken by the same result would all plan the same weight: stagger them.
-            time.sleep(float(np.random.default_rng().uniform(0.0, poll)))
             return
 
 
@@ -952,6 +955,50 @@ def plan_weight(
 # ------------------------------------------------------------------------ coordinating
 
 
+class _PlanningLock:
+    """Taken while a worker plans: by the threads of one process, and with ``path`` by every process that locks it.
+
+    The process-wide part is a thread lock, new in a forked or unpickled copy (never one
+    held elsewhere); ``path`` adds an exclusive ``flock`` of that file, which the kernel
+    hands to the next waiting process at once and frees if its holder dies. (Two threads
+    of a fresh fork may each make a thread lock at first use and plan together once; the
+    write-then-re-read check of :meth:`KneeSampler._plan` still keeps them apart.)
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self._pid, self._lock, self._fd = os.getpid(), threading.Lock(), None
+
+    def __enter__(self) -> None:
+        if self._pid != os.getpid():  # a forked child: its own lock and file (the parent's copy closed, still the parent's)
+            if self._fd is not None:
+                os.close(self._fd)
+            self._pid, self._lock, self._fd = os.getpid(), threading.Lock(), None
+        self._held = self._lock
+        self._held.acquire()
+        try:
+            if self.path is not None:
+                if self._fd is None:  # one open file per process: flock excludes other open files
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._held.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.path is not None and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._held.release()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])
+
+
 class KneeSampler(BaseSampler):
     """Sampler that finds the knee of a biobjective front by dichotomic search.
 
@@ -1092,6 +1139,15 @@ class KneeSampler(BaseSampler):
             thread runs one trial at a time (a worker loop like ``motune worker``'s; a
             single thread asking twice before telling would wait ``idle_wait`` on itself);
             ``False`` never.
+        planning_lock:
+            A file that worker processes sharing it lock (``flock``) while they plan a
+            trial, so that they plan one at a time, each reading the weights the others
+            stored: none collides with another's weight or waits to avoid one. For
+            workers on one machine, e.g. the journal file's path with ``.plan`` added
+            (:func:`motune.storage.planning_lock_path`). ``None`` (default): the threads
+            of one process take turns; processes stagger their plans after a wait. Either
+            way a worker checks after storing its weight that no other worker (on any
+            machine) stored the same one, and plans again if one did.
     """
 
     def __init__(
@@ -1110,6 +1166,7 @@ class KneeSampler(BaseSampler):
         param_name: str = "l1_weight",
         idle_wait: float = 600.0,
         wait: bool | None = None,
+        planning_lock: str | os.PathLike[str] | None = None,
     ) -> None:
         if not (idle_wait >= 0.0 and math.isfinite(idle_wait)):
             raise ValueError(f"idle_wait must be a finite number of seconds >= 0, got {idle_wait}")
@@ -1129,6 +1186,9 @@ class KneeSampler(BaseSampler):
         self._rng = LazyRandomState(seed)
         self._param_name = param_name
         self._lambda_attr = f"knee:{param_name}"
+        self._planning = _PlanningLock(None if planning_lock is None else os.fspath(planning_lock))
+        self._mine: set[int] = set()  # trials this process is planning
+        self._plan_seconds = 0.01  # running mean of one plan (read, plan_weight, store): the stagger step
 
     # ------------------------------------------------------------------ public API
 
@@ -1278,52 +1338,89 @@ class KneeSampler(BaseSampler):
     # ---------------------------------------------------------------- coordination
 
     def _plan(self, study: Study, trial: FrozenTrial) -> tuple[float, str]:
-        """Choose (λ, fidelity) for ``trial``, store them, resolve races with others."""
+        """Choose (λ, fidelity) for ``trial``, store them, resolve races with others.
+
+        Threads of one process, and processes sharing a ``planning_lock`` file, plan one
+        at a time (:meth:`_choose`), each reading the weights the others stored; other
+        processes are kept apart by the stagger after a wait, and all by the
+        write-then-re-read check here.
+        """
         storage = study._storage
-        rules = self._rules_for(study)
-        for attempt in range(_MAX_RETRIES):
-            if attempt < _MAX_RETRIES - 1:
-                plan = self._choose(study, trial.number)
-            else:  # still in step with others: a weight nobody has, off the path
-                _, records, bounds = self._read(study, exclude=trial.number)
-                lam, fidelity = choose_weight(records, rules, bounds, np.random.RandomState())
-                plan = Plan(lam, fidelity, EXTRA, parent_weight(records, lam, fidelity, rules))
-            lam, fidelity = plan.lam, plan.fidelity
-            storage.set_trial_system_attr(trial._trial_id, FIDELITY_ATTR, fidelity)
-            storage.set_trial_system_attr(trial._trial_id, ROLE_ATTR, plan.role)
-            storage.set_trial_system_attr(trial._trial_id, PARENT_ATTR, plan.parent)
-            storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, lam)  # last: now a record
-            # Write, then re-read: of two workers that planned the same λ concurrently,
-            # the later reader sees the other. Yield on *any* conflict (not only with
-            # a lower-numbered trial): a worker that re-read before the other wrote
-            # keeps its λ, so the one that sees the conflict must move.
-            if not self._conflicts(study, trial.number, lam, fidelity) or attempt == _MAX_RETRIES - 1:
-                break
-            # Unplanned while re-planning, so that no worker waits on this trial's λ
-            # (it may not keep it); random back-off, so two workers do not re-plan in step.
-            storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, None)
-            time.sleep(float(np.random.default_rng().uniform(0.0, 0.02 * (attempt + 1))))
+        self._mine.add(trial.number)
+        try:
+            for attempt in range(_MAX_RETRIES):
+                plan = self._choose(study, trial, last_resort=attempt == _MAX_RETRIES - 1)
+                lam, fidelity = plan.lam, plan.fidelity
+                # Write, then re-read: of two workers that planned the same λ concurrently,
+                # the later reader sees the other. Yield on *any* conflict (not only with
+                # a lower-numbered trial): a worker that re-read before the other wrote
+                # keeps its λ, so the one that sees the conflict must move.
+                others = self._conflicts(study, trial.number, lam, fidelity)
+                if not others or attempt == _MAX_RETRIES - 1:
+                    break
+                # Unplanned while re-planning, so that no worker waits on this trial's λ
+                # (it may not keep it). Back-off: the lowest-numbered of the colliding trials
+                # re-plans at once, the others one planning time apart each, with jitter, so
+                # that two workers do not re-plan in step.
+                storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, None)
+                rank = sum(n < trial.number for n in others)
+                jitter = float(np.random.default_rng().uniform(0.0, 1.0))
+                time.sleep(self._plan_seconds * (rank + jitter) * (attempt + 1))
+        finally:
+            self._mine.discard(trial.number)
         return lam, fidelity
 
-    def _choose(self, study: Study, number: int) -> Plan:
-        """:func:`plan_weight` for trial ``number``; while it says wait, wait (see ``idle_wait``)."""
+    def _choose(self, study: Study, trial: FrozenTrial, last_resort: bool = False) -> Plan:
+        """:func:`plan_weight` for ``trial``, stored on it; while it says wait, wait (see ``idle_wait``).
+
+        Reading, planning and storing hold this process's planning lock, so that its
+        threads plan one after the other; waiting does not. After a wait the workers woken
+        by the same result plan in trial-number order (:meth:`_stagger`).
+        """
         rules = self._rules_for(study)
         waits = self._wait if self._wait is not None else bool(getattr(study._thread_local, "in_optimize_loop", False))
         deadline = time.monotonic() + self._idle_wait
         while True:
-            trials, records, bounds = self._read(study, exclude=number)
-            plan = plan_weight(records, rules, bounds, self._rng.rng)
-            if plan is not None:
-                return plan
-            if not waits or time.monotonic() >= deadline:
-                lam, fidelity = choose_weight(records, rules, bounds, self._rng.rng)
-                return Plan(lam, fidelity, EXTRA, parent_weight(records, lam, fidelity, rules))
+            with self._planning:
+                began = time.monotonic()
+                trials, records, bounds = self._read(study, exclude=trial.number)
+                plan = None if last_resort else plan_weight(records, rules, bounds, self._rng.rng)
+                if plan is None and (last_resort or not waits or time.monotonic() >= deadline):
+                    # The last resort, still in step with others, is a weight nobody has, off the path.
+                    lam, fidelity = choose_weight(records, rules, bounds,
+                                                  np.random.RandomState() if last_resort else self._rng.rng)
+                    plan = Plan(lam, fidelity, EXTRA, parent_weight(records, lam, fidelity, rules))
+                if plan is not None:
+                    storage = study._storage
+                    storage.set_trial_system_attr(trial._trial_id, FIDELITY_ATTR, plan.fidelity)
+                    storage.set_trial_system_attr(trial._trial_id, ROLE_ATTR, plan.role)
+                    storage.set_trial_system_attr(trial._trial_id, PARENT_ATTR, plan.parent)
+                    storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, plan.lam)  # last: now a record
+                    self._plan_seconds += 0.5 * (time.monotonic() - began - self._plan_seconds)
+                    return plan
             _wait_for_a_result(study, trials, deadline)
+            self._stagger(study, trial.number)
 
-    def _conflicts(self, study: Study, number: int, lam: float, fidelity: str) -> bool:
-        """Whether another trial of the same fidelity has (or plans) the same weight."""
+    def _stagger(self, study: Study, number: int) -> None:
+        """Sleep a planning time per worker of other processes that waits with a lower trial number.
+
+        Waiting workers hold running trials without a weight; those of this process, and
+        with a ``planning_lock`` file those of every process, queue on the lock instead.
+        """
+        if self._planning.path is not None:
+            return
+        waiting = sum(
+            t.number < number and t.number not in self._mine and t.state == TrialState.RUNNING
+            and t.system_attrs.get(self._lambda_attr) is None
+            for t in study.get_trials(deepcopy=False)
+        )
+        if waiting:
+            time.sleep(1.5 * waiting * self._plan_seconds)  # 1.5: one plan may take longer than the mean
+
+    def _conflicts(self, study: Study, number: int, lam: float, fidelity: str) -> list[int]:
+        """The other trials of the same fidelity that have (or plan) the same weight."""
         _, records, _ = self._read(study, exclude=number)
-        return any(r.fidelity == fidelity and self._rules.same(r.lam, lam) for r in records)
+        return [r.number for r in records if r.fidelity == fidelity and self._rules.same(r.lam, lam)]
 
     def _read(
         self, study: Study, exclude: int | None = None

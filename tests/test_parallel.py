@@ -22,10 +22,11 @@ import numpy as np
 import optuna
 import pytest
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import TrialState
 
 from motune.sampler import FULL, KneeSampler, SearchRules, TrialRecord, plan_weight, replay, search_front
+from motune.storage import journal_file_backend
 from tests.test_sampler import FLAT, SHARP, SMOOTH, Front, assert_distinct, front_lambdas
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -91,13 +92,14 @@ WORKER = textwrap.dedent(
     import numpy as np
     import optuna
     from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
     from motune.sampler import KneeSampler
+    from motune.storage import journal_file_backend, planning_lock_path
     from tests.test_parallel import SQRT
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(sys.argv[1]))
-    sampler = KneeSampler(seed=0)
+    storage = JournalStorage(journal_file_backend(sys.argv[1]))
+    lock = planning_lock_path("journal:" + sys.argv[1]) if sys.argv[2] == "lock" else None
+    sampler = KneeSampler(seed=0, planning_lock=lock)
     study = optuna.load_study(study_name="knee", storage=storage, sampler=sampler)
 
     def objective(trial):
@@ -115,14 +117,19 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_two_processes_on_one_journal_file(tmp_path: Path) -> None:
-    """No λ trained twice, and the knee one process finds (issue 12's sqrt front)."""
+@pytest.mark.parametrize("lock", ["lock", "no-lock"])
+def test_two_processes_on_one_journal_file(tmp_path: Path, lock: str) -> None:
+    """No λ trained twice, and the knee one process finds (issue 12's sqrt front).
+
+    ``lock``: the processes plan in turn on the journal's planning lock file (as motune's
+    workers do), or keep apart by staggering and checking after they store a weight.
+    """
     path = str(tmp_path / "study.journal")
     storage = JournalStorage(JournalFileBackend(path))
     optuna.create_study(study_name="knee", storage=storage, directions=["minimize", "minimize"])
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), *sys.path]))
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, path], env=env, cwd=root) for _ in range(2)]
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, path, lock], env=env, cwd=root) for _ in range(2)]
     assert [w.wait(timeout=300) for w in workers] == [0, 0]
 
     study = optuna.load_study(study_name="knee", storage=storage)
@@ -133,6 +140,40 @@ def test_two_processes_on_one_journal_file(tmp_path: Path) -> None:
     assert sum(KneeSampler.fidelity(t) == "full" for t in study.get_trials(deepcopy=False)) == 1
     sequential, _ = confirmed_knee(SQRT, 1)
     assert sampler.knee_trial(study).values == sequential.tolist()
+    if lock == "lock":  # planning in turn, no worker ever had to take its weight back
+        logs = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        assert not [log for log in logs if log.get("system_attr") == {"knee:l1_weight": None}]
+
+
+def test_threads_of_one_process_plan_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads sharing a sampler plan one at a time: none ever stores a weight another already has."""
+    collisions: list[list[int]] = []
+    conflicts = KneeSampler._conflicts
+
+    def recorded(self: KneeSampler, *args: object) -> list[int]:
+        collisions.append(conflicts(self, *args))
+        return collisions[-1]
+
+    monkeypatch.setattr(KneeSampler, "_conflicts", recorded)
+    knee, study = confirmed_knee(SQRT, 8)
+    assert len(collisions) == len(study.get_trials(deepcopy=False))  # one check per trial, no re-plans
+    assert not any(collisions)
+    assert knee.tolist() == confirmed_knee(SQRT, 1)[0].tolist()
+
+
+def test_queued_journal_lock_still_takes_optunas_lock(tmp_path: Path) -> None:
+    """A writer that does not queue (Optuna's own lock on the same file) still keeps queued writers out."""
+    path = str(tmp_path / "study.journal")
+    backend = journal_file_backend(path)
+    foreign = JournalFileSymlinkLock(path)
+    assert foreign.acquire()
+    wrote = threading.Event()
+    writer = threading.Thread(target=lambda: (backend.append_logs([{"op_code": 0}]), wrote.set()))
+    writer.start()
+    assert not wrote.wait(0.2)  # blocked behind the foreign lock
+    foreign.release()
+    writer.join(timeout=60)
+    assert wrote.is_set() and list(backend.read_logs(0)) == [{"op_code": 0}]
 
 
 def test_ask_and_tell_worker_threads_that_wait() -> None:
