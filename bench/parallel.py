@@ -183,8 +183,8 @@ def _journal_worker(path: str, name: str, unit: float, full_units: float, budget
 def run(name: str, mode: str, workers: int, unit: float, budget: int, full_units: float = 1.0) -> dict[str, Any]:
     """One search with ``workers`` threads, journal processes or simulated workers; the figures of one table cell."""
     front = FRONTS[name]
-    if mode == "sim":
-        return simulate(front, workers, budget, full_units)
+    if mode in ("sim", "sim-cont"):
+        return simulate(front, workers, budget, full_units, continuation=mode == "sim-cont")
     if mode == "threads":
         study = optuna.create_study(directions=["minimize", "minimize"], sampler=KneeSampler(seed=0))
         _optimize(study, front, unit, full_units, budget, workers)
@@ -207,23 +207,30 @@ def run(name: str, mode: str, workers: int, unit: float, budget: int, full_units
     return measure(read_trials(trials), spans, front)
 
 
-def simulate(front: Front, workers: int, budget: int, full_units: float = 1.0) -> dict[str, Any]:
+def simulate(front: Front, workers: int, budget: int, full_units: float = 1.0, continuation: bool = False) -> dict[str, Any]:
     """The search with ``workers`` simulated workers: no Optuna, no sleeping, the sampler's own planning.
 
     Discrete events: a trial takes one unit (a full-fidelity one ``full_units``); whenever
     workers are free they ask :func:`motune.sampler.plan_weight` in turn, as
     ``KneeSampler`` does, and one that gets ``None`` waits for the next result. The
     figures are those of the sampler's decisions alone, without the machine's noise or
-    the sampler's own time.
+    the sampler's own time. ``continuation``: as motune's default study, a front trial
+    with a parent (the plan's ``parent`` weight) trains half a unit
+    (``continuation_epochs``), and one whose parent still runs waits for it on its
+    worker (``motune.continuation.wait_for_parent``).
     """
     rules, records, spans = SearchRules(), [], []
     running: list[tuple[float, int]] = []
     now, free = 0.0, workers
     while len(records) < budget:
         while free and len(records) < budget and (plan := plan_weight(records, rules)) is not None:
-            lam, fidelity, role, _ = plan
+            lam, fidelity, role, parent = plan
+            start, length = now, full_units if fidelity == FULL else 1.0
+            if continuation and parent is not None:
+                length = length if fidelity == FULL else 0.5
+                start = max([now] + [spans[r.number][1] for r in records if r.pending and r.lam == parent])
             records.append(TrialRecord(len(records), lam, TrialState.RUNNING, fidelity, None, role))
-            spans.append((now, now + (full_units if fidelity == FULL else 1.0)))
+            spans.append((now, start + length))
             heapq.heappush(running, (spans[-1][1], len(records) - 1))
             free -= 1
         if not running:
@@ -281,7 +288,8 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="retrain the digits sweep into bench/digits_sweep.json and exit")
     parser.add_argument("--workers", default="1,2,4,8,16", help="comma-separated worker counts (default 1,2,4,8,16)")
     parser.add_argument("--modes", default="threads,journal",
-                        help="comma-separated: threads, journal (default both), sim (simulated workers, no sleeping)")
+                        help="comma-separated: threads, journal (default both), sim (simulated workers, no sleeping), "
+                             "sim-cont (the same with continuation: children half a unit, waiting for a running parent)")
     parser.add_argument("--fronts", default=None, help="comma-separated front names (default all)")
     parser.add_argument("--unit", type=float, default=None, help="seconds one trial sleeps (default 0.1, --quick 0.05)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3, --quick 1)")
@@ -307,7 +315,8 @@ def main() -> None:
     for name, mode in itertools.product(names, modes):
         cells = []
         for w in counts:
-            runs = [run(name, mode, w, unit, args.budget, args.full_units) for _ in range(1 if mode == "sim" else repeats)]
+            runs = [run(name, mode, w, unit, args.budget, args.full_units)
+                    for _ in range(1 if mode.startswith("sim") else repeats)]
             cells.append({"workers": w, "runs": runs})
             print(f"{name} {mode} {w}: {[(r['trials'], round(r['wall_units'], 1)) for r in runs]}", file=sys.stderr, flush=True)
         reference = np.asarray(cells[0]["runs"][0]["knee"])
