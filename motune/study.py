@@ -516,8 +516,8 @@ def _budget_count(study: optuna.Study, sampler: KneeSampler) -> int:
     """The completed trials that count towards ``n_trials``: what one worker would have trained.
 
     Baselines and the trials the one-worker search read (:func:`motune.sampler.replay`);
-    guesses of idle workers that it never read come on top (``KneeSampler.unused_guesses``,
-    a few at a time), and so does a gmp baseline. So the budget ends the search at the same
+    guesses of idle workers that it never read come on top (``KneeSampler.unused_guesses``),
+    and so does a gmp baseline. So the budget ends the search at the same
     point, and with the same knee, with any number of workers.
     """
     unused = sampler.unused_guesses(study)
