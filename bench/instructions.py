@@ -20,7 +20,6 @@ under valgrind dominates).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -29,6 +28,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,10 +104,7 @@ def main() -> None:
         print(f"{v:<20}{n:>20,.0f}" + (f"{base / n:>10.4f}" if base else ""))
     out = {"data": source, "threads": 1, "steps": [low, high], "totals": {f"{v}.{s}": n for (v, s), n in totals.items()},
            "instructions_per_step": per_step, "torch": torch.__version__}
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {write_json(args.json, out)}")
 
 
 if __name__ == "__main__":

@@ -36,16 +36,19 @@ holds each. A fixed per-step cost weighs more on a faster (multi-threaded) step.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_json
 
 import motune
 from motune.data import DEFAULT_DATA_DIRS, DataError
@@ -271,10 +274,7 @@ def main() -> None:
         for name, r in res.get("smgd_steps", {}).items():
             print(f"{t:<8}{'step: smgd ' + name if name != 'plain' else 'step: plain':<20}{r['us_per_step']:>9.0f} us"
                   f"{r['ratio']:>9.3f}  (+{r['overhead_us']:.0f} us)")
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {write_json(args.json, out)}")
 
 
 if __name__ == "__main__":
