@@ -23,14 +23,19 @@ Torch runs with one thread by default (on 2 shared cores, two threads made LeNet
     python bench/reproduce.py --quick         # 3 epochs (front 1), 10,000 images, up to 10 trials
     python bench/reproduce.py --mnist-dir DIR # also MNIST
     python bench/reproduce.py --levers        # issue 11's budget: continuation + fine-tune, no SMGD trial
+    python bench/reproduce.py --levers --seed 1 --json bench/results/reproduce-levers-s1.json
 
 ``--levers`` runs the same study with issue 11's levers: warm-start continuation along λ
 (``[study] continuation = true``, children train a third of the front epochs, see
-:mod:`motune.continuation`), the λ warm-up (``l1_ramp``, on by default) and a masked
-fine-tune of the knee's full-fidelity retrain (``[train] finetune_epochs`` = E // 5), and
-without the SMGD comparison trial (it is not part of finding the knee and costs E epochs
-alone). Target (issue 11): a knee at ≤ 2% kept, at least as accurate as the shipped
-protocol's 84.86%, with ≤ 2E epochs for the whole study (60 at the paper's E = 30).
+:mod:`motune.continuation`), the λ warm-up (``l1_ramp``, on by default), the knee's
+retrain continuing its front network for E − E // 3 epochs (``[study] retrain_epochs``;
+its network has then trained at least E epochs, its front trial's included;
+``--retrain-epochs`` overrides) with a masked fine-tune (``[train] finetune_epochs`` =
+E // 5), and without the SMGD comparison trial (it is not part of finding the knee and
+costs E epochs alone). ``--seed`` sets the study's seed (initial weights, batch order).
+Target (issue 11): a knee at ≤ 2% kept, at least as accurate as the shipped protocol's
+84.86%, with ≤ 2E epochs for the whole study (60 at the paper's E = 30; a pruned trial's
+epochs count).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from optuna.trial import FrozenTrial, TrialState
 from motune import pareto
 from motune.plots import front_figure
 from motune.study import PARAM, completed, run_study, summarize, trial_kind
-from motune.trials import CHECKPOINT, HISTORY, LEGACY_HISTORY
+from motune.trials import CHECKPOINT, HISTORY, INTERMEDIATES, LEGACY_HISTORY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _common import RESULTS, load_average, setup, study_config, table, write_figure, write_json
@@ -132,21 +137,25 @@ def smgd_position(done: list[FrozenTrial], front_all: list[FrozenTrial], smgd: F
 TARGET_KEPT, TARGET_ACCURACY = 0.02, 0.8486  # issue 11: today's knee, 84.86% at 1.87% kept, 120 epochs
 
 
-def levers_config(config: Any) -> Any:
-    """The study with issue 11's levers: continuation, the knee retrain fine-tuned, no SMGD trial."""
+def levers_config(config: Any, retrain_epochs: int | None = None) -> Any:
+    """The study with issue 11's levers: continuation, a shorter fine-tuned knee retrain, no SMGD trial."""
     raw = config.to_dict()
-    front = raw["train"]["front_epochs"]
+    front, full = raw["train"]["front_epochs"], raw["train"]["epochs"]
     raw["study"].update(name=raw["study"]["name"] + "-levers", baselines=[], continuation=True,
-                        continuation_epochs=max(1, front // 3))
+                        continuation_epochs=max(1, front // 3),
+                        retrain_epochs=retrain_epochs or (full - front if full > front else None))
     raw["train"]["finetune_epochs"] = max(1, raw["train"]["epochs"] // 5) if raw["train"]["epochs"] > 1 else 0
     return type(config).from_dict(raw)
 
 
 def reproduce(name: str, toml: Path, data_dir: str | None, epochs: int, limit: int | None, trials: int,
-              out_dir: Path, tag: str, levers: bool = False) -> dict[str, Any]:
+              out_dir: Path, tag: str, levers: bool = False, seed: int | None = None,
+              retrain_epochs: int | None = None) -> dict[str, Any]:
     config = study_config(toml, f"bench-reproduce-{name}", epochs=epochs, limit=limit, data_dir=data_dir)
+    if seed is not None:
+        config.study.seed = seed
     if levers:
-        config = levers_config(config)
+        config = levers_config(config, retrain_epochs)
     else:  # the paper's protocol: fresh front trials, no fine-tune (motune's defaults since issue 11 differ)
         config.study.continuation = False
         config.train.finetune_epochs = 0
@@ -165,7 +174,10 @@ def reproduce(name: str, toml: Path, data_dir: str | None, epochs: int, limit: i
     rows = [trial_row(t, t.number in on_front) for t in done]
     smgd = next((t for t in done if trial_kind(t) == "smgd"), None)
     html = write_figure(front_figure(study, knee), out_dir / f"{tag}-{name}-front.html")
-    epochs_total = sum(int(r["epochs"] or 0) for r in rows)
+    # A pruned trial trained one epoch per intermediate it recorded: its epochs count too.
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    pruned_epochs = sum(len(t.user_attrs.get(INTERMEDIATES) or []) for t in pruned)
+    epochs_total = sum(int(r["epochs"] or 0) for r in rows) + pruned_epochs
     seconds_total = sum(float(r["seconds"] or 0) for r in rows)
     failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
     target = None
@@ -186,12 +198,13 @@ def reproduce(name: str, toml: Path, data_dir: str | None, epochs: int, limit: i
         "converged": summary.converged,
         "knee": None if knee is None else trial_row(knee, knee.number in on_front),
         "smgd": None if smgd is None else smgd_position(done, summary.pareto, smgd),
-        "cost": {"trials": len(rows), "epochs": epochs_total, "train_seconds": seconds_total, "wall_seconds": wall},
+        "cost": {"trials": len(rows), "pruned_trials": len(pruned), "pruned_epochs": pruned_epochs, "epochs": epochs_total,
+                 "train_seconds": seconds_total, "wall_seconds": wall},
     }
 
 
 def print_report(name: str, r: dict[str, Any]) -> None:
-    print(f"\n== {name} ({r['cost']['trials']} trials, {r['cost']['epochs']} epochs, "
+    print(f"\n== {name} ({r['cost']['trials']} trials + {r['cost']['pruned_trials']} pruned, {r['cost']['epochs']} epochs, "
           f"{r['cost']['train_seconds']:.0f} s training, {r['cost']['wall_seconds']:.0f} s wall)")
     rows = [[t["trial"], t["kind"], t["fidelity"], t["l1_weight"], t["cross_entropy"], t["l1"], t["test_accuracy"],
              t["fraction_kept"], t["epochs"], t.get("warm_start_from"), "*" if t["pareto"] else ""] for t in r["trials"]]
@@ -220,6 +233,9 @@ def main() -> None:
     parser.add_argument("--mnist-dir", default=None, help="directory with the four MNIST IDX files")
     parser.add_argument("--levers", action="store_true",
                         help="issue 11's levers: continuation, fine-tuned knee retrain, no SMGD trial (see the docstring)")
+    parser.add_argument("--seed", type=int, default=None, help="the study's seed (default: the TOML's, 0)")
+    parser.add_argument("--retrain-epochs", type=int, default=None,
+                        help="with --levers: epochs of the knee's continued retrain (default E - E // 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", default=str(RESULTS / "reproduce.json"), help="where to write the JSON results")
     args = parser.parse_args()
@@ -235,12 +251,12 @@ def main() -> None:
 
     results: dict[str, Any] = {}
     results["fashion-mnist"] = reproduce("fashion-mnist", STUDIES / "fashion_mnist_lenet5.toml", None, epochs, limit,
-                                         trials, out_dir, tag, args.levers)
+                                         trials, out_dir, tag, args.levers, args.seed, args.retrain_epochs)
     print_report("fashion-mnist", results["fashion-mnist"])
     why_not = mnist_present(args.mnist_dir)
     if why_not is None:
         results["mnist"] = reproduce("mnist", STUDIES / "mnist_lenet5.toml", args.mnist_dir, epochs, limit, trials,
-                                     out_dir, tag, args.levers)
+                                     out_dir, tag, args.levers, args.seed, args.retrain_epochs)
         print_report("mnist", results["mnist"])
     else:
         results["mnist"] = {"skipped": why_not}
@@ -249,7 +265,8 @@ def main() -> None:
     out = {
         "benchmark": "reproduce",
         "quick": args.quick,
-        "setup": {"levers": args.levers, "epochs": epochs, "front_epochs": max(1, epochs // 3), "trial_budget": trials,
+        "setup": {"levers": args.levers, "seed": args.seed, "retrain_epochs": args.retrain_epochs, "epochs": epochs,
+                  "front_epochs": max(1, epochs // 3), "trial_budget": trials,
                   "limit": limit, "torch_threads": args.threads,
                   "paper": "LeNet-5, 30 epochs, front at 10, knee retrained at 30; here --epochs sets both"},
         "machine": info,

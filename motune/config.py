@@ -4,7 +4,7 @@ A config has four tables::
 
     [study]      name, n_trials, timeout, knee, start_weights, baselines, seed, full_fidelity,
                  prune, prune_patience, prune_margin, continuation, continuation_epochs,
-                 finetune_baselines
+                 retrain_epochs, finetune_baselines
     [data]       dataset, data_dir, image_size, limit, [data.args]
     [train]      every other field of motune.train.TrainConfig (model, [train.model_args],
                  penalise, optimizer, lr, ..., device), plus front_epochs; epochs is the
@@ -73,6 +73,11 @@ class StudySection:
     knee's full-fidelity retrain then continues from the knee's front network. On by
     default: with the knee's fine-tune it made the knee as accurate as GMP at its
     sparsity (docs/benchmarks.md §2, "Issue 11's levers at study level").
+    ``retrain_epochs``: with continuation, the epochs of that retrain (None: ``[train]
+    epochs``). The knee's network has already trained along its lineage of warm starts,
+    so a shorter retrain saves a study's largest single cost; it must exceed the
+    fine-tune. Without continuation the retrain trains fresh at ``epochs`` and this key
+    is not used.
     ``finetune_baselines``: whether ``[train] finetune_epochs`` also fine-tunes the
     multi-gradient baselines (default false: the knee's full-fidelity retrain only).
     """
@@ -90,6 +95,7 @@ class StudySection:
     prune_margin: float = DEFAULT_MARGIN
     continuation: bool = True
     continuation_epochs: int | None = None
+    retrain_epochs: int | None = None
     finetune_baselines: bool = False
 
 
@@ -332,6 +338,9 @@ class StudyConfig:
         if s.continuation_epochs is not None and not 1 <= s.continuation_epochs <= self.train.front_epochs:
             raise ConfigError(f"study.continuation_epochs: must be between 1 and train.front_epochs "
                               f"({self.train.front_epochs}), got {s.continuation_epochs!r}")
+        if s.retrain_epochs is not None and not self.finetune_epochs < s.retrain_epochs <= self.train.epochs:
+            raise ConfigError(f"study.retrain_epochs: must be more than the fine-tune ({self.finetune_epochs} epochs) "
+                              f"and at most train.epochs ({self.train.epochs}), got {s.retrain_epochs!r}")
         for kind in ("weighted_sum", *s.baselines):
             try:
                 self.train_config(kind).validate()

@@ -174,6 +174,16 @@ def test_the_knee_retrain_continues_from_the_knees_own_front_network(tmp_path: P
     assert all(torch.equal(start.state[k], saved[k]) for k in saved)  # type: ignore[index]
     off = warm_start(tiny_config(continuation=False), done, "weighted_sum", "full", 2e-3, store)
     assert off.parent is None and not off.warm and off.attrs() == {WARM_START_FROM: None}
+    # [study] retrain_epochs shortens the continued retrain (a front child keeps continuation_epochs)
+    short = tiny_config(n_trials=2, retrain_epochs=1, continuation_epochs=2)
+    assert warm_start(short, done, "weighted_sum", "full", 2e-3, store).epochs == 1
+    assert warm_start(short, done, "weighted_sum", "front", 3e-3, store).epochs == 2
+
+
+@pytest.mark.parametrize("bad", [0, 3])
+def test_retrain_epochs_out_of_range_names_the_key(bad: int) -> None:
+    with pytest.raises(ConfigError, match=r"study\.retrain_epochs: must be more than the fine-tune"):
+        tiny_config(retrain_epochs=bad)
 
 
 def test_trial_pruning_compares_warm_started_trials_only_with_warm_started_ones() -> None:
