@@ -30,6 +30,7 @@ returns two values), so its trial vocabulary is its own: :data:`FIDELITY_ATTR`,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import fcntl
@@ -40,7 +41,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -968,12 +969,18 @@ class _PlanningLock:
     def __init__(self, path: str | None = None) -> None:
         self.path = path
         self._pid, self._lock, self._fd = os.getpid(), threading.Lock(), None
+        self._owner: int | None = None  # the thread holding it: it may enter again (planning_turn, then ask())
+        self._depth = 0
 
     def __enter__(self) -> None:
         if self._pid != os.getpid():  # a forked child: its own lock and file (the parent's copy closed, still the parent's)
             if self._fd is not None:
                 os.close(self._fd)
-            self._pid, self._lock, self._fd = os.getpid(), threading.Lock(), None
+            self._pid, self._lock, self._fd, self._owner, self._depth = os.getpid(), threading.Lock(), None, None, 0
+        me = threading.get_ident()
+        if self._owner == me:
+            self._depth += 1
+            return
         self._held = self._lock
         self._held.acquire()
         try:
@@ -984,8 +991,13 @@ class _PlanningLock:
         except BaseException:
             self._held.release()
             raise
+        self._owner, self._depth = me, 1
 
     def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        self._owner = None
         try:
             if self.path is not None and self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -1216,19 +1228,47 @@ class KneeSampler(BaseSampler):
     def wait_for_work(self, study: Study, timeout: float) -> bool:
         """Wait, at most ``timeout`` seconds, while a new trial would have no weight worth training; say if it has.
 
+        A check only: another worker may take that weight before this one asks. A worker
+        loop that creates trials itself should ask inside :meth:`planning_turn` instead.
+        """
+        with self.planning_turn(study, timeout) as ready:
+            return ready
+
+    @contextlib.contextmanager
+    def planning_turn(self, study: Study, timeout: float) -> Iterator[bool]:
+        """Wait, at most ``timeout`` seconds, for a weight worth training; while it says True, hold the planning lock.
+
         For a worker loop that creates trials itself with ``study.ask()``: outside
         ``study.optimize`` the sampler does not wait (``wait``), and a trial asked for while
         the search waits on running results gets a gap-filling weight, often in the
-        collapsed tail. Calling this first lets the worker wait for a result instead.
+        collapsed tail. Asked for inside the turn, the trial gets the weight this check
+        found: the threads of this process, and with a ``planning_lock`` file every
+        process, cannot take it in between (without the file, other processes still can;
+        the write-then-re-read check of ``_plan`` then keeps them apart). The wait itself
+        does not hold the lock.
+
+        Example::
+
+            import optuna
+            from motune import KneeSampler
+
+            sampler = KneeSampler(start_weights=[0.0, 1.0])
+            study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+            with sampler.planning_turn(study, timeout=1.0) as ready:
+                trial = study.ask() if ready else None  # planned inside the turn
+            print(trial.suggest_float("l1_weight", 0.0, 1.0) if trial else "nothing worth starting yet")  # 0.0
         """
         deadline = time.monotonic() + timeout
         rules = self._rules_for(study)
         while True:
-            trials, records, bounds = self._read(study)
-            if plan_weight(records, rules, bounds) is not None:
-                return True
+            with self._planning:
+                trials, records, bounds = self._read(study)
+                if plan_weight(records, rules, bounds) is not None:
+                    yield True
+                    return
             if time.monotonic() >= deadline:
-                return False
+                yield False
+                return
             _wait_for_a_result(study, trials, deadline)
 
     def unused_guesses(self, study: Study) -> set[int]:

@@ -606,22 +606,24 @@ class _Budgeted:
         return self.objective(trial)
 
 
-def _run_one(
-    study: optuna.Study,
-    objective: Objective,
-    budgeted: _Budgeted,
-    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
-    current: list[int],
-) -> bool:
-    """Ask for a trial, train it, record it (see :func:`record_outcome`); False if the budget was full.
-
-    ``current`` receives the running trial's id, for the interrupt handler.
-    """
-    storage = study._storage
+def _ask(study: optuna.Study, current: list[int]) -> optuna.Trial:
+    """Create a trial and claim it for this worker; ``current`` receives its id, for the interrupt handler."""
     with deferred():  # a trial is created and claimed by this worker as one step
         trial = study.ask()
         current.append(trial._trial_id)
-        storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_identity())
+        study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_identity())
+    return trial
+
+
+def _run_one(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    objective: Objective,
+    budgeted: _Budgeted,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
+) -> bool:
+    """Train the trial from :func:`_ask`, record it (see :func:`record_outcome`); False if the budget was full."""
+    storage = study._storage
     try:
         budgeted.check(trial)
         with TrialHeartbeat(storage, trial._trial_id, objective.heartbeat_interval):
@@ -741,13 +743,19 @@ def run_study(
                 if _budget_count(study, sampler) + _running_budgeted(study) >= target and not _gmp_waiting(study):
                     time.sleep(poll_interval)  # the rest of the budget is in other workers' hands: wait
                     continue
-                queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # ask() takes these first
-                if not queued and not sampler.wait_for_work(study, poll_interval):
-                    continue  # the search waits on running trials: nothing worth starting yet
-                if not queued and done():
-                    break  # the result it waited for ended the search
                 current.clear()
-                if not _run_one(study, objective, budgeted, callbacks, current):
+                if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                    trial = _ask(study, current)  # ask() takes the queued trials first
+                else:
+                    # Ask inside the turn, so the weight the search is ready for is this trial's:
+                    # a worker that asked after another took it would get a gap-filling weight.
+                    with sampler.planning_turn(study, poll_interval) as ready:
+                        if not ready:
+                            continue  # the search waits on running trials: nothing worth starting yet
+                        if done():
+                            break  # the result it waited for ended the search
+                        trial = _ask(study, current)
+                if not _run_one(study, trial, objective, budgeted, callbacks):
                     time.sleep(poll_interval)
     except KeyboardInterrupt as exc:
         note = requeue_interrupted(study, current[-1] if current else None, interrupt_reason(exc))

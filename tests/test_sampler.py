@@ -16,6 +16,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -988,3 +989,29 @@ def test_wait_for_work_is_false_while_the_search_waits_on_running_trials() -> No
     for trial, values in zip(trials, ([0.1, 3000.0], [0.5, 100.0], [2.3, 0.0]), strict=True):
         study.tell(trial, values)
     assert sampler.wait_for_work(study, timeout=0.0)  # the search's next weight
+
+
+def test_workers_that_ask_inside_a_planning_turn_never_get_a_gap_filling_weight() -> None:
+    """Eight threads pass the check at once: the weights ready go to three of them, the others get none.
+
+    Checked and then asked without the turn, all eight got a trial, five of them a weight
+    the search had no use for (the sampler's gap-filling, off the search's path).
+    """
+    sampler = KneeSampler()
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    start, asked = threading.Barrier(8), []
+
+    def worker() -> None:
+        start.wait()
+        with sampler.planning_turn(study, timeout=0.0) as ready:
+            if ready:
+                trial = study.ask()
+                asked.append(trial.suggest_float("l1_weight", 0.0, 1.0))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(asked) == [0.0, 0.1, 1.0]  # the first start weight, then the guesses while it runs
+    assert len(study.trials) == 3  # nobody else created a trial
