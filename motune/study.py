@@ -683,8 +683,10 @@ def run_study(
     again after an interruption finishes the same budget, and any number of processes
     can run this on one storage: a trial is started only while ``completed + running <
     n_trials``, where an idle worker's guess counts only once the search has used it
-    (:func:`_budget_count`: the budget stops the search where one worker's would);
-    otherwise the process waits for the others (and takes over a trial
+    (:func:`_budget_count`: the budget stops the search where one worker's would), and
+    only while the search has a weight worth training (asked for inside
+    :meth:`KneeSampler.planning_turn`, so workers woken together do not take
+    gap-filling weights); otherwise the process waits for the others (and takes over a trial
     whose worker died, see :class:`WorkerWatch` with ``grace_period``). Diverging trials
     end as FAIL with their reason and the study goes on; so do trials stopped early by
     ``[study] prune`` (:mod:`motune.trial_pruning`), as PRUNED: they do not count towards
