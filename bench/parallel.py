@@ -32,7 +32,9 @@ Per front, mode and worker count (medians over ``--repeats``): ``trials`` to the
 nadir) from the 1-worker knee; ``extra``: trials idle workers guessed (``knee:role`` = extra),
 ``hits``: those of them the one-worker search then asked for (the rest were wasted);
 ``fulls``: full-fidelity retrains begun (more than 1: an idle worker's early retrain of a
-knee that then moved, wasted);
+knee that then moved, wasted); with ``sim-cont``, ``lineage_units``: the training time
+along the knee's lineage (its retrain, its front trial, that one's parent, ...): each
+starts from the one before, so it is the floor of the wall time for any number of workers;
 ``tail``: trials whose result lies within 0.02 (normalised) of the front's far end, where
 it is flat or training has collapsed. Targets (issue 12): the same knee at every worker
 count (dist <= 0.02); at 8 workers, wall <= 1/2 of one worker's on fronts that need >= 6
@@ -220,6 +222,7 @@ def simulate(front: Front, workers: int, budget: int, full_units: float = 1.0, c
     worker (``motune.continuation.wait_for_parent``).
     """
     rules, records, spans = SearchRules(), [], []
+    parents: list[float | None] = []  # each trial's planned parent weight
     running: list[tuple[float, int]] = []
     now, free = 0.0, workers
     while len(records) < budget:
@@ -230,6 +233,7 @@ def simulate(front: Front, workers: int, budget: int, full_units: float = 1.0, c
                 length = length if fidelity == FULL else 0.5
                 start = max([now] + [spans[r.number][1] for r in records if r.pending and r.lam == parent])
             records.append(TrialRecord(len(records), lam, TrialState.RUNNING, fidelity, None, role))
+            parents.append(parent)
             spans.append((now, start + length))
             heapq.heappush(running, (spans[-1][1], len(records) - 1))
             free -= 1
@@ -242,7 +246,30 @@ def simulate(front: Front, workers: int, budget: int, full_units: float = 1.0, c
         free += 1
         if replay(records, rules).next is None:
             break
-    return measure(records, spans, front)
+    out = measure(records, spans, front)
+    if continuation:
+        out["lineage_units"] = lineage_units(records, parents, out["knee_lambda"], full_units)
+    return out
+
+
+def lineage_units(records: list[TrialRecord], parents: list[float | None], knee_lam: float | None,
+                  full_units: float) -> float | None:
+    """Training time along the knee's lineage: its retrain, its front trial, that one's parent, ... (trial units).
+
+    With continuation each of these starts from the one before, so no number of workers
+    finishes the knee sooner than this (the same knee network means the same lineage).
+    """
+    if knee_lam is None:
+        return None
+    done = [r for r in records if not r.pending]
+    node = next((r for r in done if r.fidelity == FULL and r.lam == knee_lam), None)
+    total = 0.0 if node is None else full_units
+    node = next((r for r in done if r.fidelity != FULL and r.lam == knee_lam), None)
+    while node is not None:
+        parent = parents[node.number]
+        total += 1.0 if parent is None else 0.5
+        node = None if parent is None else next((r for r in done if r.fidelity != FULL and r.lam == parent), None)
+    return total
 
 
 def measure(records: list[TrialRecord], spans: list[tuple[float, float]], front: Front) -> dict[str, Any]:
@@ -339,6 +366,9 @@ def main() -> None:
             wall, trials = eight["wall_units"] / one["wall_units"], eight["trials"] / one["trials"]
             line += (f"; 8 workers: wall {wall:.2f}x one worker's (target <= 0.5: {'met' if wall <= 0.5 else 'MISSED'}),"
                      f" trials {trials:.2f}x (target <= 2: {'met' if trials <= 2 else 'MISSED'})")
+            if one["runs"][0].get("lineage_units") is not None:
+                floor = one["runs"][0]["lineage_units"] / one["wall_units"]
+                line += f"; the knee's lineage: {floor:.2f}x one worker's wall, the floor for any number of workers"
         verdicts.append(line)
     head = ["front", "mode", "workers", "trials", "wall", "knee (1st run)", "dist", "extra", "hits", "fulls", "tail",
             "converged"]
