@@ -1247,16 +1247,22 @@ class KneeSampler(BaseSampler):
         the write-then-re-read check of ``_plan`` then keeps them apart). The wait itself
         does not hold the lock.
 
-        Example::
+        Example (the search's first weight, then its second start weight, guessed while the
+        first trains; then nothing worth starting until a result arrives):
+
+        .. testcode::
 
             import optuna
             from motune import KneeSampler
 
             sampler = KneeSampler(start_weights=[0.0, 1.0])
             study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
-            with sampler.planning_turn(study, timeout=1.0) as ready:
-                trial = study.ask() if ready else None  # planned inside the turn
-            print(trial.suggest_float("l1_weight", 0.0, 1.0) if trial else "nothing worth starting yet")  # 0.0
+            asked = []
+            for _ in range(3):
+                with sampler.planning_turn(study, timeout=0.1) as ready:
+                    if ready:  # planned inside the turn: nobody else takes this weight meanwhile
+                        asked.append(study.ask().suggest_float("l1_weight", 0.0, 1.0))
+            assert asked == [0.0, 1.0]
         """
         deadline = time.monotonic() + timeout
         rules = self._rules_for(study)
