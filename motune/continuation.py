@@ -21,9 +21,10 @@ planned without it (enqueued by hand, or by another sampler) takes the nearest s
 
 A trial with no parent (the smallest λ so far) trains fresh. The knee's full-fidelity
 retrain continues the same path: it starts from the knee's own front network (the front
-trial with its λ) and trains the full ``epochs`` (or ``[study] retrain_epochs``). A knee found on a warm-started front
-describes a network reached along that path: retrained fresh at the same λ it came out
-3-11 pp less accurate on digits (2 seeds, docs/benchmarks.md §2). A parent whose checkpoint is
+trial with its λ) and trains the full ``epochs`` (or ``[study] retrain_epochs``). A
+knee found on a warm-started front describes a network reached along that path:
+retrained fresh at the same λ it came out 3-11 pp less accurate on digits (2 seeds,
+docs/benchmarks.md §2). A parent whose checkpoint is
 missing, unreadable or of another network is not fatal: the trial logs a warning,
 records it (:data:`~motune.trials.WARM_START_NOTE`) and trains fresh, at its fidelity's
 length.
