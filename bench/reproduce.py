@@ -137,25 +137,26 @@ def smgd_position(done: list[FrozenTrial], front_all: list[FrozenTrial], smgd: F
 TARGET_KEPT, TARGET_ACCURACY = 0.02, 0.8486  # issue 11: today's knee, 84.86% at 1.87% kept, 120 epochs
 
 
-def levers_config(config: Any, retrain_epochs: int | None = None) -> Any:
+def levers_config(config: Any, retrain_epochs: int | None = None, finetune_epochs: int | None = None) -> Any:
     """The study with issue 11's levers: continuation, a shorter fine-tuned knee retrain, no SMGD trial."""
     raw = config.to_dict()
     front, full = raw["train"]["front_epochs"], raw["train"]["epochs"]
     raw["study"].update(name=raw["study"]["name"] + "-levers", baselines=[], continuation=True,
                         continuation_epochs=max(1, front // 3),
                         retrain_epochs=retrain_epochs or (full - front if full > front else None))
-    raw["train"]["finetune_epochs"] = max(1, raw["train"]["epochs"] // 5) if raw["train"]["epochs"] > 1 else 0
+    raw["train"]["finetune_epochs"] = finetune_epochs if finetune_epochs is not None else (
+        max(1, full // 5) if full > 1 else 0)
     return type(config).from_dict(raw)
 
 
 def reproduce(name: str, toml: Path, data_dir: str | None, epochs: int, limit: int | None, trials: int,
               out_dir: Path, tag: str, levers: bool = False, seed: int | None = None,
-              retrain_epochs: int | None = None) -> dict[str, Any]:
+              retrain_epochs: int | None = None, finetune_epochs: int | None = None) -> dict[str, Any]:
     config = study_config(toml, f"bench-reproduce-{name}", epochs=epochs, limit=limit, data_dir=data_dir)
     if seed is not None:
         config.study.seed = seed
     if levers:
-        config = levers_config(config, retrain_epochs)
+        config = levers_config(config, retrain_epochs, finetune_epochs)
     else:  # the paper's protocol: fresh front trials, no fine-tune (motune's defaults since issue 11 differ)
         config.study.continuation = False
         config.train.finetune_epochs = 0
@@ -236,6 +237,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="the study's seed (default: the TOML's, 0)")
     parser.add_argument("--retrain-epochs", type=int, default=None,
                         help="with --levers: epochs of the knee's continued retrain (default E - E // 3)")
+    parser.add_argument("--finetune-epochs", type=int, default=None,
+                        help="with --levers: the retrain's masked fine-tune epochs (default E // 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", default=str(RESULTS / "reproduce.json"), help="where to write the JSON results")
     args = parser.parse_args()
@@ -251,12 +254,14 @@ def main() -> None:
 
     results: dict[str, Any] = {}
     results["fashion-mnist"] = reproduce("fashion-mnist", STUDIES / "fashion_mnist_lenet5.toml", None, epochs, limit,
-                                         trials, out_dir, tag, args.levers, args.seed, args.retrain_epochs)
+                                         trials, out_dir, tag, args.levers, args.seed, args.retrain_epochs,
+                                         args.finetune_epochs)
     print_report("fashion-mnist", results["fashion-mnist"])
     why_not = mnist_present(args.mnist_dir)
     if why_not is None:
         results["mnist"] = reproduce("mnist", STUDIES / "mnist_lenet5.toml", args.mnist_dir, epochs, limit, trials,
-                                     out_dir, tag, args.levers, args.seed, args.retrain_epochs)
+                                     out_dir, tag, args.levers, args.seed, args.retrain_epochs,
+                                         args.finetune_epochs)
         print_report("mnist", results["mnist"])
     else:
         results["mnist"] = {"skipped": why_not}
@@ -265,7 +270,8 @@ def main() -> None:
     out = {
         "benchmark": "reproduce",
         "quick": args.quick,
-        "setup": {"levers": args.levers, "seed": args.seed, "retrain_epochs": args.retrain_epochs, "epochs": epochs,
+        "setup": {"levers": args.levers, "seed": args.seed, "retrain_epochs": args.retrain_epochs,
+                  "finetune_epochs": args.finetune_epochs, "epochs": epochs,
                   "front_epochs": max(1, epochs // 3), "trial_budget": trials,
                   "limit": limit, "torch_threads": args.threads,
                   "paper": "LeNet-5, 30 epochs, front at 10, knee retrained at 30; here --epochs sets both"},
