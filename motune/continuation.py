@@ -55,7 +55,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from motune.checkpoint import CheckpointError, load_checkpoint
 from motune.faults import DEFAULT_GRACE, HEARTBEAT_ATTR
-from motune.sampler import FRONT, FULL, PARENT_ATTR, _wait_for_a_result, trial_fidelity, trial_weight
+from motune.sampler import FRONT, FULL, PARENT_ATTR, trial_fidelity, trial_weight, wait_for_a_result
 from motune.trials import CHECKPOINT, FIDELITY, WARM_START_FROM, WARM_START_NOTE, WEIGHTED_SUM, trial_kind, trial_lambda
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ def wait_for_parent(trial: optuna.Trial, grace: float = DEFAULT_GRACE) -> tuple[
             announced = True
             _log.info("motune: trial %d waits for trial %d (l1_weight %.3g), the network it continues",
                       trial.number, running[0].number, weight)
-        _wait_for_a_result(study, trials, time.monotonic() + 1.0)  # back within a second to check heartbeats
+        wait_for_a_result(study, trials, time.monotonic() + 1.0)  # back within a second to check heartbeats
 
 
 def warm_start(

@@ -536,13 +536,27 @@ def _bisect_farthest_gap(
     return None if best is None else best[1]
 
 
-def _wait_for_a_result(study: Study, trials: Sequence[FrozenTrial], deadline: float) -> None:
-    """Sleep until a trial of ``study`` finishes beyond those in ``trials``, or until ``deadline``.
+def wait_for_a_result(study: Study, trials: Sequence[FrozenTrial], deadline: float) -> None:
+    """Sleep until a trial of ``study`` finishes beyond those in ``trials``, or until ``deadline`` (``time.monotonic``).
 
     Polls the storage at a fiftieth of the finished trials' median duration (1 ms .. 0.5 s),
     so the wait costs little next to a trial and ends soon after a result lands. Workers
     woken by the same result would all plan the same weight: the waiting ones (running,
-    no weight yet) then plan in turn (:meth:`KneeSampler._choose`).
+    no weight yet) then plan in turn (:meth:`KneeSampler._choose`). Used by the sampler's
+    idle workers and by :func:`motune.continuation.wait_for_parent`.
+
+    Example (nothing finishes here, so it returns at the deadline):
+
+    .. testcode::
+
+        import time
+        import optuna
+        from motune.sampler import wait_for_a_result
+
+        study = optuna.create_study(directions=["minimize", "minimize"])
+        start = time.monotonic()
+        wait_for_a_result(study, study.get_trials(), deadline=start + 0.05)
+        assert time.monotonic() - start >= 0.05
     """
     finished = [t for t in trials if t.state.is_finished()]
     spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in finished
@@ -1275,7 +1289,7 @@ class KneeSampler(BaseSampler):
             if time.monotonic() >= deadline:
                 yield False
                 return
-            _wait_for_a_result(study, trials, deadline)
+            wait_for_a_result(study, trials, deadline)
 
     def unused_guesses(self, study: Study) -> set[int]:
         """Numbers of the finished trials that idle workers guessed and the one-worker search has not read.
@@ -1444,7 +1458,7 @@ class KneeSampler(BaseSampler):
                     storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, plan.lam)  # last: now a record
                     self._plan_seconds += 0.5 * (time.monotonic() - began - self._plan_seconds)
                     return plan
-            _wait_for_a_result(study, trials, deadline)
+            wait_for_a_result(study, trials, deadline)
             self._stagger(study, trial.number)
 
     def _stagger(self, study: Study, number: int) -> None:
