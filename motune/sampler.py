@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import fcntl
 import functools
 import heapq
 import itertools
@@ -53,6 +52,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from motune import pareto
+from motune.filelock import FileLock
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -973,50 +973,40 @@ def plan_weight(
 class _PlanningLock:
     """Taken while a worker plans: by the threads of one process, and with ``path`` by every process that locks it.
 
-    The process-wide part is a thread lock, new in a forked or unpickled copy (never one
-    held elsewhere); ``path`` adds an exclusive ``flock`` of that file, which the kernel
-    hands to the next waiting process at once and frees if its holder dies. (Two threads
-    of a fresh fork may each make a thread lock at first use and plan together once; the
-    write-then-re-read check of :meth:`KneeSampler._plan` still keeps them apart.)
+    The process-wide part is a re-entrant thread lock, new in a forked or unpickled copy
+    (never one held elsewhere): the thread that holds it may take it again
+    (:meth:`KneeSampler.planning_turn` holds it across ``study.ask()``, whose planning takes
+    it too). ``path`` adds a :class:`~motune.filelock.FileLock` of that file, taken by the
+    outermost hold. (Two threads of a fresh fork may each make a thread lock at first use
+    and plan together once; the write-then-re-read check of :meth:`KneeSampler._plan`
+    still keeps them apart.)
     """
 
     def __init__(self, path: str | None = None) -> None:
         self.path = path
-        self._pid, self._lock, self._fd = os.getpid(), threading.Lock(), None
-        self._owner: int | None = None  # the thread holding it: it may enter again (planning_turn, then ask())
-        self._depth = 0
+        self._file = None if path is None else FileLock(path)
+        self._pid, self._lock, self._depth = os.getpid(), threading.RLock(), 0
 
     def __enter__(self) -> None:
-        if self._pid != os.getpid():  # a forked child: its own lock and file (the parent's copy closed, still the parent's)
-            if self._fd is not None:
-                os.close(self._fd)
-            self._pid, self._lock, self._fd, self._owner, self._depth = os.getpid(), threading.Lock(), None, None, 0
-        me = threading.get_ident()
-        if self._owner == me:
-            self._depth += 1
-            return
-        self._held = self._lock
-        self._held.acquire()
-        try:
-            if self.path is not None:
-                if self._fd is None:  # one open file per process: flock excludes other open files
-                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
-        except BaseException:
-            self._held.release()
-            raise
-        self._owner, self._depth = me, 1
+        if self._pid != os.getpid():  # a forked child: its own thread lock (the file lock reopens itself)
+            self._pid, self._lock, self._depth = os.getpid(), threading.RLock(), 0
+        lock = self._lock
+        lock.acquire()
+        if self._depth == 0 and self._file is not None:
+            try:
+                self._file.acquire()
+            except BaseException:
+                lock.release()
+                raise
+        self._depth += 1
 
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
-        if self._depth:
-            return
-        self._owner = None
         try:
-            if self.path is not None and self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if self._depth == 0 and self._file is not None:
+                self._file.release()
         finally:
-            self._held.release()
+            self._lock.release()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}

@@ -9,7 +9,6 @@ optuna-dashboard opens. Failures become :class:`StudyError` with the URL masked.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
@@ -19,6 +18,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import optuna
+
+from motune.filelock import FileLock
 
 
 class StudyError(ValueError):
@@ -87,31 +88,21 @@ class QueuedJournalLock(optuna.storages.journal.JournalFileSymlinkLock):
 
     def __init__(self, filepath: str) -> None:
         super().__init__(filepath)
-        self._queue_path = filepath + ".flock"
-        self._queue: tuple[int, int] | None = None  # (pid, fd): a forked child opens its own
+        self._queue = FileLock(filepath + ".flock")
 
     def acquire(self) -> bool:
-        if self._queue is None or self._queue[0] != os.getpid():
-            if self._queue is not None:  # a forked child: close its copy of the parent's file, open its own
-                os.close(self._queue[1])
-            self._queue = (os.getpid(), os.open(self._queue_path, os.O_RDWR | os.O_CREAT, 0o644))
-        fd = self._queue[1]
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._queue.acquire()
         try:
             return super().acquire()
         except BaseException:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            self._queue.release()
             raise
 
     def release(self) -> None:
         try:
             super().release()
         finally:
-            assert self._queue is not None
-            fcntl.flock(self._queue[1], fcntl.LOCK_UN)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_queue": None}  # a file descriptor means nothing in another process
+            self._queue.release()
 
 
 def journal_file_backend(path: str) -> optuna.storages.journal.JournalFileBackend:
