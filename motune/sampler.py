@@ -986,10 +986,11 @@ class _PlanningLock:
         self.path = path
         self._file = None if path is None else FileLock(path)
         self._pid, self._lock, self._depth = os.getpid(), threading.RLock(), 0
+        self.plan: Plan | None = None  # a plan made under this hold, for the holder to use (planning_turn)
 
     def __enter__(self) -> None:
         if self._pid != os.getpid():  # a forked child: its own thread lock (the file lock reopens itself)
-            self._pid, self._lock, self._depth = os.getpid(), threading.RLock(), 0
+            self._pid, self._lock, self._depth, self.plan = os.getpid(), threading.RLock(), 0, None
         lock = self._lock
         lock.acquire()
         if self._depth == 0 and self._file is not None:
@@ -1002,6 +1003,8 @@ class _PlanningLock:
 
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
+        if self._depth == 0:
+            self.plan = None  # made under this hold only
         try:
             if self._depth == 0 and self._file is not None:
                 self._file.release()
@@ -1273,7 +1276,9 @@ class KneeSampler(BaseSampler):
         while True:
             with self._planning:
                 trials, records, bounds = self._read(study)
-                if plan_weight(records, rules, bounds) is not None:
+                plan = plan_weight(records, rules, bounds, self._rng.rng)
+                if plan is not None:
+                    self._planning.plan = plan  # the ask() inside the turn plans with it, not again (_choose)
                     yield True
                     return
             if time.monotonic() >= deadline:
@@ -1433,8 +1438,11 @@ class KneeSampler(BaseSampler):
         while True:
             with self._planning:
                 began = time.monotonic()
-                trials, records, bounds = self._read(study, exclude=trial.number)
-                plan = None if last_resort else plan_weight(records, rules, bounds, self._rng.rng)
+                plan, self._planning.plan = (None if last_resort else self._planning.plan), None
+                planned = plan is None  # else this thread's planning_turn planned it, under the same hold of the lock
+                if planned:
+                    trials, records, bounds = self._read(study, exclude=trial.number)
+                    plan = None if last_resort else plan_weight(records, rules, bounds, self._rng.rng)
                 if plan is None and (last_resort or not waits or time.monotonic() >= deadline):
                     # The last resort, still in step with others, is a weight nobody has, off the path.
                     lam, fidelity = choose_weight(records, rules, bounds,
@@ -1446,7 +1454,8 @@ class KneeSampler(BaseSampler):
                     storage.set_trial_system_attr(trial._trial_id, ROLE_ATTR, plan.role)
                     storage.set_trial_system_attr(trial._trial_id, PARENT_ATTR, plan.parent)
                     storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, plan.lam)  # last: now a record
-                    self._plan_seconds += 0.5 * (time.monotonic() - began - self._plan_seconds)
+                    if planned:
+                        self._plan_seconds += 0.5 * (time.monotonic() - began - self._plan_seconds)
                     return plan
             wait_for_a_result(study, trials, deadline)
             self._stagger(study, trial.number)
