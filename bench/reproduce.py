@@ -260,8 +260,7 @@ def main() -> None:
     why_not = mnist_present(args.mnist_dir)
     if why_not is None:
         results["mnist"] = reproduce("mnist", STUDIES / "mnist_lenet5.toml", args.mnist_dir, epochs, limit, trials,
-                                     out_dir, tag, args.levers, args.seed, args.retrain_epochs,
-                                         args.finetune_epochs)
+                                     out_dir, tag, args.levers, args.seed, args.retrain_epochs, args.finetune_epochs)
         print_report("mnist", results["mnist"])
     else:
         results["mnist"] = {"skipped": why_not}
