@@ -7,17 +7,6 @@ and for the queue in front of Optuna's journal file lock
 its copy of the parent's descriptor and opens its own); the kernel hands the lock to
 the next waiting process the moment it is released, and frees it if its holder dies.
 Not re-entrant and not a thread lock: callers pair it with one.
-
-Example:
-
-.. testcode::
-
-    import os, tempfile
-    from motune.filelock import FileLock
-
-    lock = FileLock(os.path.join(tempfile.mkdtemp(), "study.journal.plan"))
-    lock.acquire()
-    lock.release()
 """
 
 from __future__ import annotations
@@ -28,7 +17,28 @@ from typing import Any
 
 
 class FileLock:
-    """Exclusive ``flock`` of ``path`` (created if missing), one open file per process."""
+    """Exclusive ``flock`` of ``path`` (created if missing), one open file per process.
+
+    Example (another open file of the same path cannot take it meanwhile):
+
+    .. testcode::
+
+        import fcntl, os, tempfile
+        from motune.filelock import FileLock
+
+        path = os.path.join(tempfile.mkdtemp(), "study.journal.plan")
+        lock = FileLock(path)
+        lock.acquire()
+        other = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            raise AssertionError("taken twice")
+        except BlockingIOError:
+            pass
+        lock.release()
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free now
+        os.close(other)
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
