@@ -640,14 +640,24 @@ def replay(
     return _replay_from(records, [r for r in records if r.role is None and not r.pending], rules, bounds)
 
 
+@functools.lru_cache(maxsize=4096)
+def _next_step(read: tuple[TrialRecord, ...], rules: SearchRules, bounds: tuple[float, float]) -> tuple[float, str] | None:
+    """The weight the search that has read ``read`` asks for next, ``None`` once converged; remembered.
+
+    Every plan replays the search from its start, and each fantasy branch from where it
+    forks, so the same steps recur across branches, plans and workers of a round.
+    """
+    return None if _converged(read, rules, bounds) else choose_weight(read, rules, bounds)
+
+
 def _replay_from(
     records: Sequence[TrialRecord], read: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float]
 ) -> Replay:
     """:func:`replay` from a given start: the search that has read ``read`` (fantasies allowed) goes on."""
     read = list(read)
     numbers = {r.number for r in read}
-    while not _converged(read, rules, bounds):
-        lam, fidelity = choose_weight(read, rules, bounds)
+    while (step := _next_step(tuple(read), rules, bounds)) is not None:
+        lam, fidelity = step
         at = _unread_at(records, lam, fidelity, rules, numbers)
         done = [r for r in at if not r.pending]
         running = [r for r in at if r.pending]
