@@ -227,7 +227,7 @@ def simulate(front: Front, workers: int, budget: int, full_units: float = 1.0, c
     now, free = 0.0, workers
     while len(records) < budget:
         while free and len(records) < budget and (plan := plan_weight(records, rules)) is not None:
-            lam, fidelity, role, parent = plan
+            lam, fidelity, role, parent = plan.lam, plan.fidelity, plan.role, plan.parent
             start, length = now, full_units if fidelity == FULL else 1.0
             if continuation and parent is not None:
                 length = length if fidelity == FULL else 0.5

@@ -76,6 +76,12 @@ EXTRA = "extra"  # an idle worker's guess, or a weight after convergence
 # have finished when the trial started: the same λ has the same parent with any number
 # of workers.
 PARENT_ATTR = "knee:parent_weight"
+# System attribute: the numbers of the finished trials the one-worker search had read when it
+# planned the trial (fantasies and running trials left out), see Plan. Trial pruning judges
+# the trial against these (motune.trial_pruning), not against whichever trials happen to
+# have finished when it trains: a weight the search asks for has the same references with
+# any number of workers, and an idle worker's guess a subset of them (it was planned earlier).
+READ_ATTR = "knee:read"
 
 _PENDING = (TrialState.RUNNING, TrialState.WAITING)
 _MAX_RETRIES = 8  # re-plans when another worker planned the same λ at the same moment
@@ -943,12 +949,24 @@ def parent_weight(read: Sequence[TrialRecord], lam: float, fidelity: str, rules:
 
 
 class Plan(NamedTuple):
-    """A new trial's weight and fidelity, who chose it (:data:`PATH` / :data:`EXTRA`), and its :func:`parent_weight`."""
+    """A new trial's weight and fidelity, who chose it (:data:`PATH` / :data:`EXTRA`), its parent, what it read.
+
+    ``parent``: :func:`parent_weight`. ``read``: the numbers of the finished trials the one-worker search had read when it
+    asked for the weight (:data:`READ_ATTR`); for a guess, those of its most likely
+    branch, without the fantasies that stand for running trials.
+    """
 
     lam: float
     fidelity: str
     role: str
     parent: float | None
+    read: tuple[int, ...] = ()
+
+
+def _finished_numbers(read: Sequence[TrialRecord], records: Sequence[TrialRecord]) -> tuple[int, ...]:
+    """Numbers of the records in ``read`` whose trials have finished in ``records`` (fantasies are not there)."""
+    finished = {r.number for r in records if not r.pending}
+    return tuple(sorted({r.number for r in read if r.number in finished}))
 
 
 def plan_weight(
@@ -967,14 +985,15 @@ def plan_weight(
     state = replay(records, rules, bounds)
     if state.next is None:
         lam, fidelity = choose_weight(records, rules, bounds, rng)
-        return Plan(lam, fidelity, EXTRA, parent_weight(records, lam, fidelity, rules))
+        return Plan(lam, fidelity, EXTRA, parent_weight(records, lam, fidelity, rules), _finished_numbers(records, records))
     if state.running is None:
-        return Plan(*state.next, PATH, parent_weight(state.records, *state.next, rules))
+        return Plan(*state.next, PATH, parent_weight(state.records, *state.next, rules),
+                    _finished_numbers(state.records, records))
     guess = speculate(records, rules, bounds, state)
     if guess is None:
         return None
     lam, fidelity, read = guess
-    return Plan(lam, fidelity, EXTRA, parent_weight(read, lam, fidelity, rules))
+    return Plan(lam, fidelity, EXTRA, parent_weight(read, lam, fidelity, rules), _finished_numbers(read, records))
 
 
 # ------------------------------------------------------------------------ coordinating
@@ -1457,12 +1476,14 @@ class KneeSampler(BaseSampler):
                     # The last resort, still in step with others, is a weight nobody has, off the path.
                     lam, fidelity = choose_weight(records, rules, bounds,
                                                   np.random.RandomState() if last_resort else self._rng.rng)
-                    plan = Plan(lam, fidelity, EXTRA, parent_weight(records, lam, fidelity, rules))
+                    plan = Plan(lam, fidelity, EXTRA, parent_weight(records, lam, fidelity, rules),
+                                _finished_numbers(records, records))
                 if plan is not None:
                     storage = study._storage
                     storage.set_trial_system_attr(trial._trial_id, FIDELITY_ATTR, plan.fidelity)
                     storage.set_trial_system_attr(trial._trial_id, ROLE_ATTR, plan.role)
                     storage.set_trial_system_attr(trial._trial_id, PARENT_ATTR, plan.parent)
+                    storage.set_trial_system_attr(trial._trial_id, READ_ATTR, list(plan.read))
                     storage.set_trial_system_attr(trial._trial_id, self._lambda_attr, plan.lam)  # last: now a record
                     if planned:
                         self._plan_seconds += 0.5 * (time.monotonic() - began - self._plan_seconds)

@@ -13,7 +13,10 @@ trial is pruned when, for ``patience`` consecutive epochs, either
 (b) its intermediate ``(cross-entropy, l1)`` is **dominated by a margin**: a completed
     trial of the same fidelity had, at the same epoch, both values lower by at least
     ``margin`` times the extent of the completed trials' front at that epoch (normalised
-    objectives, as :class:`~motune.sampler.KneeSampler`'s tolerance).
+    objectives, as :class:`~motune.sampler.KneeSampler`'s tolerance). In a study of
+    :class:`~motune.sampler.KneeSampler` the completed trials are those its plan had read
+    (:data:`~motune.sampler.READ_ATTR`), so that a trial's references, and whether it is
+    pruned, do not depend on how many workers ran or which trials finished first.
 
 It never prunes at a trial's last epoch (the network is trained by then; it completes).
 The trial then ends PRUNED (``optuna.TrialPruned`` from the epoch callback of
@@ -39,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -49,7 +52,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from motune.pareto import nondominated_mask
-from motune.sampler import FRONT_END_ATTR
+from motune.sampler import FRONT_END_ATTR, READ_ATTR
 from motune.trials import FIDELITY, INTERMEDIATES, PRUNE_REASON, WARM_START_FROM, WEIGHTED_SUM, trial_kind
 
 # Defaults of [study] prune_patience and prune_margin (chosen with bench/samplers.py's
@@ -258,18 +261,20 @@ def read_intermediates(trial: FrozenTrial) -> list[Intermediate]:
 
 
 def reference_intermediates(
-    trials: Sequence[FrozenTrial], fidelity: str, warm_started: bool = False
+    trials: Sequence[FrozenTrial], fidelity: str, warm_started: bool = False, numbers: Collection[int] | None = None
 ) -> dict[int, list[Intermediate]]:
     """Completed weighted-sum trials of ``fidelity`` with stored intermediates: number -> intermediates.
 
     Only trials with the same warm-start status as the judged one (``warm_started``: it
     started from a parent's network, :mod:`motune.continuation`): epoch e of a
-    warm-started trial is not comparable with epoch e of a fresh one.
+    warm-started trial is not comparable with epoch e of a fresh one. With ``numbers``,
+    only those trials (what the judged trial's plan read, :data:`~motune.sampler.READ_ATTR`).
     """
     out = {}
     for t in trials:
         if (t.state == TrialState.COMPLETE and trial_kind(t) == WEIGHTED_SUM and t.user_attrs.get(FIDELITY) == fidelity
-                and (t.user_attrs.get(WARM_START_FROM) is not None) == warm_started):
+                and (t.user_attrs.get(WARM_START_FROM) is not None) == warm_started
+                and (numbers is None or t.number in numbers)):
             rows = read_intermediates(t)
             if rows:
                 out[t.number] = rows
@@ -296,8 +301,15 @@ class TrialMonitor:
     def for_trial(cls, trial: optuna.Trial, fidelity: str, num_classes: int, epochs: int, *,
                   patience: int = DEFAULT_PATIENCE, margin: float = DEFAULT_MARGIN,
                   warm_started: bool = False) -> TrialMonitor:
-        """A monitor whose reference is the study's completed trials of ``fidelity`` and warm-start status (read once, now)."""
-        reference = reference_intermediates(trial.study.get_trials(deepcopy=False), fidelity, warm_started)
+        """A monitor whose reference is the study's completed trials of ``fidelity`` and warm-start status (read once, now).
+
+        Of a trial that :class:`~motune.sampler.KneeSampler` planned, only those its plan
+        had read (:data:`~motune.sampler.READ_ATTR`): all of them had finished when it was
+        planned, so the reference is the same whenever this trial starts.
+        """
+        read = trial.storage.get_trial_system_attrs(trial._trial_id).get(READ_ATTR)
+        numbers = set(read) if isinstance(read, list) else None
+        reference = reference_intermediates(trial.study.get_trials(deepcopy=False), fidelity, warm_started, numbers)
         return cls(FrontPruner(patience, margin), reference, num_classes, epochs)
 
     def __call__(self, record: Any) -> None:

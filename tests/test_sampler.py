@@ -842,17 +842,20 @@ def test_idle_workers_split_the_other_knee_segment_then_wait() -> None:
     # search had read when it asked (a running trial's too, on the guess that it has finished).
     assert plan_weight(recs, rules).parent == max(r.lam for r in recs if r.lam < first[0])
     assert plan_weight(running, rules).parent == max(r.lam for r in running if r.lam < other)
+    # ... and the finished trials it had read (trial pruning's references), never a running one.
+    assert plan_weight(recs, rules).read == tuple(r.number for r in recs)
+    assert plan_weight(running, rules).read == tuple(r.number for r in recs)
     # Both knee segments running: the likeliest branch (the longer one finds a point, as the
     # arc through its ends predicts) splits a segment next to that point, a weight on the grid.
     both = [*running, TrialRecord(4, other, RUNNING, role=EXTRA)]
-    lam, fidelity, role, _ = plan_weight(both, rules)
+    lam, fidelity, role, *_ = plan_weight(both, rules)
     assert (fidelity, role) == (FRONT, EXTRA) and lam == rules.snap(lam)
     assert not rules.near_any(lam, [r.lam for r in both])
     # Two guesses run (the cap): only the knee's retrain, confirmed on every branch, comes on top,
     # marked extra (it confirms nothing); then the worker waits for real results.
     three = [*both, TrialRecord(5, lam, RUNNING, role=EXTRA)]
     knee = search_front(recs, rules).knee
-    assert plan_weight(three, rules) == (recs[knee].lam, FULL, EXTRA, recs[knee].lam)  # the retrain continues its own
+    assert plan_weight(three, rules)[:4] == (recs[knee].lam, FULL, EXTRA, recs[knee].lam)  # the retrain continues its own
     assert plan_weight([*three, TrialRecord(6, recs[knee].lam, RUNNING, FULL, role=EXTRA)], rules) is None
     assert not is_confirmed(three, rules, (0.0, 1.0))
 
@@ -861,10 +864,10 @@ def test_idle_workers_guess_the_bracket_while_the_start_weights_run() -> None:
     rules = SearchRules()
     # The second start weight does not depend on the first's result: an idle worker takes it.
     # It continues the first one's network (its trial waits for it, motune.continuation).
-    assert plan_weight([TrialRecord(0, 0.0, RUNNING, role=PATH)], rules) == (0.1, FRONT, EXTRA, 0.0)
+    assert plan_weight([TrialRecord(0, 0.0, RUNNING, role=PATH)], rules)[:4] == (0.1, FRONT, EXTRA, 0.0)
     start = [TrialRecord(0, 0.0, RUNNING, role=PATH), TrialRecord(1, 0.1, RUNNING, role=PATH)]
-    assert plan_weight(start, rules) == (1.0, FRONT, EXTRA, 0.1)
-    assert plan_weight([], rules) == (0.0, FRONT, PATH, None)  # the first trial starts fresh
+    assert plan_weight(start, rules)[:4] == (1.0, FRONT, EXTRA, 0.1)
+    assert plan_weight([], rules) == (0.0, FRONT, PATH, None, ())  # the first trial starts fresh
     assert plan_weight([*start, TrialRecord(2, 1.0, RUNNING, role=EXTRA)], rules) is None
 
 

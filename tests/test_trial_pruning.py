@@ -16,9 +16,19 @@ from optuna.trial import TrialState, create_trial
 
 from motune.config import ConfigError, StudyConfig
 from motune.report import print_summary
-from motune.sampler import FRONT_END_ATTR, KneeSampler, SearchRules, choose_weight, read_trials
+from motune.sampler import FRONT_END_ATTR, READ_ATTR, KneeSampler, SearchRules, choose_weight, read_trials
 from motune.study import Objective, create_or_load_study, run_study
-from motune.trial_pruning import FrontPruner, Intermediate, chance_level, dominating, front_end
+from motune.train import EpochRecord
+from motune.trial_pruning import (
+    FrontPruner,
+    Intermediate,
+    TrialMonitor,
+    chance_level,
+    compact,
+    dominating,
+    front_end,
+    reference_intermediates,
+)
 from motune.trials import FIDELITY, INTERMEDIATES, KIND, PRUNE_REASON, WEIGHTED_SUM
 
 DIST = {"l1_weight": FloatDistribution(0.0, 1.0)}
@@ -114,6 +124,41 @@ def test_bad_prune_settings_name_their_key(study: dict, key: str) -> None:
         StudyConfig.from_dict({"study": study})
     with pytest.raises(ValueError, match="prune_"):
         FrontPruner(patience=0)
+
+
+# ----------------------------------------------------------------------------- the references
+
+
+def _completed(study: optuna.Study, lam: float, trajectory_: list[Intermediate]) -> None:
+    last = trajectory_[-1]
+    study.add_trial(create_trial(params={"l1_weight": lam}, distributions=DIST, values=[last.cross_entropy, last.l1],
+                                 user_attrs={KIND: WEIGHTED_SUM, FIDELITY: "front", INTERMEDIATES: compact(trajectory_)}))
+
+
+def test_a_planned_trial_is_judged_against_what_its_plan_read_not_what_finished_since() -> None:
+    """Issue 12: whether a trial is pruned must not depend on which other trials happened to finish first.
+
+    KneeSampler stores the finished trials its plan had read (``READ_ATTR``); a trial that
+    finishes after the plan (another worker's) is not a reference, however much better it is.
+    """
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=KneeSampler(seed=0))
+    _completed(study, 0.0, REFERENCE[0])
+    _completed(study, 0.1, REFERENCE[3])
+    trial = study.ask()  # planned now, with trials 0 and 1 read
+    trial.suggest_float("l1_weight", 0.0, 1.0)
+    assert trial.storage.get_trial_system_attrs(trial._trial_id)[READ_ATTR] == [0, 1]
+    _completed(study, 0.05, trajectory([(1.9, 200.0), (0.95, 100.0), (0.45, 120.0)]))  # trial 3: another worker's
+    worse = trajectory([(1.85, 350.0), (1.05, 380.0), (0.55, 400.0)], accuracy=0.7)  # a trade-off against 0 and 1
+
+    monitor = TrialMonitor.for_trial(trial, "front", num_classes=10, epochs=10, patience=2, margin=0.1)
+    assert sorted(monitor.reference) == [0, 1]
+    for row in worse:
+        monitor(EpochRecord(row.epoch, train_loss=0.0, l1=row.l1, nonzeros=1, nonzeros_per_layer={}, lr=0.1, seconds=0.0,
+                            val_cross_entropy=row.cross_entropy, val_accuracy=row.accuracy))  # TrialPruned if pruned
+    # What the same trial would meet without a plan (another sampler): every completed trial.
+    everyone = reference_intermediates(study.get_trials(), "front")
+    assert sorted(everyone) == [0, 1, 3]
+    assert FrontPruner(patience=2, margin=0.1).prune(worse, everyone, num_classes=10, epochs=10) is not None
 
 
 # ----------------------------------------------------------------------------- the sampler
