@@ -13,8 +13,13 @@ twin (same λ and fidelity) with the same values in this run (rel. 1e-5), and th
 of the whole run (machine load recorded: on a 2-core machine more workers do not make a
 study faster; ``bench/parallel.py`` measures wall time to the knee).
 
+``--storage URL`` runs the workers on a database server instead (PostgreSQL, MySQL /
+MariaDB, Redis), each run in a study of its own name, deleted afterwards: workers that
+share no file, as on several machines.
+
     python bench/same_knee.py                      # workers 1 2 4 8 16
     python bench/same_knee.py --workers 1 2 4
+    python bench/same_knee.py --workers 1 8 --storage postgresql://postgres@127.0.0.1/test
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,31 +47,41 @@ HEADER = ["workers", "complete", "pruned", "fail", "knee λ", "fidelity", "test 
           "Δ acc pp", "Δ nonzeros %", "twins equal", "wall s"]
 
 
-def run_once(workers: int, threads: int) -> dict[str, Any]:
-    """One ``motune run --workers N`` in a fresh directory; what its study holds."""
+def run_once(workers: int, threads: int, storage: str | None = None) -> dict[str, Any]:
+    """One ``motune run --workers N`` in a fresh directory (and study); what its study holds."""
     with tempfile.TemporaryDirectory(prefix="motune-same-knee-") as tmp:
-        url = f"journal:{Path(tmp) / 'digits.journal'}"
+        url = storage or f"journal:{Path(tmp) / 'digits.journal'}"
+        name = f"same-knee-{uuid.uuid4().hex[:8]}" if storage else "digits"
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "motune.cli", "run", "--workers", str(workers),
-                               "--threads", str(threads), "--quiet", "--storage", url],
+                               "--threads", str(threads), "--quiet", "--storage", url, "--study", name],
                               cwd=tmp, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"motune run --workers {workers} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        study = optuna.load_study(study_name="digits", storage=open_storage(url))
-        knee = knee_trial(study)
-        states = [t.state.name for t in study.trials]
-        front = {(t.params["l1_weight"], KneeSampler.fidelity(t)): t.values for t in study.trials
-                 if t.state == optuna.trial.TrialState.COMPLETE and "l1_weight" in t.params}
-        return {
-            "workers": workers, "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
-            "fail": states.count("FAIL"), "wall_s": wall, "front": front,
-            "fail_reasons": [t.user_attrs.get("fail_reason") for t in study.trials if t.state.name == "FAIL"],
-            "knee_lambda": None if knee is None else knee.params["l1_weight"],
-            "knee_fidelity": None if knee is None else KneeSampler.fidelity(knee),
-            "knee_test_accuracy": None if knee is None else knee.user_attrs.get("test_accuracy"),
-            "knee_nonzeros": None if knee is None else knee.user_attrs.get("nonzeros"),
-        }
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        try:
+            return _summary(study, workers, wall)
+        finally:
+            if storage:
+                optuna.delete_study(study_name=name, storage=study._storage)
+
+
+def _summary(study: optuna.Study, workers: int, wall: float) -> dict[str, Any]:
+    """What a finished run's study holds: trials by state, the knee, the front trials' values."""
+    knee = knee_trial(study)
+    states = [t.state.name for t in study.trials]
+    front = {(t.params["l1_weight"], KneeSampler.fidelity(t)): t.values for t in study.trials
+             if t.state == optuna.trial.TrialState.COMPLETE and "l1_weight" in t.params}
+    return {
+        "workers": workers, "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
+        "fail": states.count("FAIL"), "wall_s": wall, "front": front,
+        "fail_reasons": [t.user_attrs.get("fail_reason") for t in study.trials if t.state.name == "FAIL"],
+        "knee_lambda": None if knee is None else knee.params["l1_weight"],
+        "knee_fidelity": None if knee is None else KneeSampler.fidelity(knee),
+        "knee_test_accuracy": None if knee is None else knee.user_attrs.get("test_accuracy"),
+        "knee_nonzeros": None if knee is None else knee.user_attrs.get("nonzeros"),
+    }
 
 
 def twins_equal(one: dict[Any, Any], other: dict[Any, Any]) -> str:
@@ -79,10 +95,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1, all runs alike)")
+    parser.add_argument("--storage", default=None,
+                        help="a database URL for every run (default: a journal file per run)")
     parser.add_argument("--json", default="bench/results/same_knee.json")
     args = parser.parse_args()
     load_start = load_average()
-    runs = [run_once(n, args.threads) for n in args.workers]
+    runs = [run_once(n, args.threads, args.storage) for n in args.workers]
     base = runs[0]
     rows, verdicts = [], []
     for r in runs:

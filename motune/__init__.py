@@ -11,6 +11,7 @@ from motune.combine import GradientCombiner, MultiGradient, WeightedSum, min_nor
 from motune.config import ConfigError, StudyConfig
 from motune.dashboard import DashboardCallback
 from motune.data import DATASETS, DataError, Dataset, Loaders, load_data, load_dataset
+from motune.dblock import DatabaseLock
 from motune.export import ExportError, export_pareto, pareto_rows
 from motune.hook import SparseTraining
 from motune.imports import ImportPathError
@@ -22,7 +23,7 @@ from motune.plots import write_plots
 from motune.pruning import IntraTrainingPruning, count_nonzero, prune_below_threshold_
 from motune.sampler import KneeSampler
 from motune.selection import SelectionError, select
-from motune.storage import StudyError, open_storage
+from motune.storage import StudyError, open_storage, planning_lock_for
 from motune.study import create_or_load_study, knee_trial, run_study
 from motune.train import DivergenceError, EpochRecord, TrainConfig, TrainResult, train
 from motune.trial_pruning import FrontPruner, TrialMonitor
@@ -37,6 +38,7 @@ __all__ = [
     "ConfigError",
     "DashboardCallback",
     "DataError",
+    "DatabaseLock",
     "Dataset",
     "DivergenceError",
     "EpochRecord",
@@ -78,6 +80,7 @@ __all__ = [
     "open_storage",
     "pareto_rows",
     "penalised_parameters",
+    "planning_lock_for",
     "prune_below_threshold_",
     "run_study",
     "save_checkpoint",

@@ -38,7 +38,7 @@ from motune.storage import (
     mask_secrets,
     mask_url,
     open_storage,
-    planning_lock_path,
+    planning_lock_for,
 )
 from motune.study import cached_dataset, load_study_config
 from motune.workers import PARENT_ENV, STORAGE_ENV, run_local_workers, start_setting
@@ -156,7 +156,7 @@ def _work(
         artifact_dir=artifact_dir, objective=objective,
         callbacks=[*dashboard_callbacks(config, artifact_dir), progress.after_trial],  # notes and figures, if installed
         seed=worker_seed(config.study.seed, worker_index), grace_period=args.grace if args.heartbeat else None,
-        storage_patience=args.storage_patience, planning_lock=planning_lock_path(url),
+        storage_patience=args.storage_patience, planning_lock=planning_lock_for(url, study.study_name),
     )
 
 

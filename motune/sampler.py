@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 from optuna.distributions import FloatDistribution
@@ -999,32 +999,43 @@ def plan_weight(
 # ------------------------------------------------------------------------ coordinating
 
 
+class SharedLock(Protocol):
+    """A lock that worker processes share (:class:`~motune.filelock.FileLock`, :class:`~motune.dblock.DatabaseLock`).
+
+    ``acquire`` blocks until held and returns ``True`` (or ``None``), or returns ``False``
+    when it gave up (the caller goes on without it); ``release`` follows a hold. Picklable.
+    """
+
+    def acquire(self) -> bool | None: ...
+
+    def release(self) -> None: ...
+
+
 class _PlanningLock:
-    """Taken while a worker plans: by the threads of one process, and with ``path`` by every process that locks it.
+    """Taken while a worker plans: by the threads of one process, and with ``shared`` by every process that locks it.
 
     The process-wide part is a re-entrant thread lock, new in a forked or unpickled copy
     (never one held elsewhere): the thread that holds it may take it again
     (:meth:`KneeSampler.planning_turn` holds it across ``study.ask()``, whose planning takes
-    it too). ``path`` adds a :class:`~motune.filelock.FileLock` of that file, taken by the
-    outermost hold. (Two threads of a fresh fork may each make a thread lock at first use
-    and plan together once; the write-then-re-read check of :meth:`KneeSampler._plan`
-    still keeps them apart.)
+    it too). ``shared`` (a file's path, or a :class:`SharedLock`) is taken by the outermost
+    hold; one that gives up (a database lock past its timeout) leaves this hold to the
+    write-then-re-read check of :meth:`KneeSampler._plan`, as does the first plan of two
+    threads of a fresh fork that each make a thread lock at first use.
     """
 
-    def __init__(self, path: str | None = None) -> None:
-        self.path = path
-        self._file = None if path is None else FileLock(path)
-        self._pid, self._lock, self._depth = os.getpid(), threading.RLock(), 0
+    def __init__(self, shared: str | SharedLock | None = None) -> None:
+        self.shared: SharedLock | None = FileLock(shared) if isinstance(shared, str) else shared
+        self._pid, self._lock, self._depth, self._held = os.getpid(), threading.RLock(), 0, False
         self.plan: Plan | None = None  # a plan made under this hold, for the holder to use (planning_turn)
 
     def __enter__(self) -> None:
-        if self._pid != os.getpid():  # a forked child: its own thread lock (the file lock reopens itself)
+        if self._pid != os.getpid():  # a forked child: its own thread lock (the shared lock reopens itself)
             self._pid, self._lock, self._depth, self.plan = os.getpid(), threading.RLock(), 0, None
         lock = self._lock
         lock.acquire()
-        if self._depth == 0 and self._file is not None:
+        if self._depth == 0 and self.shared is not None:
             try:
-                self._file.acquire()
+                self._held = self.shared.acquire() is not False
             except BaseException:
                 lock.release()
                 raise
@@ -1035,16 +1046,17 @@ class _PlanningLock:
         if self._depth == 0:
             self.plan = None  # made under this hold only
         try:
-            if self._depth == 0 and self._file is not None:
-                self._file.release()
+            if self._depth == 0 and self._held:
+                self._held = False
+                self.shared.release()  # type: ignore[union-attr]
         finally:
             self._lock.release()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path}
+        return {"shared": self.shared}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])
+        self.__init__(state["shared"])
 
 
 class KneeSampler(BaseSampler):
@@ -1188,14 +1200,17 @@ class KneeSampler(BaseSampler):
             single thread asking twice before telling would wait ``idle_wait`` on itself);
             ``False`` never.
         planning_lock:
-            A file that worker processes sharing it lock (``flock``) while they plan a
-            trial, so that they plan one at a time, each reading the weights the others
-            stored: none collides with another's weight or waits to avoid one. For
-            workers on one machine, e.g. the journal file's path with ``.plan`` added
-            (:func:`motune.storage.planning_lock_path`). ``None`` (default): the threads
-            of one process take turns; processes stagger their plans after a wait. Either
-            way a worker checks after storing its weight that no other worker (on any
-            machine) stored the same one, and plans again if one did.
+            What worker processes lock while they plan a trial, so that they plan one
+            at a time, each reading the weights the others stored: none collides with
+            another's weight or waits to avoid one. A file's path (``flock``, workers
+            on one machine: e.g. the journal file's path with ``.plan`` added), or a
+            :class:`SharedLock` such as :class:`motune.dblock.DatabaseLock` on the
+            study's database server (workers on several machines);
+            :func:`motune.storage.planning_lock_for` picks one for a storage URL. ``None``
+            (default): the threads of one process take turns; processes stagger their
+            plans after a wait. Either way a worker checks after storing its weight
+            that no other worker (on any machine) stored the same one, and plans again
+            if one did.
     """
 
     def __init__(
@@ -1214,7 +1229,7 @@ class KneeSampler(BaseSampler):
         param_name: str = "l1_weight",
         idle_wait: float = 600.0,
         wait: bool | None = None,
-        planning_lock: str | os.PathLike[str] | None = None,
+        planning_lock: str | os.PathLike[str] | SharedLock | None = None,
     ) -> None:
         if not (idle_wait >= 0.0 and math.isfinite(idle_wait)):
             raise ValueError(f"idle_wait must be a finite number of seconds >= 0, got {idle_wait}")
@@ -1234,7 +1249,8 @@ class KneeSampler(BaseSampler):
         self._rng = LazyRandomState(seed)
         self._param_name = param_name
         self._lambda_attr = f"knee:{param_name}"
-        self._planning = _PlanningLock(None if planning_lock is None else os.fspath(planning_lock))
+        shared = os.fspath(planning_lock) if isinstance(planning_lock, (str, os.PathLike)) else planning_lock
+        self._planning = _PlanningLock(shared)
         self._mine: set[int] = set()  # trials this process is planning
         self._plan_seconds = 0.01  # running mean of one plan (read, plan_weight, store): the stagger step
 
@@ -1278,8 +1294,8 @@ class KneeSampler(BaseSampler):
         ``study.optimize`` the sampler does not wait (``wait``), and a trial asked for while
         the search waits on running results gets a gap-filling weight, often in the
         collapsed tail. Asked for inside the turn, the trial gets the weight this check
-        found: the threads of this process, and with a ``planning_lock`` file every
-        process, cannot take it in between (without the file, other processes still can;
+        found: the threads of this process, and with a ``planning_lock`` every process
+        that shares it, cannot take it in between (without one, other processes still can;
         the write-then-re-read check of ``_plan`` then keeps them apart). The wait itself
         does not hold the lock.
 
@@ -1424,7 +1440,7 @@ class KneeSampler(BaseSampler):
     def _plan(self, study: Study, trial: FrozenTrial) -> tuple[float, str]:
         """Choose (λ, fidelity) for ``trial``, store them, resolve races with others.
 
-        Threads of one process, and processes sharing a ``planning_lock`` file, plan one
+        Threads of one process, and processes sharing a ``planning_lock``, plan one
         at a time (:meth:`_choose`), each reading the weights the others stored; other
         processes are kept apart by the stagger after a wait, and all by the
         write-then-re-read check here.
@@ -1495,9 +1511,9 @@ class KneeSampler(BaseSampler):
         """Sleep a planning time per worker of other processes that waits with a lower trial number.
 
         Waiting workers hold running trials without a weight; those of this process, and
-        with a ``planning_lock`` file those of every process, queue on the lock instead.
+        with a ``planning_lock`` those of every process, queue on the lock instead.
         """
-        if self._planning.path is not None:
+        if self._planning.shared is not None:
             return
         waiting = sum(
             t.number < number and t.number not in self._mine and t.state == TrialState.RUNNING

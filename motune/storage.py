@@ -19,6 +19,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import optuna
 
+from motune import dblock
+from motune.dblock import DatabaseLock
 from motune.filelock import FileLock
 
 
@@ -111,25 +113,52 @@ def journal_file_backend(path: str) -> optuna.storages.journal.JournalFileBacken
 
 
 def planning_lock_path(url: str) -> str | None:
-    """The file KneeSampler's workers lock while planning (``planning_lock``): ``PATH.plan`` for ``journal:PATH``, else None.
+    """The file KneeSampler's workers lock while planning: ``PATH.plan`` for ``journal:PATH``, else None.
 
     Journal files are for workers on one machine (:func:`default_journal_url`), where a
-    file lock is cheap and reliable; on database servers workers keep apart by checking
-    after they store a weight.
+    file lock is cheap and reliable.
     """
     return url.removeprefix("journal:") + ".plan" if is_journal_file(url) else None
 
 
-def _redis_backend(url: str) -> optuna.storages.journal.JournalRedisBackend:
-    """Journal on Redis; ``?prefix=NAME`` in the URL keeps the journal's keys apart from others'."""
+def planning_lock_for(url: str, study_name: str) -> str | DatabaseLock | None:
+    """What the workers of study ``study_name`` on the storage ``url`` lock while planning (``KneeSampler(planning_lock=...)``).
+
+    A journal file or an SQLite file (workers on one machine): a file beside it,
+    ``PATH.plan`` (:func:`planning_lock_path`). A PostgreSQL, MySQL / MariaDB or Redis
+    server: a :class:`~motune.dblock.DatabaseLock` on it, one per study (workers on any
+    number of machines). Otherwise (in memory): None, and processes keep apart by
+    checking after they store a weight.
+
+    >>> planning_lock_for("journal:runs/digits.journal", "digits"), planning_lock_for("sqlite:///digits.db", "digits")
+    ('runs/digits.journal.plan', 'digits.db.plan')
+    >>> planning_lock_for("postgresql://postgres@127.0.0.1/test", "digits").name
+    'motune-plan:digits'
+    """
+    if dblock.supports(url):
+        return DatabaseLock(url, f"motune-plan:{study_name}")
+    if url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:"):
+        return url.removeprefix("sqlite:///") + ".plan"
+    return planning_lock_path(url)
+
+
+def redis_client_url(url: str, socket_timeout: bool = False) -> str:
+    """``url`` as redis-py opens it: motune's ``prefix`` left out, a connection timeout (and a socket timeout) set."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
-    prefix = query.pop("prefix", "")
+    query.pop("prefix", None)
     query.setdefault("socket_connect_timeout", str(CONNECT_TIMEOUT))
-    clean = urlunsplit(parts._replace(query=urlencode(query)))
+    if socket_timeout:
+        query.setdefault("socket_timeout", str(CONNECT_TIMEOUT))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _redis_backend(url: str) -> optuna.storages.journal.JournalRedisBackend:
+    """Journal on Redis; ``?prefix=NAME`` in the URL keeps the journal's keys apart from others'."""
+    prefix = dict(parse_qsl(urlsplit(url).query)).get("prefix", "")
     with warnings.catch_warnings():  # "experimental" since Optuna 3.1; it is the Redis storage Optuna has
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.journal.JournalRedisBackend(clean, prefix=prefix)
+        return optuna.storages.journal.JournalRedisBackend(redis_client_url(url), prefix=prefix)
 
 
 _REDIS_CHECKED: set[str] = set()  # servers whose persistence this process has looked at
@@ -162,11 +191,7 @@ def warn_if_redis_forgets(url: str) -> bool:
     try:
         import redis
 
-        query = dict(parse_qsl(parts.query))
-        query.pop("prefix", None)
-        query.setdefault("socket_connect_timeout", str(CONNECT_TIMEOUT))
-        query.setdefault("socket_timeout", str(CONNECT_TIMEOUT))
-        client = redis.Redis.from_url(urlunsplit(parts._replace(query=urlencode(query))))
+        client = redis.Redis.from_url(redis_client_url(url, socket_timeout=True))
         try:
             config = {**client.config_get("appendonly"), **client.config_get("save")}
         finally:

@@ -65,8 +65,8 @@ from motune.gmp import enqueue_for_knee, gmp_trials, train_gmp
 from motune.imports import ImportPathError
 from motune.models import build_model, penalised_parameters
 from motune.patience import DEFAULT_PATIENCE, StorageUnavailable, patient
-from motune.sampler import EXTRA, FULL, ROLE_ATTR, KneeSampler
-from motune.storage import StudyError, default_artifact_dir, planning_lock_path
+from motune.sampler import EXTRA, FULL, ROLE_ATTR, KneeSampler, SharedLock
+from motune.storage import StudyError, default_artifact_dir, planning_lock_for
 from motune.train import DivergenceError, EpochRecord, TrainResult, train
 from motune.trial_pruning import TrialMonitor
 from motune.trials import (
@@ -102,12 +102,14 @@ _log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- study
 
 
-def make_sampler(config: StudyConfig, seed: int | None = None, planning_lock: str | None = None) -> KneeSampler:
+def make_sampler(
+    config: StudyConfig, seed: int | None = None, planning_lock: str | SharedLock | None = None
+) -> KneeSampler:
     """The study's :class:`KneeSampler` from the ``[study]`` table.
 
     Collapsed networks (no weights left, chance level) do not set the knee's nadir
     (``collapsed_nadir=False``; measured with ``bench/knee_nadir.py``, docs/benchmarks.md).
-    ``planning_lock``: see :class:`KneeSampler` (:func:`motune.storage.planning_lock_path`).
+    ``planning_lock``: see :class:`KneeSampler` (:func:`motune.storage.planning_lock_for`).
     """
     s = config.study
     return KneeSampler(start_weights=s.start_weights, knee=s.knee, full_fidelity=s.full_fidelity, seed=seed,
@@ -675,7 +677,7 @@ def run_study(
     grace_period: float | None = DEFAULT_GRACE,
     poll_interval: float = 0.5,
     storage_patience: float = DEFAULT_PATIENCE,
-    planning_lock: str | None = None,
+    planning_lock: str | SharedLock | None = None,
 ) -> optuna.Study:
     """Run (or resume, or join) a study until it has ``n_trials`` completed trials, converges, or times out.
 
@@ -693,9 +695,9 @@ def run_study(
     ``n_trials`` and are not retried (``max(5, n_trials)`` pruned trials end the run).
     ``join=True`` opens an existing study and never creates one (``config`` is then the stored config, possibly with a
     local ``data_dir``). ``seed`` seeds the sampler's own random stream: give each
-    worker a different one (:func:`worker_seed`). ``planning_lock``: the file the sampler's
+    worker a different one (:func:`worker_seed`). ``planning_lock``: what the sampler's
     workers lock while planning (:class:`KneeSampler`); default
-    :func:`motune.storage.planning_lock_path` of ``storage`` when it is a URL.
+    :func:`motune.storage.planning_lock_for` of ``storage`` when it is a URL.
 
     Every storage call is retried through outages of up to ``storage_patience`` seconds
     (:mod:`motune.patience`); past that :class:`StorageUnavailable` propagates. On
@@ -706,7 +708,8 @@ def run_study(
     """
     url = storage if isinstance(storage, str) else ""
     storage = patient(storage, storage_patience)
-    sampler = make_sampler(config, seed=seed, planning_lock=planning_lock or planning_lock_path(url))
+    lock = planning_lock or planning_lock_for(url, study_name or config.study.name)
+    sampler = make_sampler(config, seed=seed, planning_lock=lock)
     if join:
         study = load_existing_study(storage, study_name or config.study.name, sampler=sampler)
     else:

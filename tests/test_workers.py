@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from servers import REDIS_URL, postgres_url, redis_client
 
 import motune.study
 import motune.workers
@@ -58,8 +58,6 @@ epochs = 4
 front_epochs = 2
 """
 
-PG_URLS = ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://root@127.0.0.1:5432/test")
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def tiny_config(tmp_path: Path, name: str, n_trials: int = 6, baselines: str = '"smgd"') -> Path:
@@ -71,41 +69,6 @@ def tiny_config(tmp_path: Path, name: str, n_trials: int = 6, baselines: str = '
 def journal_study(tmp_path: Path, n_trials: int = 4) -> optuna.Study:
     config = StudyConfig.from_dict({"study": {"name": "w", "n_trials": n_trials, "baselines": []}, "data": {"limit": 400}})
     return create_or_load_study(config, open_storage(f"journal:{tmp_path / 'w.journal'}"), "w")
-
-
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def postgres_url() -> str:
-    """A working PostgreSQL URL, or skip the test saying why."""
-    if not port_open("127.0.0.1", 5432):
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
-    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install 'motune[postgres]')")
-    for url in PG_URLS:
-        try:
-            psycopg2.connect(url, connect_timeout=2).close()
-            return url
-        except psycopg2.Error:
-            continue
-    pytest.skip(f"PostgreSQL at 127.0.0.1:5432 refuses {', '.join(PG_URLS)}")
-
-
-def redis_client():
-    """A Redis client on 127.0.0.1:6379, or skip the test saying why."""
-    redis = pytest.importorskip("redis", reason="redis is not installed (pip install 'motune[redis]')")
-    if not port_open("127.0.0.1", 6379):
-        pytest.skip("Redis is not reachable at 127.0.0.1:6379")
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis at 127.0.0.1:6379 does not answer: {exc}")
-    return client
 
 
 def assert_study_finished(study: optuna.Study, target: int) -> None:
