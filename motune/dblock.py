@@ -35,7 +35,7 @@ TIMEOUT = 10.0  # seconds a worker waits for the lock before it plans without it
 # ... and after it gave up once, until it gets the lock again: a holder that hangs (a stopped
 # process keeps its session) costs the others this much per plan, not TIMEOUT.
 RETRY_TIMEOUT = 0.2
-LEASE = 60.0  # seconds a Redis lock lives if its holder dies (a plan takes milliseconds)
+LEASE = 10.0  # seconds a Redis lock lives if its holder dies (a plan takes milliseconds)
 _INHERITED: list[Any] = []  # a forked child's copies of its parent's connections: never closed (they are the parent's)
 
 
