@@ -124,21 +124,19 @@ def planning_lock_path(url: str) -> str | None:
 def planning_lock_for(url: str, study_name: str) -> str | DatabaseLock | None:
     """What the workers of study ``study_name`` on the storage ``url`` lock while planning (``KneeSampler(planning_lock=...)``).
 
-    A journal file or an SQLite file (workers on one machine): a file beside it,
-    ``PATH.plan`` (:func:`planning_lock_path`). A PostgreSQL, MySQL / MariaDB or Redis
-    server: a :class:`~motune.dblock.DatabaseLock` on it, one per study (workers on any
-    number of machines). Otherwise (in memory): None, and processes keep apart by
-    checking after they store a weight.
+    A journal file (workers on one machine): the file beside it, ``PATH.plan``
+    (:func:`planning_lock_path`). A PostgreSQL, MySQL / MariaDB or Redis server: a
+    :class:`~motune.dblock.DatabaseLock` on it, one per study (workers on any number of
+    machines). Otherwise (SQLite, for one worker; memory): None, and processes keep apart
+    by checking after they store a weight.
 
     >>> planning_lock_for("journal:runs/digits.journal", "digits"), planning_lock_for("sqlite:///digits.db", "digits")
-    ('runs/digits.journal.plan', 'digits.db.plan')
+    ('runs/digits.journal.plan', None)
     >>> planning_lock_for("postgresql://postgres@127.0.0.1/test", "digits").name
     'motune-plan:digits'
     """
     if dblock.supports(url):
         return DatabaseLock(url, f"motune-plan:{study_name}")
-    if url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:"):
-        return url.removeprefix("sqlite:///") + ".plan"
     return planning_lock_path(url)
 
 
