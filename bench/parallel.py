@@ -5,15 +5,18 @@ known front's point for its λ. KneeSampler (defaults: start weights 0 and 0.1, 
 knee, tolerance 0.02, full-fidelity retrain of the knee) drives a plain Optuna study,
 stopped once the sampler says it has converged (the knee confirmed by completed trials
 and its full-fidelity retrain completed) or after ``--budget`` trials; the retrain sleeps
-``--full-units`` units (default 1; motune's retrain trains 3x the front epochs). Three
-modes: ``threads`` (one process, ``study.optimize(n_jobs=N)``, in-memory storage),
-``journal`` (N processes, each ``study.optimize`` on one journal file opened as
-``motune run --workers N`` opens it, :func:`motune.storage.journal_file_backend`, and
-planning in turn on its ``.plan`` file, :func:`motune.storage.planning_lock_path`; the
+``--full-units`` units (default 1; motune's retrain trains 3x the front epochs). Modes:
+``threads`` (one process, ``study.optimize(n_jobs=N)``, in-memory storage), ``journal``
+(N processes, each ``study.optimize`` on one journal file opened as ``motune run
+--workers N`` opens it, :func:`motune.storage.open_storage`, planning in turn on the lock
+motune uses for it, :func:`motune.storage.planning_lock_for`: its ``.plan`` file; the
 processes start their searches together once all have loaded the study, so that the
-wall time is the search's, not the processes' start-up, which bench/workers.py measures) and ``sim`` (N simulated workers asking
-``motune.sampler.plan_weight`` in turn on discrete events: no Optuna, no sleeping, the
-sampler's decisions alone, deterministic).
+wall time is the search's, not the processes' start-up, which bench/workers.py
+measures), ``server`` (the same on the database server of ``--server``, default the
+local PostgreSQL, planning in turn on a :class:`motune.DatabaseLock`: workers as on
+several machines; each run's study is deleted afterwards) and ``sim`` (N simulated
+workers asking ``motune.sampler.plan_weight`` in turn on discrete events: no Optuna, no
+sleeping, the sampler's decisions alone, deterministic).
 
 Fronts: the synthetic fronts of tests/test_sampler.py (``sharp`` polyline, ``smooth``
 (1 - x²)/(1 + 30x), ``flat`` with a long straight stretch, ``short``: the smooth one with
@@ -45,6 +48,7 @@ sequential trials, and trials <= 2x the sequential count.
     python bench/parallel.py --unit 0.25 --repeats 1 --fronts sqrt,digits,smooth
     python bench/parallel.py             # 100 ms trials, 3 repeats
     python bench/parallel.py --sweep     # retrain the digits sweep (bench/digits_sweep.json)
+    python bench/parallel.py --modes server --workers 1,8 --unit 0.25   # processes on the local PostgreSQL
 """
 
 from __future__ import annotations
@@ -58,13 +62,13 @@ import multiprocessing
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
@@ -81,7 +85,7 @@ from motune.sampler import (
     replay,
     search_front,
 )
-from motune.storage import journal_file_backend, planning_lock_path
+from motune.storage import open_storage, planning_lock_for
 
 Front = Callable[[float], np.ndarray]
 SWEEP = Path(__file__).resolve().parent / "digits_sweep.json"
@@ -149,6 +153,7 @@ def fronts() -> dict[str, Front]:
 
 
 FRONTS: dict[str, Front] = {}  # filled in main(); forked worker processes inherit it
+SERVER = "postgresql://postgres@127.0.0.1:5432/test"  # --server: the database of the "server" mode
 
 
 def _objective(front: Front, unit: float, full_units: float) -> Callable[[optuna.Trial], tuple[float, float]]:
@@ -174,15 +179,18 @@ def _optimize(study: optuna.Study, front: Front, unit: float, full_units: float,
     study.optimize(_objective(front, unit, full_units), n_trials=budget, n_jobs=n_jobs, callbacks=[stop])
 
 
-def _journal_worker(path: str, name: str, unit: float, full_units: float, budget: int, ready: Any) -> None:
+def _process_worker(url: str, study_name: str, name: str, unit: float, full_units: float, budget: int,
+                    ready: Any) -> None:
+    """One worker process: the study on ``url``, planning in turn on the lock motune uses for that storage."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="parallel", storage=JournalStorage(journal_file_backend(path)),
-                              sampler=KneeSampler(seed=0, planning_lock=planning_lock_path(f"journal:{path}")))
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url),
+                              sampler=KneeSampler(seed=0, planning_lock=planning_lock_for(url, study_name)))
     ready.wait()  # all workers loaded: start-up is bench/workers.py's measure, not this one's
     _optimize(study, FRONTS[name], unit, full_units, budget, 1)
 
 
-def run(name: str, mode: str, workers: int, unit: float, budget: int, full_units: float = 1.0) -> dict[str, Any]:
+def run(name: str, mode: str, workers: int, unit: float, budget: int, full_units: float = 1.0,
+        server: str = SERVER) -> dict[str, Any]:
     """One search with ``workers`` threads, journal processes or simulated workers; the figures of one table cell."""
     front = FRONTS[name]
     if mode in ("sim", "sim-cont"):
@@ -190,21 +198,28 @@ def run(name: str, mode: str, workers: int, unit: float, budget: int, full_units
     if mode == "threads":
         study = optuna.create_study(directions=["minimize", "minimize"], sampler=KneeSampler(seed=0))
         _optimize(study, front, unit, full_units, budget, workers)
-    else:
-        tmp = tempfile.mkdtemp(prefix="motune-parallel-")
-        path = str(Path(tmp, "study.journal"))
-        storage = JournalStorage(journal_file_backend(path))
-        study = optuna.create_study(study_name="parallel", storage=storage, directions=["minimize", "minimize"])
+    else:  # worker processes on a journal file, or on the database server of --server
+        url = f"journal:{Path(tempfile.mkdtemp(prefix='motune-parallel-'), 'study.journal')}" if mode == "journal" else server
+        study_name = f"parallel-{uuid.uuid4().hex[:8]}"
+        storage = open_storage(url)
+        study = optuna.create_study(study_name=study_name, storage=storage, directions=["minimize", "minimize"])
         ctx = multiprocessing.get_context("fork")
         ready = ctx.Barrier(workers)
-        procs = [ctx.Process(target=_journal_worker, args=(path, name, unit, full_units, budget, ready))
+        procs = [ctx.Process(target=_process_worker, args=(url, study_name, name, unit, full_units, budget, ready))
                  for _ in range(workers)]
         for p in procs:
             p.start()
         for p in procs:
             p.join()
-        study = optuna.load_study(study_name="parallel", storage=storage, sampler=KneeSampler(seed=0))
-    trials = [t for t in study.get_trials(deepcopy=False) if "began" in t.user_attrs]
+        trials = study.get_trials(deepcopy=False)
+        if mode == "server":
+            optuna.delete_study(study_name=study_name, storage=storage)
+        return _measure_trials(trials, unit, front)
+    return _measure_trials(study.get_trials(deepcopy=False), unit, front)
+
+
+def _measure_trials(trials: list[optuna.trial.FrozenTrial], unit: float, front: Front) -> dict[str, Any]:
+    trials = [t for t in trials if "began" in t.user_attrs]
     spans = [(t.user_attrs["began"] / unit, t.user_attrs.get("ended", np.inf) / unit) for t in trials]
     return measure(read_trials(trials), spans, front)
 
@@ -315,8 +330,10 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="retrain the digits sweep into bench/digits_sweep.json and exit")
     parser.add_argument("--workers", default="1,2,4,8,16", help="comma-separated worker counts (default 1,2,4,8,16)")
     parser.add_argument("--modes", default="threads,journal",
-                        help="comma-separated: threads, journal (default both), sim (simulated workers, no sleeping), "
+                        help="comma-separated: threads, journal (default both), server (processes on --server), "
+                             "sim (simulated workers, no sleeping), "
                              "sim-cont (the same with continuation: children half a unit, waiting for a running parent)")
+    parser.add_argument("--server", default=SERVER, help=f"the database of the server mode (default {SERVER})")
     parser.add_argument("--fronts", default=None, help="comma-separated front names (default all)")
     parser.add_argument("--unit", type=float, default=None, help="seconds one trial sleeps (default 0.1, --quick 0.05)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3, --quick 1)")
@@ -342,7 +359,7 @@ def main() -> None:
     for name, mode in itertools.product(names, modes):
         cells = []
         for w in counts:
-            runs = [run(name, mode, w, unit, args.budget, args.full_units)
+            runs = [run(name, mode, w, unit, args.budget, args.full_units, args.server)
                     for _ in range(1 if mode.startswith("sim") else repeats)]
             cells.append({"workers": w, "runs": runs})
             print(f"{name} {mode} {w}: {[(r['trials'], round(r['wall_units'], 1)) for r in runs]}", file=sys.stderr, flush=True)
