@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from servers import REDIS_URL, postgres_url, redis_client
+from servers import REDIS_URL, mysql_url, postgres_url, redis_client
 
 import motune.study
 import motune.workers
@@ -433,12 +433,12 @@ def test_workers_forked_after_multithreaded_torch_ops_do_not_hang(tmp_path: Path
     assert_study_finished(study, 2)
 
 
-@pytest.fixture(params=["postgresql", "redis"])
+@pytest.fixture(params=["postgresql", "mysql", "redis"])
 def shared_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     """``(storage URL, unique study name)`` on a real server, or skip saying why; the study is removed afterwards."""
     name = f"motune-test-{uuid.uuid4().hex[:12]}"
-    if request.param == "postgresql":
-        url = postgres_url()
+    if request.param in ("postgresql", "mysql"):
+        url = postgres_url() if request.param == "postgresql" else mysql_url()
         yield url, name
         try:
             optuna.delete_study(study_name=name, storage=open_storage(url))
