@@ -36,6 +36,7 @@ TIMEOUT = 10.0  # seconds a worker waits for the lock before it plans without it
 # process keeps its session) costs the others this much per plan, not TIMEOUT.
 RETRY_TIMEOUT = 0.2
 LEASE = 10.0  # seconds a Redis lock lives if its holder dies (a plan takes milliseconds)
+_PG_LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock wait past lock_timeout
 _INHERITED: list[Any] = []  # a forked child's copies of its parent's connections: never closed (they are the parent's)
 
 
@@ -101,6 +102,7 @@ class DatabaseLock:
         self._open: tuple[int, Any] | None = None  # (pid, connection or redis lock)
         self._gave_up = False  # the last acquire timed out: wait only RETRY_TIMEOUT until one succeeds
         self._lock_timeout: float | None = None  # PostgreSQL: the connection's lock_timeout
+        self._warned = False
 
     def acquire(self) -> bool:
         """Hold the lock (``True``), or give up after ``timeout`` or on a connection error (``False``)."""
@@ -119,9 +121,16 @@ class DatabaseLock:
                 got = session.execute(text("SELECT GET_LOCK(:name, :timeout)"),
                                       {"name": self._mysql_name(), "timeout": timeout}).scalar() == 1
         except Exception as exc:  # timed out (PostgreSQL), or the server is away: plan without it, reconnect next time
+            timed_out = getattr(getattr(exc, "orig", None), "pgcode", None) == _PG_LOCK_NOT_AVAILABLE
             _log.debug("planning lock %r not taken: %s", self.name, exc)
             self._drop()
             got = False
+        else:
+            timed_out = not got
+        if timed_out and not self._gave_up and not self._warned:
+            self._warned = True  # once per process: the storage's own outage messages cover a server that is away
+            _log.warning("planning lock %r not granted within %g s (another worker holds it: stopped, or hung?); "
+                         "planning without it until it is free", self.name, timeout)
         self._gave_up = not got
         return got
 

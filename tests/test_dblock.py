@@ -7,6 +7,7 @@ saying why, where it is not."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import pickle
@@ -163,12 +164,15 @@ def test_worker_processes_on_one_database_plan_in_turn(pg_study: tuple[str, str]
     assert sorted(t.params["l1_weight"] for t in trials) == [0.0, 0.1, 1.0]  # nobody else created a trial
 
 
-def test_after_giving_up_it_waits_briefly_until_it_gets_the_lock_again(url: str) -> None:
+def test_after_giving_up_it_waits_briefly_until_it_gets_the_lock_again(url: str, caplog: pytest.LogCaptureFixture) -> None:
     """A holder that hangs (a stopped worker keeps its session) costs the others RETRY_TIMEOUT per plan, not TIMEOUT."""
     name = _name()
     stuck, other = DatabaseLock(url, name), DatabaseLock(url, name, timeout=1.0)
     assert stuck.acquire()
-    assert other.wait_limit() == 1.0 and other.acquire() is False
+    with caplog.at_level(logging.WARNING, logger="motune.dblock"):
+        assert other.wait_limit() == 1.0 and other.acquire() is False
+    warned = [r.getMessage() for r in caplog.records if r.name == "motune.dblock"]
+    assert len(warned) == 1 and "not granted within 1 s" in warned[0]  # said once, and why
     assert other.wait_limit() == RETRY_TIMEOUT and other.acquire() is False
     stuck.release()
     assert other.acquire()
