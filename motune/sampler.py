@@ -969,6 +969,14 @@ def _finished_numbers(read: Sequence[TrialRecord], records: Sequence[TrialRecord
     return tuple(sorted({r.number for r in read if r.number in finished}))
 
 
+def _anywhere(
+    records: Sequence[TrialRecord], rules: SearchRules, bounds: tuple[float, float], rng: np.random.RandomState | None
+) -> Plan:
+    """An :data:`EXTRA` plan from :func:`choose_weight` over all records (after convergence, or as a last resort)."""
+    lam, fidelity = choose_weight(records, rules, bounds, rng)
+    return Plan(lam, fidelity, EXTRA, parent_weight(records, lam, fidelity, rules), _finished_numbers(records, records))
+
+
 def plan_weight(
     records: Sequence[TrialRecord],
     rules: SearchRules,
@@ -984,8 +992,7 @@ def plan_weight(
     """
     state = replay(records, rules, bounds)
     if state.next is None:
-        lam, fidelity = choose_weight(records, rules, bounds, rng)
-        return Plan(lam, fidelity, EXTRA, parent_weight(records, lam, fidelity, rules), _finished_numbers(records, records))
+        return _anywhere(records, rules, bounds, rng)
     if state.running is None:
         return Plan(*state.next, PATH, parent_weight(state.records, *state.next, rules),
                     _finished_numbers(state.records, records))
@@ -1490,10 +1497,7 @@ class KneeSampler(BaseSampler):
                     plan = None if last_resort else plan_weight(records, rules, bounds, self._rng.rng)
                 if plan is None and (last_resort or not waits or time.monotonic() >= deadline):
                     # The last resort, still in step with others, is a weight nobody has, off the path.
-                    lam, fidelity = choose_weight(records, rules, bounds,
-                                                  np.random.RandomState() if last_resort else self._rng.rng)
-                    plan = Plan(lam, fidelity, EXTRA, parent_weight(records, lam, fidelity, rules),
-                                _finished_numbers(records, records))
+                    plan = _anywhere(records, rules, bounds, np.random.RandomState() if last_resort else self._rng.rng)
                 if plan is not None:
                     storage = study._storage
                     storage.set_trial_system_attr(trial._trial_id, FIDELITY_ATTR, plan.fidelity)

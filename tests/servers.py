@@ -55,7 +55,7 @@ def redis_client() -> Any:
     redis = pytest.importorskip("redis", reason="redis is not installed (pip install 'motune[redis]')")
     if not port_open("127.0.0.1", 6379):
         pytest.skip("Redis is not reachable at 127.0.0.1:6379")
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
     try:
         client.ping()
     except redis.RedisError as exc:

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import REDIS_URL, redis_client
 
 from motune import storage as storage_module
 from motune.storage import open_storage, warn_if_redis_forgets
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 LOGGER = "motune.storage"
 
 
@@ -30,17 +30,6 @@ def fresh_process_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts as a new process would: no server checked yet, not a child worker."""
     monkeypatch.setattr(storage_module, "_REDIS_CHECKED", set())
     monkeypatch.delenv("MOTUNE_PARENT", raising=False)
-
-
-def live_redis() -> Any:
-    """A client of the local Redis, or skip with the reason."""
-    redis = pytest.importorskip("redis", reason="redis is not installed (pip install 'motune[redis]')")
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis reachable at {REDIS_URL} ({type(exc).__name__}: {exc})")
-    return client
 
 
 def persistence_off(client: Any) -> bool:
@@ -56,7 +45,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_open_storage_warns_once_per_server(caplog: pytest.LogCaptureFixture) -> None:
-    client = live_redis()
+    client = redis_client()
     if not persistence_off(client):
         pytest.skip(f"the Redis at {REDIS_URL} persists (appendonly or save is set): nothing to warn about")
     prefix = f"motune-test-{uuid.uuid4().hex}"
@@ -74,7 +63,7 @@ def test_open_storage_warns_once_per_server(caplog: pytest.LogCaptureFixture) ->
 
 def test_cli_shows_the_warning_as_one_line(tmp_path: Path) -> None:
     """Through the command: one clean line on stderr, then the command's own answer."""
-    client = live_redis()
+    client = redis_client()
     if not persistence_off(client):
         pytest.skip(f"the Redis at {REDIS_URL} persists (appendonly or save is set): nothing to warn about")
     prefix = f"motune-test-{uuid.uuid4().hex}"
