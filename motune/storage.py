@@ -9,9 +9,11 @@ optuna-dashboard opens. Failures become :class:`StudyError` with the URL masked.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,16 @@ def default_journal_url(study_name: str, directory: str | os.PathLike[str] = "."
     """``journal:<directory>/<study_name>.journal``: the default for several local worker processes."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
     return f"journal:{Path(directory, safe + '.journal').as_posix()}"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URL; None for other storages and in-memory SQLite.
+
+    >>> sqlite_file("sqlite:///runs/digits.db"), sqlite_file("sqlite:///:memory:"), sqlite_file("journal:d.journal")
+    (PosixPath('runs/digits.db'), None, None)
+    """
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+    return Path(path) if path and path != ":memory:" else None
 
 
 def is_journal_file(url: str) -> bool:
@@ -113,25 +125,52 @@ def journal_file_backend(path: str) -> optuna.storages.journal.JournalFileBacken
 
 
 def planning_lock_path(url: str) -> str | None:
-    """The file KneeSampler's workers lock while planning: ``PATH.plan`` for ``journal:PATH``, else None.
+    """The file KneeSampler's workers lock while planning, for storages of one machine; else None.
 
-    Journal files are for workers on one machine (:func:`default_journal_url`), where a
-    file lock is cheap and reliable.
+    ``journal:PATH``: ``PATH.plan`` beside it (journal files are made for several local
+    workers, :func:`default_journal_url`). ``sqlite:///PATH``: a file in this user's lock
+    directory (:func:`local_lock_dir`) named after the database's absolute path, so that
+    the workers ``motune run`` tells you to add (``motune worker --storage
+    sqlite:///…``) plan in turn without a file appearing beside every study's database.
+    None when that directory cannot be used: the workers then keep apart by checking
+    after they store a weight, as without a lock.
     """
-    return url.removeprefix("journal:") + ".plan" if is_journal_file(url) else None
+    if is_journal_file(url):
+        return url.removeprefix("journal:") + ".plan"
+    db, directory = sqlite_file(url), local_lock_dir()
+    if db is None or directory is None:
+        return None
+    key = hashlib.blake2b(str(db.resolve()).encode(), digest_size=8).hexdigest()
+    return str(directory / f"{db.name}-{key}.plan")
+
+
+def local_lock_dir() -> Path | None:
+    """``$TMPDIR/motune-UID``: this user's lock files on this machine (made private), None if unusable.
+
+    Not another user's directory of that name (it could hold a lock forever), and not
+    one that cannot be created (the caller goes on without a lock).
+    """
+    directory = Path(tempfile.gettempdir(), f"motune-{os.getuid()}")
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        return directory if directory.stat().st_uid == os.getuid() else None
+    except OSError:
+        return None
 
 
 def planning_lock_for(url: str, study_name: str) -> str | DatabaseLock | None:
     """What the workers of study ``study_name`` on the storage ``url`` lock while planning (``KneeSampler(planning_lock=...)``).
 
-    A journal file (workers on one machine): the file beside it, ``PATH.plan``
+    A journal file or a SQLite database (workers on one machine): a file
     (:func:`planning_lock_path`). A PostgreSQL, MySQL / MariaDB or Redis server: a
     :class:`~motune.dblock.DatabaseLock` on it, one per study (workers on any number of
-    machines). Otherwise (SQLite, for one worker; memory): None, and processes keep apart
-    by checking after they store a weight.
+    machines). Otherwise (memory): None, and processes keep apart by checking after they
+    store a weight.
 
-    >>> planning_lock_for("journal:runs/digits.journal", "digits"), planning_lock_for("sqlite:///digits.db", "digits")
-    ('runs/digits.journal.plan', None)
+    >>> planning_lock_for("journal:runs/digits.journal", "digits")
+    'runs/digits.journal.plan'
+    >>> Path(planning_lock_for("sqlite:///digits.db", "digits")).parent == local_lock_dir()
+    True
     >>> planning_lock_for("postgresql://postgres@127.0.0.1/test", "digits").name
     'motune-plan:digits'
     """
@@ -247,7 +286,7 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseS
     ride out outages wrap the result in :func:`motune.patience.patient`.
     """
     shown = mask_url(url)
-    if must_exist and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+    if must_exist and (db := sqlite_file(url)) is not None and not db.exists():
         raise StudyError(f"storage {shown!r}: no such database file; run `motune run` first or pass --storage URL")
     if must_exist and is_journal_file(url) and not Path(url.removeprefix("journal:")).exists():
         raise StudyError(f"storage {shown!r}: no such journal file; pass --storage URL")
@@ -268,8 +307,8 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseS
                 "mysql+pymysql://…, redis://HOST:PORT, or journal:FILE"
             )
         kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if (db := sqlite_file(url)) is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         elif url.startswith(("postgresql", "postgres", "mysql")):
             url = with_installed_driver(url)
             kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}, "pool_pre_ping": True}
@@ -283,8 +322,7 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseS
 
 def default_artifact_dir(url: str, study_name: str) -> Path:
     """Where checkpoints go unless ``--artifacts`` says otherwise: beside a file storage, else ``./artifacts/NAME``."""
-    if url.startswith("sqlite:///"):
-        db = Path(url.removeprefix("sqlite:///"))
+    if (db := sqlite_file(url)) is not None:
         return db.with_name(db.stem + "-artifacts")
     if is_journal_file(url):
         path = Path(url.removeprefix("journal:"))

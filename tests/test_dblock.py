@@ -1,6 +1,7 @@
 """The planning lock on a database server (motune.dblock): exclusion across connections and processes,
 freed when its holder dies, never in a worker's way; and KneeSampler's workers in several processes on
-one PostgreSQL study planning in turn (issue 12: workers on several machines share only the database).
+one PostgreSQL or SQLite study planning in turn (issue 12: workers on several machines share only the database;
+workers added to a SQLite study share a file lock).
 
 Each test runs where its server is (the CI machine has PostgreSQL, MariaDB and Redis) and is skipped,
 saying why, where it is not."""
@@ -21,7 +22,7 @@ from servers import postgres_url, server_url
 
 from motune.dblock import RETRY_TIMEOUT, DatabaseLock, supports
 from motune.sampler import KneeSampler
-from motune.storage import open_storage, planning_lock_for
+from motune.storage import local_lock_dir, open_storage, planning_lock_for
 
 FORK = multiprocessing.get_context("fork")
 
@@ -120,7 +121,11 @@ def test_storages_get_the_lock_that_suits_them() -> None:
     assert isinstance(planning_lock_for("mysql+pymysql://h/db", "digits"), DatabaseLock)
     assert isinstance(planning_lock_for("redis://h:6379?prefix=p", "digits"), DatabaseLock)
     assert planning_lock_for("journal:/tmp/d.journal", "digits") == "/tmp/d.journal.plan"
-    assert planning_lock_for("sqlite:///d.db", "digits") is None  # one worker's default: no lock file beside it
+    lock = Path(planning_lock_for("sqlite:///d.db", "digits"))
+    assert lock.parent == local_lock_dir() and lock.name.startswith("d.db-")  # not beside the database
+    assert planning_lock_for(f"sqlite:///{Path('d.db').resolve()}", "digits") == str(lock)  # one database, one lock
+    assert planning_lock_for("sqlite:///other/d.db", "digits") != str(lock)
+    assert planning_lock_for("sqlite:///:memory:", "digits") is None
     assert not supports("journal:/tmp/d.journal") and not supports("sqlite:///d.db")
     with pytest.raises(ValueError, match="no server-side lock"):
         DatabaseLock("sqlite:///d.db", "x")
@@ -129,9 +134,10 @@ def test_storages_get_the_lock_that_suits_them() -> None:
 # ----------------------------------------------------------------------------- the sampler's workers
 
 
-@pytest.fixture
-def pg_study() -> Iterator[tuple[str, str]]:
-    url, name = postgres_url(), _name()
+@pytest.fixture(params=["postgresql", "sqlite"])
+def shared_study(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    url = postgres_url() if request.param == "postgresql" else f"sqlite:///{tmp_path / 'study.db'}"
+    name = _name()
     optuna.create_study(study_name=name, storage=open_storage(url), directions=["minimize", "minimize"])
     yield url, name
     optuna.delete_study(study_name=name, storage=open_storage(url))
@@ -146,13 +152,13 @@ def _ask_in_turn(url: str, name: str, start: object) -> None:
             study.ask().suggest_float("l1_weight", 0.0, 1.0)
 
 
-def test_worker_processes_on_one_database_plan_in_turn(pg_study: tuple[str, str]) -> None:
+def test_worker_processes_on_one_database_plan_in_turn(shared_study: tuple[str, str]) -> None:
     """Eight processes pass the check at once: the three weights ready go to three of them, the others get none.
 
     Without the database lock the processes raced between the check and the ask, and the
     losers got gap-filling weights (bench/same_knee.py on PostgreSQL: 19 trials at 8 workers).
     """
-    url, name = pg_study
+    url, name = shared_study
     start = FORK.Barrier(8)
     procs = [FORK.Process(target=_ask_in_turn, args=(url, name, start)) for _ in range(8)]
     for p in procs:
