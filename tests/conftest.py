@@ -48,6 +48,7 @@ from optuna.trial import TrialState
 from motune import TrainConfig, load_dataset, save_checkpoint, train
 from motune.cli import main as motune_main
 from motune.pareto import knee_index
+from motune.storage import local_lock_dir
 from motune.study import history_records, result_attrs
 from motune.trials import HISTORY
 
@@ -155,6 +156,20 @@ def build_tiny_study(directory: Path) -> TinyStudy:
     )
     assert all(math.isfinite(v) for t in study.get_trials(states=(TrialState.COMPLETE,)) for v in t.values)
     return TinyStudy(study, store, artifact_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_lock_files_left() -> Any:
+    """Remove the planning-lock files of this session's SQLite databases (motune.storage.local_lock_dir).
+
+    Each database a test makes is new, so its lock file would stay behind in the user's
+    lock directory; none is held once the session's processes are gone.
+    """
+    directory = local_lock_dir()
+    before = set(directory.iterdir()) if directory else set()
+    yield
+    for path in set(directory.iterdir()) - before if directory else ():
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
