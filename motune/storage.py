@@ -137,7 +137,8 @@ def planning_lock_path(url: str) -> str | None:
     """
     if is_journal_file(url):
         return url.removeprefix("journal:") + ".plan"
-    db, directory = sqlite_file(url), local_lock_dir()
+    db = sqlite_file(url)
+    directory = None if db is None else local_lock_dir()
     if db is None or directory is None:
         return None
     key = hashlib.blake2b(str(db.resolve()).encode(), digest_size=8).hexdigest()

@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +130,30 @@ def test_storages_get_the_lock_that_suits_them() -> None:
     assert not supports("journal:/tmp/d.journal") and not supports("sqlite:///d.db")
     with pytest.raises(ValueError, match="no server-side lock"):
         DatabaseLock("sqlite:///d.db", "x")
+
+
+def test_sqlite_lock_directory_is_private_or_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock directory is made private; where none can be made, no lock, and no error."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert Path(planning_lock_for("sqlite:///d.db", "digits")).parent == tmp_path / f"motune-{os.getuid()}"
+    assert (tmp_path / f"motune-{os.getuid()}").stat().st_mode & 0o777 == 0o700  # private
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_directory))
+    assert local_lock_dir() is None and planning_lock_for("sqlite:///d.db", "digits") is None
+
+
+def test_another_users_lock_directory_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory of that name that another user made could hold a lock forever (or be swapped): no lock."""
+    if os.getuid() != 0:
+        pytest.skip("only root can make a directory that belongs to another user")
+    theirs = tmp_path / "shared"
+    (theirs / f"motune-{os.getuid()}").mkdir(parents=True)
+    os.chown(theirs / f"motune-{os.getuid()}", os.getuid() + 1, -1)
+    monkeypatch.setattr(tempfile, "tempdir", str(theirs))
+    assert local_lock_dir() is None and planning_lock_for("sqlite:///d.db", "digits") is None
 
 
 # ----------------------------------------------------------------------------- the sampler's workers
