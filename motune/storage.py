@@ -142,7 +142,7 @@ def planning_lock_path(url: str) -> str | None:
     if db is None or directory is None:
         return None
     key = hashlib.blake2b(str(db.resolve()).encode(), digest_size=8).hexdigest()
-    return str(directory / f"{db.name}-{key}.plan")
+    return str(directory / f"{db.name[:64]}-{key}.plan")  # the name for people, the key for uniqueness
 
 
 def local_lock_dir() -> Path | None:

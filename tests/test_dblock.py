@@ -127,6 +127,7 @@ def test_storages_get_the_lock_that_suits_them() -> None:
     assert planning_lock_for(f"sqlite:///{Path('d.db').resolve()}", "digits") == str(lock)  # one database, one lock
     assert planning_lock_for("sqlite:///other/d.db", "digits") != str(lock)
     assert planning_lock_for("sqlite:///:memory:", "digits") is None
+    assert len(Path(planning_lock_for(f"sqlite:///{'x' * 250}.db", "digits")).name) < 100  # within NAME_MAX
     assert not supports("journal:/tmp/d.journal") and not supports("sqlite:///d.db")
     with pytest.raises(ValueError, match="no server-side lock"):
         DatabaseLock("sqlite:///d.db", "x")
