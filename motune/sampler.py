@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import heapq
 import itertools
+import logging
 import math
 import os
 import threading
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
     from optuna.trial import BaseTrial
 
 __all__ = ["KneeSampler"]
+
+_log = logging.getLogger(__name__)
 
 FIDELITY_ATTR = "knee:fidelity"  # system attribute: the fidelity the sampler asked for
 FRONT = "front"  # a search trial (the paper approximates the front with a third of the epochs)
@@ -1025,7 +1028,8 @@ class _PlanningLock:
     (never one held elsewhere): the thread that holds it may take it again
     (:meth:`KneeSampler.planning_turn` holds it across ``study.ask()``, whose planning takes
     it too). ``shared`` (a file's path, or a :class:`SharedLock`) is taken by the outermost
-    hold; one that gives up (a database lock past its timeout) leaves this hold to the
+    hold; one that gives up (a database lock past its timeout) or fails (a lock file that
+    cannot be opened: one warning per process) leaves this hold to the
     write-then-re-read check of :meth:`KneeSampler._plan`, as does the first plan of two
     threads of a fresh fork that each make a thread lock at first use.
     """
@@ -1033,6 +1037,7 @@ class _PlanningLock:
     def __init__(self, shared: str | SharedLock | None = None) -> None:
         self.shared: SharedLock | None = FileLock(shared) if isinstance(shared, str) else shared
         self._pid, self._lock, self._depth, self._held = os.getpid(), threading.RLock(), 0, False
+        self._warned = False  # said once per process that the shared lock could not be taken
         self.plan: Plan | None = None  # a plan made under this hold, for the holder to use (planning_turn)
 
     def __enter__(self) -> None:
@@ -1043,6 +1048,12 @@ class _PlanningLock:
         if self._depth == 0 and self.shared is not None:
             try:
                 self._held = self.shared.acquire() is not False
+            except OSError as exc:  # e.g. its file's directory was removed: plan without it, as past a timeout
+                self._held = False
+                if not self._warned:
+                    self._warned = True
+                    _log.warning("planning without the shared planning lock (%s); workers still keep off each "
+                                 "other's weights", exc)
             except BaseException:
                 lock.release()
                 raise

@@ -210,3 +210,16 @@ def test_after_giving_up_it_waits_briefly_until_it_gets_the_lock_again(url: str,
     assert other.acquire()
     assert other.wait_limit() == 1.0  # the full timeout is back once it has had the lock
     other.release()
+
+
+def test_a_lock_file_that_cannot_be_opened_never_stops_a_worker(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """E.g. the lock directory was removed after the worker started: it plans without the lock, saying so once."""
+    sampler = KneeSampler(planning_lock=str(tmp_path / "gone" / "d.db.plan"))
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    with caplog.at_level(logging.WARNING, logger="motune.sampler"):
+        for _ in range(3):
+            trial = study.ask()
+            lam = trial.suggest_float("l1_weight", 0.0, 1.0)
+            study.tell(trial, (1.0 + lam, 1.0 - lam))
+    assert sorted(t.params["l1_weight"] for t in study.trials) == [0.0, 0.1, 1.0]  # the search went on as usual
+    assert sum("planning without the shared planning lock" in r.getMessage() for r in caplog.records) == 1
