@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _common import RESULTS, machine_info, table, write_json
-from parallel import fronts, simulate
+from parallel import Front, fronts, simulate
 
 import motune.sampler as sampler
 
@@ -47,14 +47,14 @@ def settings() -> list[dict[str, Any]]:
     return rows
 
 
-def evaluate(limits: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every front simulated under ``limits`` (restored afterwards)."""
+def evaluate(limits: dict[str, Any], front_of: dict[str, Front]) -> dict[str, dict[str, Any]]:
+    """Every front of ``front_of`` simulated under ``limits`` (restored afterwards)."""
     for name, value in limits.items():
         setattr(sampler, name, value)
     sampler._next_step.cache_clear()  # remembered steps do not depend on the limits, but keep runs independent
     try:
         out = {}
-        for name, front in fronts().items():
+        for name, front in front_of.items():
             runs = {w: simulate(front, w, budget=60) for w in (1, 2, 4, 8, 16)}
             one, eight = runs[1], runs[8]
             out[name] = {"wall": eight["wall_units"] / one["wall_units"], "trials": eight["trials"] / one["trials"],
@@ -70,9 +70,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=str(RESULTS / "guess_limits.json"), help="where to write the JSON results")
     args = parser.parse_args()
-    results, rows = [], []
+    results, rows, front_of = [], [], fronts()  # built once: 200,001-point fronts and the digits sweep
     for limits in settings():
-        per_front = evaluate(limits)
+        per_front = evaluate(limits, front_of)
         results.append({"limits": {k: list(v) if isinstance(v, tuple) else v for k, v in limits.items()},
                         "fronts": per_front})
         label = (f"{limits['_MAX_GUESSES']} / {limits['_MIN_GUESS_P']} / {limits['_MAX_UNREAD']} / "

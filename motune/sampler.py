@@ -1013,7 +1013,8 @@ class SharedLock(Protocol):
     """A lock that worker processes share (:class:`~motune.filelock.FileLock`, :class:`~motune.dblock.DatabaseLock`).
 
     ``acquire`` blocks until held and returns ``True`` (or ``None``), or returns ``False``
-    when it gave up (the caller goes on without it); ``release`` follows a hold. Picklable.
+    when it gave up (the caller goes on without it; an ``OSError`` from it counts the same,
+    e.g. a lock file that cannot be opened); ``release`` follows a hold. Picklable.
     """
 
     def acquire(self) -> bool | None: ...

@@ -138,8 +138,8 @@ def planning_lock_path(url: str) -> str | None:
     if is_journal_file(url):
         return url.removeprefix("journal:") + ".plan"
     db = sqlite_file(url)
-    directory = None if db is None else local_lock_dir()
-    if db is None or directory is None:
+    directory = local_lock_dir() if db is not None else None  # no directory made for a URL that needs none
+    if directory is None:
         return None
     key = hashlib.blake2b(str(db.resolve()).encode(), digest_size=8).hexdigest()
     return str(directory / f"{db.name[:64]}-{key}.plan")  # the name for people, the key for uniqueness
